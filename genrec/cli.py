@@ -1,0 +1,251 @@
+"""The ``genrec`` command: a thin typer + rich layer over the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from genrec.errors import GenrecError  # noqa: E402
+
+app = typer.Typer(help="genrec: generative cross-platform recommendation with LLMs.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Import, clean, inspect and export the event store.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[Path | None, typer.Option("--db", help="DuckDB store file [default: $GENREC_DB or "
+                                                             "~/.cache/genrec/genrec.duckdb]")]
+DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Where data sets live [default: "
+                                                                         "$GENREC_DATA_DIR or ../shared/data]")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _store(db: Path | None, read_only: bool = False):
+    from genrec.data.store import Store
+
+    return Store(db, read_only=read_only)
+
+
+def _cleaning(config: Path | None, drop_event_type: list[str] | None, no_dedup: bool, min_value: float | None,
+              max_per_minute: int | None, k_core_users: int, k_core_items: int, hash_user_ids: bool,
+              salt: str | None):
+    from genrec.data.cleaning import CleaningConfig
+
+    base = {}
+    if config is not None:
+        try:
+            base = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise GenrecError(f"{config}: cannot read cleaning config ({exc})") from exc
+        base = base.get("cleaning", base)
+    try:
+        cfg = CleaningConfig.from_dict(base)
+    except (TypeError, ValueError) as exc:
+        raise GenrecError(f"{config}: {exc}") from exc
+    if drop_event_type:
+        cfg.drop_event_types = tuple(drop_event_type)
+    if no_dedup:
+        cfg.drop_duplicates = False
+    cfg.min_value = min_value if min_value is not None else cfg.min_value
+    cfg.max_events_per_minute = max_per_minute or cfg.max_events_per_minute
+    cfg.k_core_users = k_core_users or cfg.k_core_users
+    cfg.k_core_items = k_core_items or cfg.k_core_items
+    cfg.hash_user_ids = hash_user_ids or cfg.hash_user_ids
+    cfg.salt = salt or cfg.salt
+    return cfg
+
+
+CleanConfig = Annotated[Path | None, typer.Option("--clean", help="YAML file with cleaning options.")]
+DropType = Annotated[list[str] | None, typer.Option("--drop-event-type", help="Event types to drop "
+                                                                                "[default: ad_click].")]
+NoDedup = Annotated[bool, typer.Option("--keep-duplicates", help="Keep exact duplicate events.")]
+MinValue = Annotated[float | None, typer.Option("--min-value", help="Drop events whose value is below this.")]
+Burst = Annotated[int | None, typer.Option("--max-events-per-minute", help="Drop bot-like bursts.")]
+KUsers = Annotated[int, typer.Option("--k-core-users", help="Keep users with at least this many events.")]
+KItems = Annotated[int, typer.Option("--k-core-items", help="Keep items with at least this many events.")]
+HashIds = Annotated[bool, typer.Option("--hash-user-ids", help="Replace user ids by salted hashes.")]
+Salt = Annotated[str | None, typer.Option("--salt", help="Salt for --hash-user-ids [default: $GENREC_SALT].")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (counted) instead of "
+                                                               "failing.")]
+
+
+def _print_import(report, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        console.print_json(json.dumps(asdict(report), default=str))
+        return
+    console.print(f"[bold]{report.source}[/]: {report.events_added:,} events added "
+                  f"({report.events_present:,} already present), {report.items_added:,} items added, "
+                  f"{report.items_updated:,} updated, {report.links_added:,} links, {report.splits_set:,} "
+                  f"split entries, {report.skipped_rows:,} bad rows skipped, {report.seconds:.2f} s")
+    table = Table("cleaning rule", "rows removed", "detail", title="cleaning")
+    for rule in report.cleaning.rules:
+        table.add_row(rule.rule, f"{rule.removed:,}", rule.detail)
+    console.print(table)
+
+
+@data_app.command("import")
+def data_import(
+    name: Annotated[str, typer.Argument(help="Registered data set (see `genrec data list`).")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    path: Annotated[Path | None, typer.Option("--path", help="Read the data set from this folder.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch it from its official URL if missing.")] = False,
+    clean: CleanConfig = None, drop_event_type: DropType = None, keep_duplicates: NoDedup = False,
+    min_value: MinValue = None, max_events_per_minute: Burst = None, k_core_users: KUsers = 0,
+    k_core_items: KItems = 0, hash_user_ids: HashIds = False, salt: Salt = None,
+    skip_bad_rows: SkipBad = False, as_json: JsonOption = False,
+) -> None:
+    """Import a registered data set into the store (idempotent, transactional)."""
+    from genrec.data.loading import import_dataset
+
+    cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
+                         k_core_users, k_core_items, hash_user_ids, salt)
+    with _store(db) as store:
+        report = import_dataset(store, name, data_dir=data_dir, path=path, download=download,
+                                cleaning=cleaning, skip_bad_rows=skip_bad_rows)
+    _print_import(report, as_json)
+
+
+@data_app.command("import-file")
+def data_import_file(
+    file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file (optionally .gz).")],
+    kind: Annotated[str, typer.Option("--kind", help="events, items, links or splits")] = "events",
+    mapping: Annotated[list[str] | None, typer.Option(
+        "--map", help="Column mapping CANONICAL=SOURCE (or CANONICAL:=CONSTANT); repeatable.")] = None,
+    platform: Annotated[str | None, typer.Option("--platform", help="Platform of every row (registers it "
+                                                                       "when new).")] = None,
+    verb: Annotated[str | None, typer.Option("--verb", help="Verb for a new platform (e.g. watched).")] = None,
+    timestamp_kind: Annotated[str, typer.Option("--timestamp-kind", help="auto, seconds, milliseconds, iso "
+                                                                         "or sequence")] = "auto",
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, tsv, jsonl or parquet [default: from "
+                                                                "the name]")] = None,
+    encoding: Annotated[str, typer.Option("--encoding")] = "utf-8",
+    delimiter: Annotated[str | None, typer.Option("--delimiter")] = None,
+    create_platforms: Annotated[bool, typer.Option("--create-platforms", help="Register unknown platforms "
+                                                                              "found in the file.")] = False,
+    db: DbOption = None,
+    clean: CleanConfig = None, drop_event_type: DropType = None, keep_duplicates: NoDedup = False,
+    min_value: MinValue = None, max_events_per_minute: Burst = None, k_core_users: KUsers = 0,
+    k_core_items: KItems = 0, hash_user_ids: HashIds = False, salt: Salt = None,
+    skip_bad_rows: SkipBad = False, as_json: JsonOption = False,
+) -> None:
+    """Import one generic file with a column mapping."""
+    from genrec.data.importers import file_batch, parse_mapping
+    from genrec.data.readers import read_table
+    from genrec.data.schema import Platform, default_verb
+
+    cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
+                         k_core_users, k_core_items, hash_user_ids, salt)
+    table = read_table(file, fmt, encoding=encoding, delimiter=delimiter, skip_bad_rows=skip_bad_rows)
+    plat = None
+    if platform:
+        plat = Platform(platform, verb=verb or default_verb(platform),
+                        time_kind="sequence" if timestamp_kind == "sequence" else "time")
+    batch = file_batch(file, kind=kind, table=table, mapping=parse_mapping(mapping or [], file), platform=plat,
+                       timestamp_kind=timestamp_kind, skip_bad_rows=skip_bad_rows)
+    with _store(db) as store:
+        report = store.ingest(batch, cleaning, create_platforms=create_platforms)
+    _print_import(report, as_json)
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOption = None) -> None:
+    """Registered data sets and whether their files are present."""
+    from genrec.config import default_data_dir
+    from genrec.data.datasets import REGISTRY
+
+    root = data_dir or default_data_dir()
+    table = Table("name", "platforms", "present", "download", "description", title=f"data sets in {root}")
+    for d in REGISTRY.values():
+        present = d.path(root).is_dir()
+        table.add_row(d.name, ", ".join(d.platforms) or "(from files)", "yes" if present else "no",
+                      "yes" if d.download else "-", d.description)
+    console.print(table)
+
+
+@data_app.command("stats")
+def data_stats(
+    db: DbOption = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this data set's platforms.")] = None,
+    platform: Annotated[list[str] | None, typer.Option("--platform", help="Only these platforms.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-platform users / items / events / sparsity / history lengths and the user-overlap matrix."""
+    from genrec.data import datasets
+
+    platforms = list(platform or []) or (list(datasets.get(dataset).platforms) if dataset else None)
+    with _store(db) as store:
+        _show_stats(store, platforms, as_json, title=dataset)
+
+
+def _show_stats(store, platforms: list[str] | None, as_json: bool, title: str | None = None) -> None:
+    from genrec.data.stats import compute
+
+    stats = compute(store, platforms)
+    if as_json:
+        console.print_json(json.dumps(stats.to_dict()))
+        return
+    table = Table("platform", "users", "catalog items", "items used", "events", "sparsity",
+                  "history min / median / mean / p90 / max", title=title or "store")
+    for p in stats.platforms:
+        table.add_row(p.platform, f"{p.users:,}", f"{p.items_in_catalog:,}", f"{p.items_with_events:,}",
+                      f"{p.events:,}", f"{p.sparsity:.4%}",
+                      f"{p.history_min} / {p.history_median:g} / {p.history_mean:.1f} / {p.history_p90:g} / "
+                      f"{p.history_max}")
+    console.print(table)
+    names = [p.platform for p in stats.platforms]
+    overlap = Table("users on both", *names, title="cross-platform user overlap")
+    for a in names:
+        overlap.add_row(a, *(f"{stats.overlap[a][b]:,}" for b in names))
+    console.print(overlap)
+    console.print(f"{len(names)} platform(s), {stats.users:,} users, {stats.events:,} events; "
+                  f"{stats.users_on_all_platforms:,} users are on all {len(names)} platform(s)")
+
+
+@data_app.command("export")
+def data_export(directory: Annotated[Path, typer.Argument(help="Folder for the Parquet files.")],
+                db: DbOption = None) -> None:
+    """Export every table of the store to Parquet."""
+    with _store(db) as store:
+        for path in store.export_parquet(directory):
+            console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+    """Import both real data sets and show what genrec sees in them."""
+    from genrec.data import datasets
+    from genrec.data.loading import import_dataset
+
+    with _store(db) as store:
+        for name in ("movielens-latest-small", "amazon-arts-office"):
+            report = import_dataset(store, name, data_dir=data_dir)
+            console.rule(f"[bold]{name}")
+            console.print(f"imported in {report.seconds:.2f} s: {report.events_added:,} new events, "
+                          f"{report.events_present:,} already present")
+            _show_stats(store, list(datasets.get(name).platforms), False, title=name)
+
+
+def main() -> None:
+    try:
+        app()
+    except GenrecError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Where genrec keeps things: data directory, store, caches.
+
+Every location can be overridden by an environment variable and, in the CLI, by a flag.
+
+- ``GENREC_HOME``      root of genrec's own files (default ``~/.cache/genrec``)
+- ``GENREC_DB``        the DuckDB store (default ``$GENREC_HOME/genrec.duckdb``)
+- ``GENREC_DATA_DIR``  where public data sets live (default ``../shared/data`` when it exists, else
+                       ``$GENREC_HOME/data``)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def genrec_home() -> Path:
+    return Path(os.environ.get("GENREC_HOME") or Path.home() / ".cache" / "genrec").expanduser()
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("GENREC_DB")
+    return Path(env).expanduser() if env else genrec_home() / "genrec.duckdb"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("GENREC_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    # the project's convention: real data sets sit in ../shared/data beside the checkout
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        shared = (base / ".." / "shared" / "data").resolve()
+        if shared.is_dir():
+            return shared
+    return genrec_home() / "data"
+
+
+def cache_dir(kind: str) -> Path:
+    """A cache sub-folder (models, embeddings, ...), created on demand."""
+    path = genrec_home() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path

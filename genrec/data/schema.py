@@ -1,0 +1,77 @@
+"""The canonical schema: events, catalog items, platforms, identity links, user splits.
+
+Every importer produces these columns; the store keeps them in DuckDB tables of the same names.
+Timestamps of every kind (epoch seconds, epoch milliseconds, ISO-8601 strings, plain sequence positions) are
+normalised to one type: a naive UTC ``datetime`` (DuckDB ``TIMESTAMP``). Sequence positions become
+``1970-01-01 00:00:00 + position seconds`` and the platform is marked ``time_kind = "sequence"`` so that
+displays do not present them as dates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+EVENT_COLUMNS = ("user_id", "platform", "item_id", "timestamp", "event", "value")
+ITEM_COLUMNS = ("platform", "item_id", "title", "description", "category", "attributes", "year")
+LINK_COLUMNS = ("platform", "platform_user_id", "user_id")
+SPLIT_COLUMNS = ("user_id", "split")
+PLATFORM_COLUMNS = ("platform", "verb", "time_kind", "description")
+
+REQUIRED_EVENT_COLUMNS = ("user_id", "platform", "item_id", "timestamp")
+REQUIRED_ITEM_COLUMNS = ("platform", "item_id", "title")
+SPLITS = ("train", "valid", "test")
+TIME_KINDS = ("time", "sequence")
+
+DEFAULT_EVENT = "interaction"
+
+# Platform-specific verbs for profiles; anything else falls back to "interacted with".
+DEFAULT_VERBS = {
+    "movies": "watched",
+    "video": "watched",
+    "music": "listened to",
+    "books": "read",
+    "amazon-arts": "bought",
+    "amazon-office": "bought",
+}
+
+
+def default_verb(platform: str) -> str:
+    if platform in DEFAULT_VERBS:
+        return DEFAULT_VERBS[platform]
+    if platform.startswith("amazon"):
+        return "bought"
+    return "interacted with"
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    verb: str = "interacted with"
+    time_kind: str = "time"  # "time" or "sequence"
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One event of a user's cross-platform history, joined with its catalog entry."""
+
+    user_id: str
+    platform: str
+    item_id: str
+    timestamp: datetime
+    event: str = DEFAULT_EVENT
+    value: float | None = None
+    title: str | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    platform: str
+    item_id: str
+    title: str
+    description: str | None = None
+    category: str | None = None
+    attributes: str | None = None
+    year: int | None = None

@@ -1,0 +1,369 @@
+"""The event store: one DuckDB file holding platforms, catalog items, events, identity links and user splits.
+
+Imports are transactions (a failed import leaves the store exactly as it was) and idempotent (events already
+present, by user, platform, item, timestamp and event, are not added again; items are upserted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from genrec.config import default_db_path
+from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
+from genrec.data.dbutil import first_row
+from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
+from genrec.data.readers import LINE
+from genrec.data.schema import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    LINK_COLUMNS,
+    SPLIT_COLUMNS,
+    TIME_KINDS,
+    CatalogItem,
+    HistoryItem,
+    Platform,
+)
+from genrec.errors import DataError, NotFoundError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS platforms (
+    platform VARCHAR PRIMARY KEY, verb VARCHAR NOT NULL, time_kind VARCHAR NOT NULL, description VARCHAR);
+CREATE TABLE IF NOT EXISTS items (
+    platform VARCHAR NOT NULL, item_id VARCHAR NOT NULL, title VARCHAR NOT NULL, description VARCHAR,
+    category VARCHAR, attributes VARCHAR, year INTEGER, PRIMARY KEY (platform, item_id));
+CREATE TABLE IF NOT EXISTS events (
+    user_id VARCHAR NOT NULL, platform VARCHAR NOT NULL, item_id VARCHAR NOT NULL, timestamp TIMESTAMP NOT NULL,
+    event VARCHAR NOT NULL, value DOUBLE, seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (
+    platform VARCHAR NOT NULL, platform_user_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
+    PRIMARY KEY (platform, platform_user_id));
+CREATE TABLE IF NOT EXISTS splits (user_id VARCHAR PRIMARY KEY, split VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS imports (
+    source VARCHAR, finished TIMESTAMP, events_added BIGINT, items_added BIGINT, report VARCHAR);
+"""
+
+
+USER_INDEX = "CREATE INDEX IF NOT EXISTS events_user ON events (user_id)"
+BULK_ROWS = 200_000  # from this many staged events on, the user index is rebuilt rather than maintained
+
+
+@dataclass
+class ImportReport:
+    source: str
+    events_in: int = 0
+    events_added: int = 0
+    events_present: int = 0
+    items_added: int = 0
+    items_updated: int = 0
+    links_added: int = 0
+    splits_set: int = 0
+    skipped_rows: int = 0
+    platforms_added: list[str] = field(default_factory=list)
+    cleaning: CleaningReport = field(default_factory=CleaningReport)
+    seconds: float = 0.0
+
+
+class Store:
+    """A DuckDB-backed event store. Use as a context manager or call :meth:`close`.
+
+    Each thread gets its own cursor, so one Store can serve a multi-threaded server.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, read_only: bool = False) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._root = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise DataError(f"cannot open the store ({exc})", file=self.path) from exc
+        if not read_only:
+            self._root.execute(SCHEMA)
+            self._root.execute(USER_INDEX)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        # platform -> item_id -> (title, category); a Store is the file's only writer, so writes invalidate it
+        self._titles: dict[str, dict[str, tuple[str, str | None]]] = {}
+
+    # -- connection handling -------------------------------------------------------------------------
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._local.cur = self._root.cursor()
+        return cur
+
+    def close(self) -> None:
+        self._root.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------------
+    def add_platform(self, platform: Platform, *, replace: bool = False) -> None:
+        if platform.time_kind not in TIME_KINDS:
+            raise DataError(f"unknown time kind {platform.time_kind!r}", field="time_kind",
+                            expected=" or ".join(TIME_KINDS))
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.con.execute(f"{verb} INTO platforms VALUES (?, ?, ?, ?)",
+                         [platform.name, platform.verb, platform.time_kind, platform.description])
+
+    def ingest(self, batch: ImportBatch, cleaning: CleaningConfig | None = None, *,
+               create_platforms: bool = False) -> ImportReport:
+        """Import a batch in one transaction; on any error the store is left unchanged."""
+        started = time.perf_counter()
+        cleaning = cleaning or CleaningConfig()
+        report = ImportReport(source=batch.source, skipped_rows=batch.skipped_rows)
+        con = self.con
+        # a large batch rebuilds the user index once after commit instead of maintaining it row by row (ART
+        # inserts cost several times a bulk build); the index is derived data, so it lives outside the transaction
+        bulk = batch.events is not None and len(batch.events) >= BULK_ROWS
+        with self._write_lock:
+            if bulk:
+                con.execute("DROP INDEX IF EXISTS events_user")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                self._ingest(con, batch, cleaning, create_platforms, report)
+                con.execute("INSERT INTO imports VALUES (?, now(), ?, ?, ?)",
+                            [batch.source, report.events_added, report.items_added,
+                             _summary(report)])
+                con.execute("COMMIT")
+                self._titles.clear()
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                for table in ("stage_events", "stage_items", "stage_links", "stage_splits"):
+                    con.execute(f"DROP TABLE IF EXISTS {table}")
+                con.execute(USER_INDEX)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest(self, con: duckdb.DuckDBPyConnection, batch: ImportBatch, cleaning: CleaningConfig,
+                create_platforms: bool, report: ImportReport) -> None:
+        for platform in batch.platforms:
+            if first_row(con.execute("SELECT 1 FROM platforms WHERE platform = ?", [platform.name])) is None:
+                self.add_platform(platform)
+                report.platforms_added.append(platform.name)
+        self._stage(con, batch)
+        for table, what in (("stage_events", "event"), ("stage_items", "item")):
+            unknown = first_row(con.execute(
+                f"""SELECT platform, _file, _line FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
+                    ORDER BY _seq LIMIT 1"""))
+            if unknown is None:
+                continue
+            if not create_platforms:
+                known = ", ".join(p.name for p in self.platforms()) or "none yet"
+                raise DataError(f"{what} for unknown platform {unknown[0]!r}", file=unknown[1], line=unknown[2],
+                                field="platform",
+                                expected=f"a registered platform ({known}); register it first (genrec platform "
+                                         "add) or allow new platforms")
+            for (name,) in con.execute(f"""SELECT DISTINCT platform FROM {table}
+                    WHERE platform NOT IN (SELECT platform FROM platforms) ORDER BY 1""").fetchall():
+                self.add_platform(Platform(name))
+                report.platforms_added.append(name)
+        report.events_in = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]
+        report.cleaning = clean(con, cleaning)
+        report.events_added, report.events_present = self._insert_events(con)
+        report.items_added, report.items_updated = self._upsert_items(con)
+        report.links_added = first_row(con.execute(
+            """INSERT INTO links SELECT DISTINCT platform, platform_user_id, user_id FROM stage_links
+               ON CONFLICT DO UPDATE SET user_id = excluded.user_id"""))[0]
+        report.splits_set = first_row(con.execute(
+            """INSERT INTO splits SELECT DISTINCT user_id, split FROM stage_splits
+               ON CONFLICT DO UPDATE SET split = excluded.split"""))[0]
+
+    @staticmethod
+    def _stage(con: duckdb.DuckDBPyConnection, batch: ImportBatch) -> None:
+        """Copy the batch into temporary stage_* tables with canonical types (and arrival order ``_seq``)."""
+        events = batch.events if batch.events is not None else _empty(EVENT_COLUMNS)
+        items = batch.items if batch.items is not None else _empty(ITEM_COLUMNS)
+        if len(items):
+            items, _ = check_item_duplicates(items, skip_bad_rows=False)
+        links = batch.links if batch.links is not None else _empty(LINK_COLUMNS)
+        splits = batch.splits if batch.splits is not None else _empty(SPLIT_COLUMNS)
+        con.register("_ev", events)
+        con.execute(f"""CREATE TEMP TABLE stage_events AS SELECT
+            CAST(user_id AS VARCHAR) AS user_id, CAST(platform AS VARCHAR) AS platform,
+            CAST(item_id AS VARCHAR) AS item_id, CAST(timestamp AS TIMESTAMP) AS timestamp,
+            CAST(event AS VARCHAR) AS event, CAST(value AS DOUBLE) AS value,
+            CAST({FILE} AS VARCHAR) AS _file, CAST({LINE} AS BIGINT) AS _line,
+            row_number() OVER () AS _seq, false AS _final FROM _ev""")
+        con.register("_it", items)
+        con.execute(f"""CREATE TEMP TABLE stage_items AS SELECT CAST(platform AS VARCHAR) platform,
+            CAST(item_id AS VARCHAR) item_id, CAST(title AS VARCHAR) title, CAST(description AS VARCHAR)
+            description, CAST(category AS VARCHAR) category, CAST(attributes AS VARCHAR) attributes,
+            CAST(year AS INTEGER) AS year, CAST({FILE} AS VARCHAR) AS _file, CAST({LINE} AS BIGINT) AS _line,
+            row_number() OVER () AS _seq FROM _it""")
+        con.register("_ln", links)
+        con.execute("""CREATE TEMP TABLE stage_links AS SELECT CAST(platform AS VARCHAR) platform,
+            CAST(platform_user_id AS VARCHAR) platform_user_id, CAST(user_id AS VARCHAR) user_id FROM _ln""")
+        con.register("_sp", splits)
+        con.execute("""CREATE TEMP TABLE stage_splits AS SELECT CAST(user_id AS VARCHAR) user_id,
+            CAST(split AS VARCHAR) split FROM _sp""")
+        for name in ("_ev", "_it", "_ln", "_sp"):
+            con.unregister(name)
+
+    @staticmethod
+    def _insert_events(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+        """Add staged events not already present (by user, platform, item, timestamp and event)."""
+        staged = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]
+        base = first_row(con.execute("SELECT coalesce(max(seq), 0) FROM events"))[0]
+        added = first_row(con.execute(
+            """INSERT INTO events
+               SELECT s.user_id, s.platform, s.item_id, s.timestamp, s.event, s.value, ? + s._seq
+               FROM stage_events s
+               WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.user_id = s.user_id AND e.platform = s.platform
+                   AND e.item_id = s.item_id AND e.timestamp = s.timestamp AND e.event = s.event)""",
+            [base]))[0]
+        return added, staged - added
+
+    @staticmethod
+    def _upsert_items(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+        new = first_row(con.execute("""SELECT count(*) FROM stage_items s WHERE NOT EXISTS
+            (SELECT 1 FROM items i WHERE i.platform = s.platform AND i.item_id = s.item_id)"""))[0]
+        changed = first_row(con.execute("""SELECT count(*) FROM stage_items s JOIN items i USING (platform, item_id)
+            WHERE (i.title, i.description, i.category, i.attributes, i.year) IS DISTINCT FROM
+                  (s.title, s.description, s.category, s.attributes, s.year)"""))[0]
+        con.execute("""INSERT INTO items SELECT platform, item_id, title, description, category, attributes, year
+            FROM stage_items ON CONFLICT DO UPDATE SET
+            title = excluded.title, description = excluded.description, category = excluded.category,
+            attributes = excluded.attributes, year = excluded.year""")
+        return new, changed
+
+    # -- reading -------------------------------------------------------------------------------------
+    def platforms(self) -> list[Platform]:
+        rows = self.con.execute("SELECT platform, verb, time_kind, description FROM platforms ORDER BY 1")
+        return [Platform(*r) for r in rows.fetchall()]
+
+    def platform(self, name: str) -> Platform:
+        row = first_row(self.con.execute(
+            "SELECT platform, verb, time_kind, description FROM platforms WHERE platform = ?", [name]))
+        if row is None:
+            known = ", ".join(p.name for p in self.platforms()) or "none"
+            raise NotFoundError(f"unknown platform {name!r}; the store has: {known}")
+        return Platform(*row)
+
+    def users(self, platform: str | None = None) -> list[str]:
+        where, params = ("WHERE platform = ?", [platform]) if platform else ("", [])
+        rows = self.con.execute(f"SELECT DISTINCT user_id FROM events {where} ORDER BY 1", params)
+        return [r[0] for r in rows.fetchall()]
+
+    def has_events(self, platform: str) -> bool:
+        return first_row(self.con.execute("SELECT 1 FROM events WHERE platform = ? LIMIT 1", [platform])) is not None
+
+    def has_user(self, user_id: str) -> bool:
+        return first_row(self.con.execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", [user_id])) is not None
+
+    def history(self, user_id: str, platform: str | None = None, before: datetime | None = None,
+                limit: int | None = None) -> list[HistoryItem]:
+        """A user's events across platforms (or one), in time order, optionally strictly before a time.
+
+        ``limit`` keeps the most recent events.
+        """
+        sql = "SELECT user_id, platform, item_id, timestamp, event, value FROM events WHERE user_id = ?"
+        params: list = [user_id]
+        if platform is not None:
+            sql += " AND platform = ?"
+            params.append(platform)
+        if before is not None:
+            sql += " AND timestamp < ?"
+            params.append(before)
+        sql += " ORDER BY timestamp DESC, seq DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.con.execute(sql, params).fetchall()
+        out = []
+        for user, plat, item, ts, event, value in reversed(rows):
+            title, category = self._item_titles(plat).get(item, (None, None))
+            out.append(HistoryItem(user, plat, item, ts, event, value, title, category))
+        return out
+
+    def _item_titles(self, platform: str) -> dict[str, tuple[str, str | None]]:
+        titles = self._titles.get(platform)
+        if titles is None:
+            rows = self.con.execute("SELECT item_id, title, category FROM items WHERE platform = ?",
+                                    [platform]).fetchall()
+            titles = self._titles[platform] = {i: (t, c) for i, t, c in rows}
+        return titles
+
+    def events(self, platforms: list[str] | None = None) -> pd.DataFrame:
+        """All events (optionally of some platforms) ordered by user, time and arrival."""
+        where, params = ("WHERE list_contains(?, platform)", [platforms]) if platforms else ("", [])
+        return self.con.execute(
+            f"SELECT user_id, platform, item_id, timestamp, event, value, seq FROM events {where} "
+            "ORDER BY user_id, timestamp, seq", params).df()
+
+    def catalog(self, platform: str) -> pd.DataFrame:
+        self.platform(platform)
+        return self.con.execute(
+            "SELECT item_id, title, description, category, attributes, year FROM items WHERE platform = ? "
+            "ORDER BY item_id", [platform]).df()
+
+    def items(self, platform: str, item_ids: list[str]) -> list[CatalogItem]:
+        rows = self.con.execute(
+            "SELECT platform, item_id, title, description, category, attributes, year FROM items "
+            "WHERE platform = ? AND list_contains(?, item_id)", [platform, item_ids]).fetchall()
+        found = {r[1]: CatalogItem(*r) for r in rows}
+        return [found[i] for i in item_ids if i in found]
+
+    def popularity(self, platform: str, before: datetime | None = None) -> pd.DataFrame:
+        """Interaction counts per item of a platform (optionally only events strictly before a time)."""
+        where, params = "platform = ?", [platform]
+        if before is not None:
+            where += " AND timestamp < ?"
+            params.append(before)
+        return self.con.execute(
+            f"SELECT item_id, count(*) AS count, count(DISTINCT user_id) AS users FROM events WHERE {where} "
+            "GROUP BY item_id ORDER BY count DESC, item_id", params).df()
+
+    def user_overlap(self) -> pd.DataFrame:
+        """Square matrix: users active on both platforms (diagonal: users of the platform)."""
+        rows = self.con.execute(
+            """WITH up AS (SELECT DISTINCT user_id, platform FROM events)
+               SELECT a.platform AS a, b.platform AS b, count(*) AS users FROM up a JOIN up b USING (user_id)
+               GROUP BY 1, 2""").df()
+        names = [p.name for p in self.platforms()]
+        matrix = rows.pivot(index="a", columns="b", values="users") if len(rows) else pd.DataFrame()
+        return matrix.reindex(index=names, columns=names).fillna(0).astype("int64")
+
+    def splits(self) -> dict[str, str]:
+        return dict(self.con.execute("SELECT user_id, split FROM splits").fetchall())
+
+    def links(self) -> pd.DataFrame:
+        return self.con.execute("SELECT * FROM links ORDER BY 1, 2").df()
+
+    def export_parquet(self, directory: str | Path) -> list[Path]:
+        """Write every table to ``directory/<table>.parquet``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table in ("platforms", "items", "events", "links", "splits"):
+            target = directory / f"{table}.parquet"
+            self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
+            written.append(target)
+        return written
+
+
+def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns}
+                        | {FILE: pd.Series(dtype="object"), LINE: pd.Series(dtype="int64")})
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _summary(report: ImportReport) -> str:
+    rules = "; ".join(f"{r.rule}: -{r.removed}" for r in report.cleaning.rules)
+    return f"in={report.events_in} added={report.events_added} present={report.events_present} {rules}"
