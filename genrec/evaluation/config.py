@@ -1,0 +1,84 @@
+"""Evaluation run configs (YAML under eval/configs/): data set, protocol, methods, ablations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from genrec.errors import GenrecError
+from genrec.evaluation.protocol import Protocol
+
+ABLATIONS = ("history_scope", "zero_shot_platform")
+DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec", "content": "ContentOnly",
+                 "genrec": "genrec"}
+
+
+@dataclass
+class MethodSpec:
+    name: str  # registry name: mostpop, itemknn, sasrec, content, genrec
+    label: str | None = None  # shown in tables; defaults to the name
+    options: dict = field(default_factory=dict)
+    sample_users: int | None = None  # evaluate on a seeded sample of this many test users (slow methods)
+
+    @property
+    def title(self) -> str:
+        return self.label or DISPLAY_NAMES.get(self.name, self.name)
+
+
+@dataclass
+class EvalConfig:
+    name: str
+    dataset: str
+    protocol: Protocol
+    methods: list[MethodSpec]
+    ablations: list[str] = field(default_factory=list)
+    zero_shot_platforms: list[str] = field(default_factory=list)
+    bootstrap: int = 1000
+    source: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["protocol"] = self.protocol.to_dict()
+        return data
+
+
+def load(path: str | Path) -> EvalConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise GenrecError(f"{path}: cannot read the evaluation config ({exc})") from exc
+    return parse(raw, source=str(path))
+
+
+def parse(raw: dict, source: str | None = None) -> EvalConfig:
+    where = source or "config"
+    if not isinstance(raw, dict):
+        raise GenrecError(f"{where}: expected a mapping at the top level")
+    known = {"name", "dataset", "protocol", "methods", "ablations", "zero_shot_platforms", "bootstrap"}
+    unknown = set(raw) - known
+    if unknown:
+        raise GenrecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    for key in ("name", "dataset", "methods"):
+        if key not in raw:
+            raise GenrecError(f"{where}: missing '{key}'")
+    try:
+        protocol = Protocol.from_dict(raw.get("protocol") or {})
+    except (TypeError, ValueError) as exc:
+        raise GenrecError(f"{where}: protocol: {exc}") from exc
+    methods = []
+    for i, entry in enumerate(raw["methods"]):
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        try:
+            methods.append(MethodSpec(**entry))
+        except TypeError as exc:
+            raise GenrecError(f"{where}: methods[{i}]: {exc}") from exc
+    ablations = list(raw.get("ablations") or [])
+    bad = set(ablations) - set(ABLATIONS)
+    if bad:
+        raise GenrecError(f"{where}: unknown ablation(s) {', '.join(sorted(bad))}; known: {', '.join(ABLATIONS)}")
+    return EvalConfig(name=raw["name"], dataset=raw["dataset"], protocol=protocol, methods=methods,
+                      ablations=ablations, zero_shot_platforms=list(raw.get("zero_shot_platforms") or []),
+                      bootstrap=int(raw.get("bootstrap", 1000)), source=source)

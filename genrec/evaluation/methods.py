@@ -1,0 +1,52 @@
+"""Methods by name, as evaluation configs refer to them. Heavy resources (embedder, LLM) are shared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genrec.errors import GenrecError
+from genrec.evaluation.baselines import ContentOnly, ItemKNN, Method, MostPop, SASRec
+from genrec.evaluation.config import MethodSpec
+
+
+@dataclass
+class Resources:
+    """Objects shared by every method of a run (loaded once, on first use)."""
+
+    cache_dir: Path | None = None
+    _embedder: object | None = field(default=None, repr=False)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from genrec.embedding import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+
+def _genrec(spec: MethodSpec, scope: str, resources: Resources) -> Method:
+    from genrec.evaluation.generative import GenerativeMethod
+
+    return GenerativeMethod.from_options(spec.options, history_scope=scope, embedder=resources.embedder,
+                                         cache_dir=resources.cache_dir)
+
+
+FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
+    "mostpop": lambda spec, scope, res: MostPop(history_scope=scope, **spec.options),
+    "itemknn": lambda spec, scope, res: ItemKNN(history_scope=scope, **spec.options),
+    "sasrec": lambda spec, scope, res: SASRec(history_scope=scope, **spec.options),
+    "content": lambda spec, scope, res: ContentOnly(encoder=res.embedder, history_scope=scope, **spec.options),
+    "genrec": _genrec,
+}
+
+
+def create(spec: MethodSpec, history_scope: str, resources: Resources) -> Method:
+    if spec.name not in FACTORIES:
+        raise GenrecError(f"unknown method {spec.name!r}; known: {', '.join(FACTORIES)}")
+    try:
+        return FACTORIES[spec.name](spec, history_scope, resources)
+    except TypeError as exc:
+        raise GenrecError(f"method {spec.title!r}: bad options {spec.options} ({exc})") from exc

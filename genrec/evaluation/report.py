@@ -1,0 +1,94 @@
+"""Render an evaluation metrics document as Markdown tables and an NDCG@K plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _ci(estimate: dict | None, digits: int = 4) -> str:
+    if not estimate or estimate.get("n", 0) == 0:
+        return "-"
+    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+
+
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def write_markdown(document: dict, path: Path) -> None:
+    config, machine = document["config"], document["machine"]
+    lines = [f"# {document['run']}: evaluation results", "",
+             f"- data set: `{config['dataset']}`; config: `{config.get('source') or '-'}`",
+             f"- machine: {machine['cpus']} CPU cores ({machine['processor']}), torch threads "
+             f"{machine['torch_threads']}, Python {machine['python']}; date {machine['date']}; "
+             f"commit {machine['git_commit'] or '-'}",
+             f"- intervals: 95% percentile bootstrap over cases ({config['bootstrap']} resamples); "
+             "MRR is not cut at any K", ""]
+    for variant, info in document["variants"].items():
+        rows = [r for r in document["results"] if r["variant"] == variant]
+        if not rows:
+            continue
+        platforms = sorted({p for r in rows for p in r["metrics"] if p != "all"})
+        lines += [f"## {variant}", "", f"Protocol: {info['description']}.", "",
+                  f"Data: {info['data']['test_cases']:,} test cases from {info['data']['test_users']:,} users "
+                  f"({info['data']['test_cases_per_platform']}); {info['data']['train_users']:,} train users, "
+                  f"{info['data']['train_interactions']:,} train interactions; evaluated cases: "
+                  f"{info['evaluated_cases']:,}. Seed {info['protocol']['seed']}.", ""]
+        header = ["method", "history", "cases", "HR@10", "NDCG@10", "MRR"]
+        header += [f"NDCG@10 {p}" for p in platforms] if len(platforms) > 1 else []
+        header += ["NDCG@20", "coverage@10", "pop. pct@10", "fit s", "cases/s"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            m = r["metrics"]["all"]
+            cells = [r["method"] + (f" (sample of {r['sampled_users']} users)" if r["sampled_users"] else ""),
+                     r["history"], f"{r['cases']:,}", _ci(m["HR@10"]), _ci(m["NDCG@10"]), _ci(m["MRR"])]
+            if len(platforms) > 1:
+                cells += [_ci(r["metrics"].get(p, {}).get("NDCG@10")) for p in platforms]
+            beyond = r["beyond_accuracy"]
+            coverage = sum(b["coverage@10"] for b in beyond.values()) / max(1, len(beyond))
+            pct = sum(b["popularity_percentile@10"] for b in beyond.values()) / max(1, len(beyond))
+            cells += [_ci(m.get("NDCG@20")), f"{coverage:.3f}", f"{pct:.3f}", _num(r["fit_seconds"]),
+                      _num(r["cases_per_second"], ".2f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for r in (r for r in rows if r.get("generation")):
+            g = r["generation"]
+            lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
+                         f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
+        for r in (r for r in rows if r.get("same_sample")):
+            lines += ["", f"Same {r['sampled_users']} sampled users, for comparison with {r['method']} "
+                      f"({r['history']}):", "", "| method | HR@10 | NDCG@10 | MRR |", "|---|---|---|---|"]
+            m = r["metrics"]["all"]
+            lines.append(f"| {r['method']} ({r['history']}) | {_ci(m['HR@10'])} | {_ci(m['NDCG@10'])} | "
+                         f"{_ci(m['MRR'])} |")
+            for name, other in r["same_sample"].items():
+                lines.append(f"| {name} | {_ci(other['HR@10'])} | {_ci(other['NDCG@10'])} | {_ci(other['MRR'])} |")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_ndcg(document: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = document["config"]["protocol"]["ks"]
+    variants = [v for v in document["variants"] if any(r["variant"] == v for r in document["results"])]
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.2), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        for r in (r for r in document["results"] if r["variant"] == variant):
+            m = r["metrics"]["all"]
+            means = [m[f"NDCG@{k}"]["mean"] for k in ks]
+            errors = [[mean - m[f"NDCG@{k}"]["low"] for k, mean in zip(ks, means, strict=True)],
+                      [m[f"NDCG@{k}"]["high"] - mean for k, mean in zip(ks, means, strict=True)]]
+            ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=f"{r['method']} ({r['history']})")
+        ax.set_title(f"{document['run']}: {variant}")
+        ax.set_xlabel("K")
+        ax.set_ylabel("NDCG@K (95% CI)")
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,221 @@
+"""Run an evaluation config: every method through the same protocol, candidate sets and metrics.
+
+Results go to ``<out>/<run name>/``: ``metrics.json`` (config, protocol, data summary, machine, per-method metrics
+with bootstrap intervals and per-platform breakdowns), ``results.md`` (tables) and ``ndcg_at_k.png``. Per-method
+outcomes are cached under ``cache/`` so an interrupted run resumes where it stopped (the generative method also
+caches per case).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as host
+import random
+import re
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from genrec.data.loading import ensure_dataset
+from genrec.data.store import Store
+from genrec.evaluation import metrics
+from genrec.evaluation.config import EvalConfig, MethodSpec
+from genrec.evaluation.methods import Resources, create
+from genrec.evaluation.protocol import EvalData, build
+from genrec.evaluation.types import EvalCase
+
+TOP_K = 10  # list length for coverage and popularity bias
+
+
+@dataclass
+class Outcome:
+    """What one method produced on one case set (kept per case, so any subset can be re-aggregated)."""
+
+    variant: str
+    method: str
+    scope: str
+    users: list[str]
+    platforms: list[str]
+    ranks: list[float]
+    tops: list[list[str]]  # top-K item ids per case
+    fit_seconds: float
+    score_seconds: float
+    extra: dict[str, list[float | None]] = field(default_factory=dict)  # e.g. validity, grounding similarity
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.variant}__{self.method}__{self.scope}")
+
+
+def _variants(config: EvalConfig) -> list[tuple[str, object]]:
+    variants = [("main", config.protocol)]
+    if "zero_shot_platform" in config.ablations:
+        for platform in config.zero_shot_platforms:
+            variants.append((f"zero-shot {platform}", replace(
+                config.protocol, platforms=[platform], exclude_from_training=[platform])))
+    return variants
+
+
+def _sample_users(cases: Sequence[EvalCase], n: int | None, seed: int) -> set[str] | None:
+    if n is None:
+        return None
+    users = sorted({c.user_id for c in cases})
+    if n >= len(users):
+        return None
+    return set(random.Random(seed).sample(users, n))
+
+
+def evaluate_method(method, data: EvalData, cases: Sequence[EvalCase], *, variant: str, label: str,
+                    progress: Progress | None = None, batch_size: int = 256) -> Outcome:
+    """Fit on the protocol's training data, then rank every case's target; per-case results."""
+    started = time.perf_counter()
+    method.fit(data.train, data.valid)
+    fit_seconds = time.perf_counter() - started
+    ranks = np.full(len(cases), np.inf)
+    tops: list[list[str]] = [[] for _ in cases]
+    by_platform: dict[str, list[int]] = defaultdict(list)
+    for i, case in enumerate(cases):
+        by_platform[case.platform].append(i)
+    protocol = data.protocol
+    negatives = protocol.negatives if protocol.ranking == "sampled" else None
+    task = progress.add_task(f"{label} [{variant}]", total=len(cases)) if progress else None
+    started = time.perf_counter()
+    for platform, rows in by_platform.items():
+        catalog = data.train.catalogs[platform]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = [cases[i] for i in chunk]
+            scores = method.score(batch, platform)
+            ranks[chunk] = metrics.ranks_for_cases(scores, batch, catalog, num_negatives=negatives,
+                                                   seed=protocol.seed)
+            for i, top in zip(chunk, metrics.top_k_for_cases(scores, batch, catalog, TOP_K), strict=True):
+                tops[i] = [catalog[j] for j in top]
+            if progress:
+                progress.advance(task, len(chunk))
+    score_seconds = time.perf_counter() - started
+    extra = method.case_stats(cases) if hasattr(method, "case_stats") else {}
+    return Outcome(variant, label, method.history_scope, [c.user_id for c in cases],
+                   [c.platform for c in cases], ranks.tolist(), tops, fit_seconds, score_seconds, extra)
+
+
+def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, seed: int,
+              users: set[str] | None = None) -> dict:
+    """Metrics with bootstrap intervals (all cases and per platform), coverage, popularity bias, extras."""
+    keep = [i for i, u in enumerate(outcome.users) if users is None or u in users]
+    ranks = np.asarray(outcome.ranks, dtype=float)[keep]
+    groups = [outcome.platforms[i] for i in keep]
+    summary = metrics.summarize_by(ranks, groups, ks, n_boot, seed)
+    out: dict = {"cases": len(keep), "users": len({outcome.users[i] for i in keep}),
+                 "metrics": {g: {m: vars(e) for m, e in est.items()} for g, est in summary.items()}}
+    beyond = {}
+    for platform in sorted(set(groups)):
+        catalog = data.train.catalogs[platform]
+        index = {item: j for j, item in enumerate(catalog)}
+        lists = [[index[x] for x in outcome.tops[i] if x in index] for i in keep if outcome.platforms[i] == platform]
+        counts = metrics.popularity_counts(data.train, platform)
+        pop = metrics.average_popularity(lists, counts)
+        beyond[platform] = {f"coverage@{TOP_K}": metrics.catalog_coverage(lists, len(catalog)),
+                            f"popularity_percentile@{TOP_K}": pop.mean_percentile,
+                            f"popularity_count@{TOP_K}": pop.mean_count}
+    out["beyond_accuracy"] = beyond
+    if outcome.extra:
+        validity = [outcome.extra["validity"][i] for i in keep]
+        similarity = [outcome.extra["grounding_similarity"][i] for i in keep]
+        out["generation"] = {m: vars(e) for m, e in
+                             metrics.generation_quality(validity, similarity, n_boot, seed).items()}
+    out["fit_seconds"] = outcome.fit_seconds
+    out["score_seconds"] = outcome.score_seconds
+    out["cases_per_second"] = len(outcome.ranks) / outcome.score_seconds if outcome.score_seconds else None
+    return out
+
+
+def _machine() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"cpus": os.cpu_count(), "processor": host.machine(), "python": host.python_version(),
+            "torch_threads": _torch_threads(), "date": date.today().isoformat(), "git_commit": commit}
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:
+        return None
+
+
+def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] | None = None,
+        limit_users: int | None = None, resume: bool = True, progress: bool = True) -> dict:
+    """Run ``config`` and write its results; returns the metrics document."""
+    out = out_root / config.name
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    platforms = ensure_dataset(store, config.dataset)
+    specs = [m for m in config.methods if not methods or m.name in methods or m.title in methods]
+    scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
+    resources = Resources(cache_dir=cache)
+    document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},
+                      "results": []}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress) as bar:
+        for variant, protocol in _variants(config):
+            data = build(store, protocol, platforms)
+            cases = data.test
+            limited = _sample_users(cases, limit_users, protocol.seed)
+            if limited is not None:
+                cases = [c for c in cases if c.user_id in limited]
+            document["variants"][variant] = {"protocol": protocol.to_dict(), "description": protocol.describe(),
+                                             "data": data.summary(), "evaluated_cases": len(cases)}
+            outcomes: list[tuple[MethodSpec, Outcome]] = []
+            for spec in specs:
+                sample = _sample_users(cases, spec.sample_users, protocol.seed)
+                method_cases = [c for c in cases if sample is None or c.user_id in sample]
+                for scope in scopes:
+                    outcome = _load_or_run(spec, scope, variant, data, method_cases, cache, resources, resume, bar)
+                    outcomes.append((spec, outcome))
+            for spec, outcome in outcomes:
+                sample = _sample_users(cases, spec.sample_users, protocol.seed)
+                row = {"variant": variant, "method": outcome.method, "history": outcome.scope,
+                       "sampled_users": spec.sample_users if sample is not None else None,
+                       **aggregate(outcome, data, protocol.ks, config.bootstrap, protocol.seed)}
+                if sample is not None:  # the other methods on the same users, for a like-for-like comparison
+                    row["same_sample"] = {
+                        f"{o.method} ({o.scope})": aggregate(o, data, protocol.ks, config.bootstrap, protocol.seed,
+                                                              sample)["metrics"]["all"]
+                        for s, o in outcomes if o is not outcome and s.sample_users is None}
+                document["results"].append(row)
+    (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
+    from genrec.evaluation.report import plot_ndcg, write_markdown
+
+    write_markdown(document, out / "results.md")
+    plot_ndcg(document, out / "ndcg_at_k.png")
+    return document
+
+
+def _load_or_run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], cache: Path,
+                 resources: Resources, resume: bool, bar: Progress) -> Outcome:
+    probe = Outcome(variant, spec.title, scope, [], [], [], [], 0.0, 0.0)
+    path = cache / f"{probe.key}.json"
+    fingerprint = {"options": spec.options, "cases": len(cases), "protocol": data.protocol.to_dict()}
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return Outcome(**saved["outcome"])
+    method = create(spec, scope, resources)
+    outcome = evaluate_method(method, data, cases, variant=variant, label=spec.title, progress=bar)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "outcome": vars(outcome)}, default=float))
+    tmp.replace(path)
+    return outcome
