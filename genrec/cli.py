@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from genrec.errors import GenrecError  # noqa: E402
+from genrec.errors import GenrecError
 
 app = typer.Typer(help="genrec: generative cross-platform recommendation with LLMs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -222,6 +219,29 @@ def data_export(directory: Annotated[Path, typer.Argument(help="Folder for the P
     with _store(db) as store:
         for path in store.export_parquet(directory):
             console.print(f"wrote {path}")
+
+
+@app.command("eval")
+def evaluate(
+    config: Annotated[Path, typer.Option("--config", help="Evaluation config (eval/configs/*.yaml).")],
+    methods: Annotated[list[str] | None, typer.Option("--methods", help="Only these methods (repeatable; "
+                                                                          "names or labels).")] = None,
+    limit_users: Annotated[int | None, typer.Option("--limit-users", help="Evaluate a seeded sample of this "
+                                                                             "many test users.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Results root; the run writes <out>/<name>/.")] = Path(
+        "eval/results"),
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached per-method results.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Evaluate methods under a declared protocol; writes metrics.json, results.md and a plot."""
+    from genrec.evaluation.config import load
+    from genrec.evaluation.runner import run
+
+    cfg = load(config)
+    console.print(f"[bold]{cfg.name}[/]: {cfg.protocol.describe()}")
+    with _store(db) as store:
+        run(cfg, store, out, methods=methods, limit_users=limit_users, resume=not fresh)
+    console.print((out / cfg.name / "results.md").read_text())
 
 
 @app.command()

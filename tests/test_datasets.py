@@ -38,15 +38,15 @@ def test_movielens_layouts(tmp_path, store, layout):
     catalog = store.catalog("movies").set_index("item_id")
     if layout == "csv":
         assert report.events_added == 4 and len(catalog) == 3
-        assert catalog.loc["1", "category"] == "Adventure, Animation, Children"
+        assert catalog.loc["1", "category"] == "Adventure|Animation|Children"
         assert catalog.loc["3", "title"] == "Grumpier Old Men, The (1995)" and catalog.loc["3", "year"] == 1995
         assert pd.isna(catalog.loc["3", "category"])
     elif layout == "dat":
-        assert report.events_added == 3 and catalog.loc["661", "category"] == "Animation, Children's, Musical"
+        assert report.events_added == 3 and catalog.loc["661", "category"] == "Animation|Children's|Musical"
     else:
         assert report.events_added == 5
         assert catalog.loc["3", "title"] == "Caf\xe9 au lait (1993)"  # latin-1 decoded
-        assert catalog.loc["1", "category"] == "Animation, Children's, Comedy"
+        assert catalog.loc["1", "category"] == "Animation|Children's|Comedy"
     hist = store.history("1")
     assert [h.timestamp for h in hist] == sorted(h.timestamp for h in hist)
     assert all(h.event == "rating" and h.value is not None for h in hist)

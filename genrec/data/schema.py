@@ -72,6 +72,6 @@ class CatalogItem:
     item_id: str
     title: str
     description: str | None = None
-    category: str | None = None
+    category: str | None = None  # several categories are "|"-separated
     attributes: str | None = None
     year: int | None = None

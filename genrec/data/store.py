@@ -91,6 +91,8 @@ class Store:
         self._write_lock = threading.Lock()
         # platform -> item_id -> (title, category); a Store is the file's only writer, so writes invalidate it
         self._titles: dict[str, dict[str, tuple[str, str | None]]] = {}
+        # bumped by every committed write: what readers key their caches (catalog indexes, popularity) on
+        self.version = 0
 
     # -- connection handling -------------------------------------------------------------------------
     @property
@@ -117,6 +119,7 @@ class Store:
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         self.con.execute(f"{verb} INTO platforms VALUES (?, ?, ?, ?)",
                          [platform.name, platform.verb, platform.time_kind, platform.description])
+        self.version += 1
 
     def ingest(self, batch: ImportBatch, cleaning: CleaningConfig | None = None, *,
                create_platforms: bool = False) -> ImportReport:
@@ -139,6 +142,7 @@ class Store:
                              _summary(report)])
                 con.execute("COMMIT")
                 self._titles.clear()
+                self.version += 1
             except BaseException:
                 con.execute("ROLLBACK")
                 raise

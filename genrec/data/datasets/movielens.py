@@ -5,7 +5,8 @@
 - ``u.data`` (tab-separated) + ``u.item`` (``|``-separated, latin-1) (ml-100k).
 
 Every rating is an interaction event (``event = "rating"``, ``value`` = stars); the title keeps its year
-("Toy Story (1995)"), which also fills ``year``; genres become the item's category.
+("Toy Story (1995)"), which also fills ``year``; genres become the item's category ("|"-separated, the
+canonical separator of multi-valued categories).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _year(title: str | None) -> str | None:
 def _genres(genres: str | None) -> str | None:
     if not genres or genres == "(no genres listed)":
         return None
-    return ", ".join(g for g in genres.split("|") if g)
+    return "|".join(g for g in genres.split("|") if g)
 
 
 def _read_double_colon(path: Path, names: list[str]) -> Table:

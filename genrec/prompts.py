@@ -1,0 +1,153 @@
+"""Prompt templates: a sandboxed Jinja2 environment with a user override directory.
+
+Templates are looked up first in an optional override directory (the CLI's ``--templates DIR``), then in the
+templates shipped with genrec (the top-level ``prompts/`` folder, installed as the package ``genrec._templates``).
+The environment is sandboxed (templates cannot reach Python internals or mutate their context), undefined
+variables are errors, and nothing is HTML-escaped. Untrusted text (item titles, user chat text) must go through
+the ``quote`` filter, which renders it as one inert quoted string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from genrec.errors import GenrecError
+
+TEMPLATE_PACKAGE = "genrec._templates"
+SYSTEM_TEMPLATE = "system.j2"
+QUOTE_MAX_CHARS = 120
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]{0,40}\|>|</?s>")  # chat-markup tokens (<|im_end|>, <s>, ...)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class TemplateNotFoundError(GenrecError, jinja2.TemplateNotFound):
+    """A template name that is in none of the searched directories."""
+
+    def __init__(self, name: str, searched: list[str]) -> None:
+        jinja2.TemplateNotFound.__init__(self, name)
+        self.searched = searched
+        self.message = f"prompt template {name!r} not found; searched: {', '.join(searched)}"
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def quote(value: object, max_chars: int = QUOTE_MAX_CHARS) -> str:
+    """Render untrusted text as one inert, double-quoted string.
+
+    Control and invisible format characters are removed, chat-markup tokens such as ``<|im_end|>`` are removed,
+    all whitespace (newlines included) collapses to single spaces, the text is clipped to ``max_chars``
+    (marked with ``…``), and backslashes and double quotes are escaped, so the text can neither end the quotes
+    nor start a new line or a new chat turn.
+    """
+    text = unicodedata.normalize("NFKC", "" if value is None else str(value))
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    text = _WHITESPACE.sub(" ", _SPECIAL_TOKEN.sub(" ", text)).strip()
+    if len(text) > max_chars:
+        text = text[: max(max_chars - 1, 0)].rstrip() + "…"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def packaged_templates() -> Path:
+    """The directory of templates shipped with genrec.
+
+    Installed (wheel or editable), it is the package ``genrec._templates``; in a source checkout used without
+    installing, it is the ``prompts/`` folder beside the ``genrec/`` package.
+    """
+    spec = importlib.util.find_spec(TEMPLATE_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[1] / "prompts"
+
+
+@dataclass(frozen=True)
+class RecommendPrompt:
+    """The context of ``recommend.j2``: ask for ``n`` items on ``platform`` for the user of ``profile``.
+
+    ``verb`` is the platform's verb ("watched", "bought"), ``description`` an optional line about the platform,
+    ``rationale`` whether each item comes with a one-sentence reason (``False`` is faster: titles only).
+    """
+
+    profile: str
+    platform: str
+    n: int
+    verb: str = "interacted with"
+    description: str | None = None
+    rationale: bool = True
+
+
+class PromptTemplates:
+    """Renders genrec's prompt templates; ``override_dir`` templates take precedence over packaged ones."""
+
+    def __init__(self, override_dir: str | Path | None = None) -> None:
+        self.override_dir = Path(override_dir).expanduser() if override_dir is not None else None
+        if self.override_dir is not None and not self.override_dir.is_dir():
+            raise GenrecError(f"template directory {str(self.override_dir)!r} does not exist")
+        self.packaged = packaged_templates()
+        self.env = ImmutableSandboxedEnvironment(
+            loader=jinja2.FileSystemLoader(self.search_path),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self.env.filters["quote"] = quote
+
+    @property
+    def search_path(self) -> list[str]:
+        """The directories searched for templates, in order."""
+        dirs = [str(self.override_dir)] if self.override_dir is not None else []
+        return [*dirs, str(self.packaged)]
+
+    def names(self) -> list[str]:
+        """Every template name available, overrides and packaged together."""
+        return sorted(set(self.env.list_templates()))
+
+    def get(self, name: str) -> jinja2.Template:
+        """The compiled template ``name`` (e.g. ``"recommend.j2"``)."""
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise TemplateNotFoundError(name, self.search_path) from None
+
+    def render(self, name: str, context: object = None, /, **values: Any) -> str:
+        """Render template ``name`` with a context and keyword values, without leading/trailing whitespace.
+
+        ``context`` may be a dataclass instance (its fields become variables), a mapping, or ``None``; keyword
+        values are added on top.
+        """
+        template = self.get(name)
+        try:
+            return template.render({**_as_variables(context), **values}).strip()
+        except jinja2.TemplateNotFound as exc:  # a template that ``name`` includes or extends
+            raise TemplateNotFoundError(str(exc.name), self.search_path) from exc
+
+    def messages(
+        self, name: str, context: object = None, /, *, system: str | None = SYSTEM_TEMPLATE, **values: Any
+    ) -> list[dict[str, str]]:
+        """Chat messages: the ``system`` template (``None`` for none), then ``name`` rendered as the user turn."""
+        turns = [{"role": "system", "content": self.render(system)}] if system is not None else []
+        return [*turns, {"role": "user", "content": self.render(name, context, **values)}]
+
+
+def _as_variables(context: object) -> dict[str, Any]:
+    if context is None:
+        return {}
+    if dataclasses.is_dataclass(context) and not isinstance(context, type):
+        return {field.name: getattr(context, field.name) for field in dataclasses.fields(context)}
+    if isinstance(context, Mapping):
+        return dict(context)
+    raise TypeError(f"a template context must be a dataclass instance or a mapping, not {type(context).__name__}")
