@@ -221,6 +221,66 @@ def data_export(directory: Annotated[Path, typer.Argument(help="Folder for the P
             console.print(f"wrote {path}")
 
 
+ModelOption = Annotated[str | None, typer.Option("--model", help="Local Hugging Face causal-LM directory or "
+                                                                   ".gguf file [default: SmolLM2-135M-Instruct]")]
+AdapterOption = Annotated[str | None, typer.Option("--adapter", help="PEFT LoRA adapter directory.")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
+FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
+TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folder of Jinja2 templates that "
+                                                                            "override the packaged ones.")]
+
+
+def _recommender(store, model, adapter, dtype, device, four_bit, templates):
+    from genrec.llm import LLMConfig
+    from genrec.prompts import PromptTemplates
+    from genrec.recommender import Recommender
+
+    config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit)
+    return Recommender(store, llm_config=config, templates=PromptTemplates(templates))
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Option("--user", help="User id in the store.")],
+    platform: Annotated[str, typer.Option("--platform", help="Target platform.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
+    explain: Annotated[bool, typer.Option("--explain", help="Add a rationale to every item.")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Registered data set (imported on first "
+                                                                     "use).")] = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+    model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
+) -> None:
+    """Recommend k items of a target platform to a user, from their cross-platform history."""
+    from genrec.data.loading import ensure_dataset
+
+    with _store(db) as store:
+        if dataset:
+            ensure_dataset(store, dataset, data_dir=data_dir)
+        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates)
+        result = recommender.recommend(user, platform=platform, k=k, explain=explain)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict(), default=str))
+        return
+    _show_recommendations(result, explain)
+
+
+def _show_recommendations(result, explain: bool) -> None:
+    table = Table("#", "item", "title", "from", "score", *(("rationale",) if explain else ()),
+                  title=f"{result.platform} for user {result.user_id}", show_lines=explain)
+    for item in result.items:
+        origin = item.source if not item.generated_text or item.source not in ("exact", "neighbour") else \
+            f"{item.source}: {item.generated_text}"
+        table.add_row(str(item.rank), item.item_id, item.title, origin, f"{item.score:.3f}",
+                      *((item.rationale or "",) if explain else ()))
+    console.print(table)
+    console.print(f"{result.n_generated} titles generated ({result.validity:.0%} exact catalog titles), "
+                  f"{result.invalid_lines} unparsable lines, {result.seconds:.2f} s")
+
+
 @app.command("eval")
 def evaluate(
     config: Annotated[Path, typer.Option("--config", help="Evaluation config (eval/configs/*.yaml).")],

@@ -250,14 +250,17 @@ class LLM:
         num_beams: int = 1,
         do_sample: bool = False,
         temperature: float | None = None,
+        stop_after_lines: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
     ) -> list[list[str]]:
         """Continue each prompt (already formatted, e.g. by ``format_chat``); one list of texts per prompt.
 
         Prompts are batched by length with left padding; decoding is greedy unless ``do_sample`` (then seeded
-        with ``config.seed`` at every call, so results repeat), and stops at EOS / ``<|im_end|>``. Only the
-        continuations are returned, without special tokens.
+        with ``config.seed`` at every call, so results repeat), and stops at EOS / ``<|im_end|>``. With
+        ``stop_after_lines`` a sequence also stops once it has written that many non-empty lines, or a line it
+        already wrote (small models loop on one title). Only the continuations are returned, without special
+        tokens.
         """
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
@@ -288,13 +291,34 @@ class LLM:
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
             inputs = inputs.to(self.device)
+            stopping = None
+            if stop_after_lines:
+                stopping = [_LineStop(self.tokenizer, inputs["input_ids"].shape[1], stop_after_lines)]
             with torch.no_grad():
-                output = self.model.generate(**inputs, generation_config=generation)
+                output = self.model.generate(**inputs, generation_config=generation, stopping_criteria=stopping)
             texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             for position, index in enumerate(batch):
                 chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
                 results[index] = [text.strip() for text in chunk]
         return results
+
+
+class _LineStop:
+    """Stopping criterion: a sequence is done after ``max_lines`` complete non-empty lines, or a repeated line."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int, max_lines: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.max_lines = max_lines
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        done = []
+        for text in texts:
+            lines = [_LIST_MARKER.sub("", line).strip() for line in text.split("\n")[:-1]]
+            lines = [line for line in lines if line]
+            done.append(len(lines) >= self.max_lines or len(set(lines)) < len(lines))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)

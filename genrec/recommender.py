@@ -1,0 +1,296 @@
+"""The facade: ``Recommender(store).recommend(user_id or history, platform, k, explain)``.
+
+One request reads as a straight line: store -> history -> profile -> prompt -> LLM -> parse -> ground -> ranked,
+explained recommendations. Each step is its own small object (``ProfileBuilder``, ``PromptTemplates``, ``LLM``,
+``CatalogIndex`` + ``Grounder``); this module only wires them and batches requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from genrec.data.schema import HistoryItem, Platform
+from genrec.data.store import Store
+from genrec.embedding import Embedder
+from genrec.errors import GenrecError, NotFoundError
+from genrec.grounding import CatalogIndex, EmptyCatalogError, GeneratedCandidate, Grounder, GroundingResult
+from genrec.llm import LLM, LLMConfig, parse_candidates
+from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
+from genrec.prompts import PromptTemplates, RecommendPrompt
+
+RECOMMEND_TEMPLATE = "recommend.j2"
+
+
+@dataclass
+class RecommenderConfig:
+    """Knobs of the generate-then-ground pipeline.
+
+    ``n_generate``: how many titles the LLM is asked for (the rest of the k places are filled from the
+    catalog neighbours of the profile, then popularity); ``tokens_per_item`` bounds generation length.
+    """
+
+    n_generate: int = 5
+    tokens_per_item: int = 14
+    tokens_per_rationale: int = 24
+    token_budget: int = 384
+    max_items_per_platform: int = 12
+    profile_items: int = 20  # history titles (most recent) whose mean embedding is the profile vector
+    popularity_weight: float = 0.0
+    min_similarity: float | None = None
+    batch_size: int = 8
+    verbs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended catalog item, where it came from and why."""
+
+    rank: int
+    item_id: str
+    title: str
+    platform: str
+    score: float
+    similarity: float | None
+    source: str  # exact | neighbour (grounded from a generated title) | profile | popularity (fills)
+    generated_text: str | None  # what the LLM wrote that grounded here
+    rationale: str | None
+    evidence: tuple[str, ...] = ()  # history titles the rationale rests on (fills)
+
+
+@dataclass
+class RecommendationList:
+    """The answer to one request."""
+
+    user_id: str | None
+    platform: str
+    k: int
+    items: list[Recommendation]
+    profile: Profile
+    raw_output: str
+    n_generated: int
+    invalid_lines: int
+    validity: float  # share of generated titles that equal a catalog title after normalisation
+    mean_similarity: float | None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"user_id": self.user_id, "platform": self.platform, "k": self.k,
+                "items": [vars(item) | {"evidence": list(item.evidence)} for item in self.items],
+                "generation": {"n_generated": self.n_generated, "invalid_lines": self.invalid_lines,
+                               "validity": self.validity, "mean_similarity": self.mean_similarity,
+                               "raw_output": self.raw_output},
+                "profile": {"text": self.profile.text, "tokens": self.profile.tokens,
+                            "dropped_items": self.profile.dropped},
+                "seconds": self.seconds}
+
+
+@dataclass
+class Request:
+    platform: str
+    user_id: str | None = None
+    history: Sequence[HistoryItem] | None = None
+    k: int = 10
+    explain: bool = False
+    before: datetime | None = None
+    exclude: frozenset[str] = frozenset()  # further item ids never to recommend (e.g. "not that one")
+    instruction: str | None = None  # extra user wish, rendered as quoted data (chat)
+
+
+class Recommender:
+    """Generate-then-ground recommendations over a store. Models load on first use and are reused."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        llm: LLM | None = None,
+        llm_config: LLMConfig | None = None,
+        embedder: Embedder | None = None,
+        templates: PromptTemplates | None = None,
+        config: RecommenderConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or RecommenderConfig()
+        self.templates = templates or PromptTemplates()
+        self._llm = llm
+        self._llm_config = llm_config or LLMConfig()
+        self._embedder = embedder
+        self._grounder = Grounder(min_similarity=self.config.min_similarity)
+        self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
+        self._popularity: dict[str, tuple[int, dict[str, float]]] = {}
+        self._profiles: ProfileBuilder | None = None
+
+    # -- components -----------------------------------------------------------------------------------
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            self._llm = LLM.load(self._llm_config)
+        return self._llm
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder()
+        return self._embedder
+
+    @property
+    def profiles(self) -> ProfileBuilder:
+        if self._profiles is None:
+            self._profiles = ProfileBuilder(self.llm, self.config.token_budget, self.config.max_items_per_platform,
+                                            self.config.verbs, self.templates)
+        return self._profiles
+
+    def index(self, platform: str) -> CatalogIndex:
+        """The platform's catalog index, rebuilt (incrementally, from the embedding cache) after store writes."""
+        cached = self._indexes.get(platform)
+        if cached is not None and cached[0] == self.store.version:
+            return cached[1]
+        catalog = self.store.catalog(platform)
+        if catalog.empty:
+            raise EmptyCatalogError(f"platform {platform!r} has no catalog: register its items first")
+        if cached is not None:
+            index = cached[1]
+            index.add_items(catalog["item_id"].tolist(), catalog["title"].tolist())
+        else:
+            index = CatalogIndex.build(platform, catalog["item_id"].tolist(), catalog["title"].tolist(),
+                                       self.embedder)
+        self._indexes[platform] = (self.store.version, index)
+        return index
+
+    def popularity(self, platform: str) -> dict[str, float]:
+        cached = self._popularity.get(platform)
+        if cached is None or cached[0] != self.store.version:
+            frame = self.store.popularity(platform)
+            cached = (self.store.version, dict(zip(frame["item_id"], frame["users"].astype(float), strict=True)))
+            self._popularity[platform] = cached
+        return cached[1]
+
+    # -- requests -------------------------------------------------------------------------------------
+    def recommend(self, user_id: str | None = None, *, platform: str, k: int = 10, explain: bool = False,
+                  history: Sequence[HistoryItem] | None = None, before: datetime | None = None,
+                  exclude: Sequence[str] = (), instruction: str | None = None) -> RecommendationList:
+        """``k`` distinct catalog items of ``platform`` for a user of the store or for an inline history."""
+        request = Request(platform, user_id, history, k, explain, before, frozenset(exclude), instruction)
+        return self.recommend_many([request])[0]
+
+    def recommend_many(self, requests: Sequence[Request], *, progress: bool = False) -> list[RecommendationList]:
+        """Answer several requests with one batched generation pass."""
+        started = time.perf_counter()
+        prepared = [self._prepare(r) for r in requests]
+        prompts = [p[2] for p in prepared]
+        by_length: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_length.setdefault(self._max_new_tokens(r), []).append(i)
+        outputs: list[str] = [""] * len(requests)
+        for max_new, rows in by_length.items():
+            texts = self.llm.generate([prompts[i] for i in rows], max_new_tokens=max_new,
+                                      stop_after_lines=self.config.n_generate, batch_size=self.config.batch_size,
+                                      progress=progress)
+            for i, text in zip(rows, texts, strict=True):
+                outputs[i] = text[0]
+        results = []
+        for request, (history, profile, _), output in zip(requests, prepared, outputs, strict=True):
+            results.append(self._ground(request, history, profile, output))
+        elapsed = time.perf_counter() - started
+        for result in results:
+            result.seconds = elapsed / max(1, len(results))
+        return results
+
+    def _max_new_tokens(self, request: Request) -> int:
+        per_item = self.config.tokens_per_item + (self.config.tokens_per_rationale if request.explain else 0)
+        return per_item * self.config.n_generate + 8
+
+    def _history(self, request: Request) -> list[HistoryItem]:
+        if request.history is not None:
+            history = list(request.history)
+        elif request.user_id is not None:
+            if not self.store.has_user(request.user_id):
+                raise NotFoundError(f"unknown user {request.user_id!r}: the store has no events for this user")
+            history = self.store.history(request.user_id, before=request.before)
+        else:
+            raise GenrecError("a request needs a user_id or a history")
+        if not history:
+            raise EmptyHistoryError(f"user {request.user_id!r} has no events before {request.before}"
+                                    if request.before else "cannot recommend from an empty history")
+        return history
+
+    def _platforms(self) -> dict[str, Platform]:
+        return {p.name: p for p in self.store.platforms()}
+
+    def _prepare(self, request: Request) -> tuple[list[HistoryItem], Profile, str]:
+        if request.k < 1:
+            raise GenrecError(f"k must be at least 1, got {request.k}")
+        platforms = self._platforms()
+        if request.platform not in platforms:
+            raise NotFoundError(f"unknown platform {request.platform!r}; the store has: "
+                                f"{', '.join(sorted(platforms)) or 'none'}")
+        history = self._history(request)
+        self.index(request.platform)  # fail early on a platform without catalog
+        profile = self.profiles.build(history, platforms)
+        target = platforms[request.platform]
+        # the platform's description is left out: the small default model copies it as an item title
+        prompt = RecommendPrompt(profile=profile.text, platform=target.name, n=self.config.n_generate,
+                                 verb=self.profiles.verb(target.name, platforms), rationale=request.explain)
+        messages = self.templates.messages(RECOMMEND_TEMPLATE, prompt, instruction=request.instruction)
+        return history, profile, self.llm.format_chat(messages)
+
+    def _ground(self, request: Request, history: list[HistoryItem], profile: Profile,
+                output: str) -> RecommendationList:
+        parsed = parse_candidates(output)
+        candidates = [GeneratedCandidate(c.title, c.rationale) for c in parsed.candidates]
+        index = self.index(request.platform)
+        seen = {h.item_id for h in history if h.platform == request.platform}
+        titles = [h.title for h in history if h.title][-self.config.profile_items:]
+        vectors = self.embedder.encode(titles) if titles else np.zeros((0, index.dim), dtype=np.float32)
+        profile_vector = _unit(vectors.mean(axis=0)) if len(vectors) else None
+        result = self._grounder.ground(candidates, index, exclude=seen | set(request.exclude), k=request.k,
+                                       popularity=self.popularity(request.platform),
+                                       popularity_weight=self.config.popularity_weight,
+                                       profile_vector=profile_vector)
+        items = self._explain(result, request, titles, vectors, index) if request.explain else [
+            _recommendation(rank, item, request.platform, None, ()) for rank, item in enumerate(result.items, 1)]
+        return RecommendationList(
+            user_id=request.user_id, platform=request.platform, k=request.k, items=items, profile=profile,
+            raw_output=output, n_generated=len(candidates), invalid_lines=parsed.invalid_lines,
+            validity=result.n_exact / len(candidates) if candidates else 0.0,
+            mean_similarity=result.mean_similarity)
+
+    def _explain(self, result: GroundingResult, request: Request, titles: list[str], vectors: np.ndarray,
+                 index: CatalogIndex) -> list[Recommendation]:
+        """LLM rationales for generated items; evidence-based rationales (nearest history items) for fills."""
+        platforms = self._platforms()
+        verb = self.profiles.verb(request.platform, platforms)
+        items = []
+        item_vectors = index.vectors([item.item_id for item in result.items])
+        for rank, (item, vector) in enumerate(zip(result.items, item_vectors, strict=True), 1):
+            evidence: tuple[str, ...] = ()
+            if len(vectors):
+                sims = vectors @ vector
+                evidence = tuple(titles[j] for j in np.argsort(-sims)[:2])
+            if item.rationale:
+                rationale = item.rationale
+            elif item.source == "popularity":
+                rationale = f"Popular on {request.platform} with people who {verb} similar things."
+            elif evidence:
+                rationale = f'Close to "{evidence[0]}" from your history.'
+            else:
+                rationale = f"Close to the rest of your history on {request.platform}."
+            items.append(_recommendation(rank, item, request.platform, rationale, evidence))
+        return items
+
+
+def _recommendation(rank: int, item, platform: str, rationale: str | None,
+                    evidence: tuple[str, ...]) -> Recommendation:
+    return Recommendation(rank=rank, item_id=item.item_id, title=item.title, platform=platform,
+                          score=float(item.score), similarity=item.similarity, source=item.source,
+                          generated_text=item.generated_text, rationale=rationale, evidence=evidence)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray | None:
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm).astype(np.float32) if norm > 1e-12 else None
