@@ -113,7 +113,10 @@ class Recommender:
         embedder: Embedder | None = None,
         templates: PromptTemplates | None = None,
         config: RecommenderConfig | None = None,
+        popularity: dict[str, dict[str, float]] | None = None,
     ) -> None:
+        """``popularity`` (platform -> item -> count) replaces the store's counts, e.g. train-only counts in an
+        evaluation, where the store also holds the held-out events."""
         self.store = store
         self.config = config or RecommenderConfig()
         self.templates = templates or PromptTemplates()
@@ -123,6 +126,7 @@ class Recommender:
         self._grounder = Grounder(min_similarity=self.config.min_similarity)
         self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
         self._popularity: dict[str, tuple[int, dict[str, float]]] = {}
+        self._fixed_popularity = popularity
         self._profiles: ProfileBuilder | None = None
 
     # -- components -----------------------------------------------------------------------------------
@@ -163,6 +167,8 @@ class Recommender:
         return index
 
     def popularity(self, platform: str) -> dict[str, float]:
+        if self._fixed_popularity is not None:
+            return self._fixed_popularity.get(platform, {})
         cached = self._popularity.get(platform)
         if cached is None or cached[0] != self.store.version:
             frame = self.store.popularity(platform)
@@ -245,9 +251,7 @@ class Recommender:
         candidates = [GeneratedCandidate(c.title, c.rationale) for c in parsed.candidates]
         index = self.index(request.platform)
         seen = {h.item_id for h in history if h.platform == request.platform}
-        titles = [h.title for h in history if h.title][-self.config.profile_items:]
-        vectors = self.embedder.encode(titles) if titles else np.zeros((0, index.dim), dtype=np.float32)
-        profile_vector = _unit(vectors.mean(axis=0)) if len(vectors) else None
+        titles, vectors, profile_vector = self.history_vectors(history)
         result = self._grounder.ground(candidates, index, exclude=seen | set(request.exclude), k=request.k,
                                        popularity=self.popularity(request.platform),
                                        popularity_weight=self.config.popularity_weight,
@@ -259,6 +263,14 @@ class Recommender:
             raw_output=output, n_generated=len(candidates), invalid_lines=parsed.invalid_lines,
             validity=result.n_exact / len(candidates) if candidates else 0.0,
             mean_similarity=result.mean_similarity)
+
+    def history_vectors(self, history: Sequence[HistoryItem]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """The most recent titled history items, their embeddings and their mean direction (the profile vector)."""
+        titles = [h.title for h in history if h.title][-self.config.profile_items:]
+        if not titles:
+            return [], np.zeros((0, self.embedder.dim), dtype=np.float32), None
+        vectors = self.embedder.encode(titles)
+        return titles, vectors, _unit(vectors.mean(axis=0))
 
     def _explain(self, result: GroundingResult, request: Request, titles: list[str], vectors: np.ndarray,
                  index: CatalogIndex) -> list[Recommendation]:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.evaluation.baselines import ContentOnly, ItemKNN, Method, MostPop, SASRec
 from genrec.evaluation.config import MethodSpec
@@ -15,6 +16,7 @@ from genrec.evaluation.config import MethodSpec
 class Resources:
     """Objects shared by every method of a run (loaded once, on first use)."""
 
+    store: Store | None = None
     cache_dir: Path | None = None
     _embedder: object | None = field(default=None, repr=False)
 
@@ -30,8 +32,8 @@ class Resources:
 def _genrec(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     from genrec.evaluation.generative import GenerativeMethod
 
-    return GenerativeMethod.from_options(spec.options, history_scope=scope, embedder=resources.embedder,
-                                         cache_dir=resources.cache_dir)
+    return GenerativeMethod.from_options(spec.options, store=resources.store, history_scope=scope,
+                                         embedder=resources.embedder, cache_dir=resources.cache_dir, name=spec.title)
 
 
 FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {

@@ -165,7 +165,7 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     platforms = ensure_dataset(store, config.dataset)
     specs = [m for m in config.methods if not methods or m.name in methods or m.title in methods]
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
-    resources = Resources(cache_dir=cache)
+    resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},
                       "results": []}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
