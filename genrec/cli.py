@@ -305,8 +305,10 @@ def evaluate(
 
 
 @app.command()
-def demo(db: DbOption = None, data_dir: DataDirOption = None) -> None:
-    """Import both real data sets and show what genrec sees in them."""
+def demo(db: DbOption = None, data_dir: DataDirOption = None,
+         recommendations: Annotated[bool, typer.Option("--recommend/--no-recommend",
+                                                       help="Also show recommendations.")] = True) -> None:
+    """Import both real data sets, show what genrec sees in them, and recommend across platforms."""
     from genrec.data import datasets
     from genrec.data.loading import import_dataset
 
@@ -317,6 +319,19 @@ def demo(db: DbOption = None, data_dir: DataDirOption = None) -> None:
             console.print(f"imported in {report.seconds:.2f} s: {report.events_added:,} new events, "
                           f"{report.events_present:,} already present")
             _show_stats(store, list(datasets.get(name).platforms), False, title=name)
+        if not recommendations:
+            return
+        from genrec.recommender import Recommender
+
+        recommender = Recommender(store)
+        test_users = sorted(u for u, split in store.splits().items() if split == "test")
+        for user, platform, what in ((test_users[0], "amazon-office", "amazon-arts-office test user"),
+                                     ("1", "movies", "movielens-latest-small user")):
+            history = store.history(user)
+            by_platform = {p: sum(h.platform == p for h in history) for p in {h.platform for h in history}}
+            console.rule(f"[bold]{platform} recommendations for {what} {user}")
+            console.print("history: " + ", ".join(f"{n} events on {p}" for p, n in sorted(by_platform.items())))
+            _show_recommendations(recommender.recommend(user, platform=platform, k=10, explain=True), True)
 
 
 def main() -> None:
