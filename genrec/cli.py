@@ -18,6 +18,8 @@ app = typer.Typer(help="genrec: generative cross-platform recommendation with LL
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Import, clean, inspect and export the event store.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+platform_app = typer.Typer(help="Register platforms (zero-shot onboarding) and list them.", no_args_is_help=True)
+app.add_typer(platform_app, name="platform")
 console = Console()
 err = Console(stderr=True)
 
@@ -302,6 +304,157 @@ def evaluate(
     with _store(db) as store:
         run(cfg, store, out, methods=methods, limit_users=limit_users, resume=not fresh)
     console.print((out / cfg.name / "results.md").read_text())
+
+
+@app.command()
+def report(
+    user: Annotated[str, typer.Option("--user", help="User id in the store.")],
+    platform: Annotated[list[str] | None, typer.Option("--platform", help="Target platform (repeatable) "
+                                                                          "[default: the user's own].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write here [default: standard output].")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html, md or json")] = "html",
+    k: Annotated[int, typer.Option("-k", "--k", help="Recommendations per platform.")] = 5,
+    db: DbOption = None,
+    model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
+) -> None:
+    """Explainable report: profile, activity charts, recommendations with evidence and a faithfulness check."""
+    from genrec.report import FORMATS, build_report, render
+
+    if fmt not in FORMATS:
+        raise GenrecError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    with _store(db) as store:
+        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates)
+        text = render(build_report(recommender, user, platform or [], k=k), fmt, recommender.templates)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    err.print(f"wrote {out}")
+
+
+@platform_app.command("add")
+def platform_add(
+    name: Annotated[str, typer.Argument(help="The new platform's name.")],
+    catalog: Annotated[Path, typer.Option("--catalog", help="Catalog file: CSV, TSV, JSONL or Parquet.")],
+    verb: Annotated[str | None, typer.Option("--verb", help="What users do there (e.g. listened to).")] = None,
+    template: Annotated[Path | None, typer.Option("--template", help="Jinja2 recommend prompt for this "
+                                                                       "platform (context of recommend.j2).")] = None,
+    mapping: Annotated[list[str] | None, typer.Option(
+        "--map", help="Column mapping CANONICAL=SOURCE, e.g. item_id=sku; repeatable.")] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    time_kind: Annotated[str, typer.Option("--time-kind", help="time, or sequence for position-only "
+                                                               "events")] = "time",
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, tsv, jsonl or parquet [default: from "
+                                                                "the name]")] = None,
+    skip_bad_rows: SkipBad = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Zero-shot onboarding: register a platform with its catalog and build its embedding index (no training)."""
+    from genrec.data.importers import parse_mapping
+    from genrec.onboarding import onboard
+    from genrec.recommender import Recommender
+
+    source = None
+    if template is not None:
+        try:
+            source = template.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise GenrecError(f"{template}: cannot read the template ({exc})") from exc
+    with _store(db) as store:
+        result = onboard(store, name, catalog, recommender=Recommender(store), mapping=parse_mapping(mapping or [],
+                         catalog), fmt=fmt, verb=verb, template=source, time_kind=time_kind,
+                         description=description, skip_bad_rows=skip_bad_rows)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    console.print(f"[bold]{result.platform}[/]: {result.items:,} catalog items ({result.skipped_rows:,} bad rows "
+                  f"skipped), {result.embedded:,} embedded; import {result.import_seconds:.1f} s, index "
+                  f"{result.index_seconds:.1f} s. Ready: genrec recommend --platform {result.platform} ...")
+
+
+@platform_app.command("list")
+def platform_list(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Registered platforms with their verbs and catalog sizes."""
+    with _store(db, read_only=True) as store:
+        sizes = store.catalog_sizes()
+        rows = [{"platform": p.name, "verb": p.verb, "time_kind": p.time_kind, "catalog_items": sizes.get(p.name, 0),
+                 "own_template": store.platform_template(p.name) is not None} for p in store.platforms()]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("platform", "verb", "time", "catalog items", "own prompt", title="platforms")
+    for row in rows:
+        table.add_row(row["platform"], row["verb"], row["time_kind"], f"{row['catalog_items']:,}",
+                      "yes" if row["own_template"] else "-")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    db: DbOption = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML server settings (api_keys, "
+                                                                   "cors_origins, limits, batching).")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow this browser origin "
+                                                                                 "(repeatable; CORS is off by "
+                                                                                 "default).")] = None,
+    max_batch: Annotated[int | None, typer.Option("--max-batch", help="Most jobs per model batch.")] = None,
+    max_queue: Annotated[int | None, typer.Option("--max-queue", help="Queued jobs before 503.")] = None,
+    no_chat_llm: Annotated[bool, typer.Option("--no-chat-llm", help="Understand chat messages with rules "
+                                                                    "only.")] = False,
+    model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = None,
+    device: DeviceOption = None, four_bit: FourBitOption = False, templates: TemplatesOption = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
+    GENREC_API_KEYS or the config file."""
+    import uvicorn
+
+    from genrec.server import ServerSettings, create_app
+
+    settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
+                                   max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
+                                   adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
+                                   templates=templates)
+    if not settings.api_keys:
+        err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="Training config (training/configs/*.yaml).")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", help="Run folder [default: the config's output_dir, "
+                                                                   "else training/runs/<name>].")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimiser steps (overrides the "
+                                                                       "config).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Instruction-tune the LLM (LoRA; QLoRA on CUDA) on a data set's training histories; writes an adapter."""
+    from genrec.data.loading import ensure_dataset
+    from genrec.evaluation.config import load as load_eval_config
+    from genrec.training.config import load
+    from genrec.training.trainer import Trainer
+
+    cfg = load(config)
+    if output is not None:
+        cfg.output_dir = str(output)
+    if max_steps is not None:
+        cfg.train.max_steps = max_steps
+    with _store(db) as store:  # the only write: importing the data set on first use
+        ensure_dataset(store, load_eval_config(cfg.eval_config).dataset)
+    with _store(db, read_only=True) as store:  # other readers may share the store while this runs
+        result = Trainer(cfg, store).run(resume=resume)
+    state = result.state
+    console.print(f"[bold]{cfg.name}[/]: {state.stopped} after {state.step} steps, {state.tokens:,} tokens; "
+                  f"best {cfg.validation.metric} {state.best_metric} (step {state.best_step}), zero-shot "
+                  f"{(state.zero_shot or {}).get(cfg.validation.metric)}")
+    console.print(f"adapter: {result.adapter_dir}  (use it with --adapter {result.adapter_dir})")
 
 
 @app.command()

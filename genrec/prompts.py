@@ -1,10 +1,12 @@
 """Prompt templates: a sandboxed Jinja2 environment with a user override directory.
 
 Templates are looked up first in an optional override directory (the CLI's ``--templates DIR``), then in the
-templates shipped with genrec (the top-level ``prompts/`` folder, installed as the package ``genrec._templates``).
-The environment is sandboxed (templates cannot reach Python internals or mutate their context), undefined
-variables are errors, and nothing is HTML-escaped. Untrusted text (item titles, user chat text) must go through
-the ``quote`` filter, which renders it as one inert quoted string.
+templates shipped with genrec (the top-level ``prompts/`` folder, installed as the package ``genrec._templates``);
+sources registered at run time (a platform's own prompt, see ``genrec.onboarding``) come before both.
+The environment is sandboxed (templates cannot reach Python internals or mutate their context) and undefined
+variables are errors. Prompt templates are not HTML-escaped: untrusted text (item titles, user chat text) must go
+through the ``quote`` filter, which renders it as one inert quoted string. Templates named ``*.html.j2`` (reports)
+are HTML-escaped automatically.
 """
 
 from __future__ import annotations
@@ -96,10 +98,13 @@ class PromptTemplates:
         if self.override_dir is not None and not self.override_dir.is_dir():
             raise GenrecError(f"template directory {str(self.override_dir)!r} does not exist")
         self.packaged = packaged_templates()
+        self._registered: dict[str, str] = {}
+        loaders = [jinja2.DictLoader(self._registered), jinja2.FileSystemLoader(self.search_path)]
         self.env = ImmutableSandboxedEnvironment(
-            loader=jinja2.FileSystemLoader(self.search_path),
+            loader=jinja2.ChoiceLoader(loaders),
             undefined=jinja2.StrictUndefined,
-            autoescape=False,
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False,
+                                                default=False),
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
@@ -111,6 +116,14 @@ class PromptTemplates:
         """The directories searched for templates, in order."""
         dirs = [str(self.override_dir)] if self.override_dir is not None else []
         return [*dirs, str(self.packaged)]
+
+    def register(self, name: str, source: str) -> str:
+        """Make ``source`` available as template ``name`` (ahead of files); returns ``name``.
+
+        Registering a changed source under the same name replaces the compiled template.
+        """
+        self._registered[name] = source
+        return name
 
     def names(self) -> list[str]:
         """Every template name available, overrides and packaged together."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from genrec.data.store import Store
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
 from genrec.grounding import CatalogIndex, EmptyCatalogError, GeneratedCandidate, Grounder, GroundingResult
-from genrec.llm import LLM, LLMConfig, parse_candidates
+from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
 from genrec.prompts import PromptTemplates, RecommendPrompt
 
@@ -44,6 +45,17 @@ class RecommenderConfig:
     min_similarity: float | None = None
     batch_size: int = 8
     verbs: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
+        """The settings a tuned adapter was trained with (its ``genrec_adapter.json``), then ``overrides``.
+
+        An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
+        for); inference should build the same prompts. Without an adapter, or without metadata: the defaults.
+        """
+        trained = read_adapter_metadata(adapter).get("recommender", {}) if adapter else {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in trained.items() if k in known}, **overrides})
 
 
 @dataclass(frozen=True)
@@ -116,12 +128,13 @@ class Recommender:
         popularity: dict[str, dict[str, float]] | None = None,
     ) -> None:
         """``popularity`` (platform -> item -> count) replaces the store's counts, e.g. train-only counts in an
-        evaluation, where the store also holds the held-out events."""
+        evaluation, where the store also holds the held-out events. Without ``config``, the settings stored with
+        ``llm_config.adapter`` apply (see ``RecommenderConfig.for_adapter``)."""
         self.store = store
-        self.config = config or RecommenderConfig()
-        self.templates = templates or PromptTemplates()
         self._llm = llm
         self._llm_config = llm_config or LLMConfig()
+        self.config = config or RecommenderConfig.for_adapter(self._llm_config.adapter)
+        self.templates = templates or PromptTemplates()
         self._embedder = embedder
         self._grounder = Grounder(min_similarity=self.config.min_similarity)
         self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
@@ -237,13 +250,32 @@ class Recommender:
                                 f"{', '.join(sorted(platforms)) or 'none'}")
         history = self._history(request)
         self.index(request.platform)  # fail early on a platform without catalog
+        profile, prompt = self.prompt(history, request.platform, explain=request.explain,
+                                      instruction=request.instruction, platforms=platforms)
+        return history, profile, prompt
+
+    def prompt(self, history: Sequence[HistoryItem], platform: str, *, explain: bool = False,
+               instruction: str | None = None, platforms: dict[str, Platform] | None = None) -> tuple[Profile, str]:
+        """The profile of ``history`` and the chat prompt asking the LLM for ``platform`` items.
+
+        The one code path that writes recommendation prompts: inference uses it, and so do the SFT examples of
+        ``genrec.training``, so that a tuned model sees at inference exactly what it was trained on.
+        """
+        platforms = platforms or self._platforms()
         profile = self.profiles.build(history, platforms)
-        target = platforms[request.platform]
+        target = platforms[platform]
         # the platform's description is left out: the small default model copies it as an item title
         prompt = RecommendPrompt(profile=profile.text, platform=target.name, n=self.config.n_generate,
-                                 verb=self.profiles.verb(target.name, platforms), rationale=request.explain)
-        messages = self.templates.messages(RECOMMEND_TEMPLATE, prompt, instruction=request.instruction)
-        return history, profile, self.llm.format_chat(messages)
+                                 verb=self.profiles.verb(target.name, platforms), rationale=explain)
+        messages = self.templates.messages(self._recommend_template(target.name), prompt, instruction=instruction)
+        return profile, self.llm.format_chat(messages)
+
+    def _recommend_template(self, platform: str) -> str:
+        """The platform's own recommend prompt (registered when it was onboarded), else the packaged one."""
+        source = self.store.platform_template(platform)
+        if source is None:
+            return RECOMMEND_TEMPLATE
+        return self.templates.register(f"platforms/{platform}/{RECOMMEND_TEMPLATE}", source)
 
     def _ground(self, request: Request, history: list[HistoryItem], profile: Profile,
                 output: str) -> RecommendationList:

@@ -44,3 +44,86 @@ def recommender(real_store, llm, embedder):
     from genrec.recommender import Recommender
 
     return Recommender(real_store, llm=llm, embedder=embedder)
+
+
+# --- genrec.server: one real server process for the session (uvicorn on 127.0.0.1, a free port) ------------------
+# Used by tests/test_server*.py, test_chat.py, test_report.py and test_web.py. It serves a copy of both real data
+# sets; tests that write use their own users and platforms, so the order of tests does not matter.
+
+SERVER_API_KEY = "test-key-1"
+SERVER_SETTINGS = {  # small limits so that the limit tests stay cheap; the queue exceeds the 20 concurrent clients
+    "max_queue": 24, "max_batch": 8, "max_k": 20, "max_history": 40, "max_events": 500,
+    "max_body_bytes": 200_000, "max_upload_bytes": 2_000_000, "request_timeout_s": 240,
+}
+
+
+class ServerProcess:
+    def __init__(self, url: str, log, db) -> None:
+        self.url = url
+        self.log = log
+        self.db = db
+        self.api_key = SERVER_API_KEY
+
+    @property
+    def write_headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """``genrec serve`` in a subprocess over a fresh store with both real data sets; waits until it is ready."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import yaml
+
+    from genrec.data.loading import import_dataset
+    from genrec.data.store import Store
+
+    root = tmp_path_factory.mktemp("server")
+    db = root / "server.duckdb"
+    with Store(db) as store:
+        import_dataset(store, "movielens-latest-small")
+        import_dataset(store, "amazon-arts-office")
+    config = root / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": SERVER_SETTINGS}))
+    port = _free_port()
+    log = root / "server.log"
+    env = os.environ | {"GENREC_API_KEYS": f"{SERVER_API_KEY}, test-key-2", "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
+             "--config", str(config), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).json().get("status") == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not get ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield ServerProcess(url, log, db)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -140,3 +140,16 @@ def test_recommend_prompt_variants(templates: PromptTemplates) -> None:
     messages = templates.messages("recommend.j2", context)
     assert [m["role"] for m in messages] == ["system", "user"] and messages[1]["content"] == with_reasons
     assert templates.messages("recommend.j2", context, system=None)[0]["role"] == "user"
+
+
+def test_chat_instruction_is_rendered_as_quoted_data(templates: PromptTemplates) -> None:
+    context = RecommendPrompt("PROFILE", "amazon-arts", 5, "bought")
+    plain = templates.render("recommend.j2", context)
+    assert "asked for" not in plain and plain == templates.render("recommend.j2", context, instruction=None)
+    wish = templates.render("recommend.j2", context, instruction="for sketching")
+    assert 'The user asked for: "for sketching"' in wish
+    hostile = templates.render("recommend.j2", context, instruction=INJECTION)
+    assert len(hostile.splitlines()) == len(wish.splitlines())
+    assert "<|im_start|>" not in hostile
+    line = next(line for line in hostile.splitlines() if line.startswith("The user asked for: "))
+    assert line.endswith('"') and '\\"hacked\\"' in line

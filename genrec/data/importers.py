@@ -36,7 +36,8 @@ FILE = "_file"
 class ImportBatch:
     """Canonical frames ready for the store. Frames keep ``_file``/``_line`` for error messages.
 
-    ``events`` may be a pandas frame or an Arrow table (large imports stay in Arrow end to end).
+    ``events`` may be a pandas frame or an Arrow table (large imports stay in Arrow end to end). ``templates``
+    maps a platform to its own recommend prompt template (Jinja2 source, see ``genrec.onboarding``).
     """
 
     source: str
@@ -46,6 +47,7 @@ class ImportBatch:
     links: pd.DataFrame | None = None
     splits: pd.DataFrame | None = None
     skipped_rows: int = 0
+    templates: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -240,6 +242,17 @@ def splits_from_table(table: Table, mapping: Mapping | None = None) -> pd.DataFr
     _reject(table, ~split.isin(SPLITS).to_numpy(dtype=bool), mapping.source("split"),
             " / ".join(SPLITS), False, keep)
     return pd.DataFrame({"user_id": users.astype("string").str.strip(), "split": split})[list(SPLIT_COLUMNS)]
+
+
+def events_from_records(records: list[dict], source: str = "events") -> ImportBatch:
+    """An :class:`ImportBatch` of canonical events from JSON-like records (``user_id``, ``platform``,
+    ``item_id``, ``timestamp`` and optional ``event``/``value``). Errors name ``source`` and the record's
+    0-based position as the line."""
+    columns = {name: [None if r.get(name) is None else str(r[name]) for r in records] for name in EVENT_COLUMNS}
+    frame = pd.DataFrame(columns, dtype="object")
+    frame[LINE] = np.arange(len(records), dtype=np.int64)
+    events, _ = events_from_table(Table(Path(source), frame))
+    return ImportBatch(source=source, events=events)
 
 
 def file_batch(

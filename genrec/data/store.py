@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS links (
     platform VARCHAR NOT NULL, platform_user_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
     PRIMARY KEY (platform, platform_user_id));
 CREATE TABLE IF NOT EXISTS splits (user_id VARCHAR PRIMARY KEY, split VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS platform_templates (platform VARCHAR PRIMARY KEY, source VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS imports (
     source VARCHAR, finished TIMESTAMP, events_added BIGINT, items_added BIGINT, report VARCHAR);
 """
@@ -186,6 +187,8 @@ class Store:
         report.splits_set = first_row(con.execute(
             """INSERT INTO splits SELECT DISTINCT user_id, split FROM stage_splits
                ON CONFLICT DO UPDATE SET split = excluded.split"""))[0]
+        for platform, source in batch.templates.items():
+            con.execute("INSERT OR REPLACE INTO platform_templates VALUES (?, ?)", [platform, source])
 
     @staticmethod
     def _stage(con: duckdb.DuckDBPyConnection, batch: ImportBatch) -> None:
@@ -258,6 +261,11 @@ class Store:
             raise NotFoundError(f"unknown platform {name!r}; the store has: {known}")
         return Platform(*row)
 
+    def platform_template(self, platform: str) -> str | None:
+        """The platform's own recommend prompt template (Jinja2 source), registered at onboarding, if any."""
+        row = first_row(self.con.execute("SELECT source FROM platform_templates WHERE platform = ?", [platform]))
+        return row[0] if row is not None else None
+
     def users(self, platform: str | None = None) -> list[str]:
         where, params = ("WHERE platform = ?", [platform]) if platform else ("", [])
         rows = self.con.execute(f"SELECT DISTINCT user_id FROM events {where} ORDER BY 1", params)
@@ -313,6 +321,10 @@ class Store:
         return self.con.execute(
             "SELECT item_id, title, description, category, attributes, year FROM items WHERE platform = ? "
             "ORDER BY item_id", [platform]).df()
+
+    def catalog_sizes(self) -> dict[str, int]:
+        """Catalog items per platform (platforms without items are left out)."""
+        return dict(self.con.execute("SELECT platform, count(*) FROM items GROUP BY 1 ORDER BY 1").fetchall())
 
     def items(self, platform: str, item_ids: list[str]) -> list[CatalogItem]:
         rows = self.con.execute(

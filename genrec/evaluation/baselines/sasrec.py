@@ -1,0 +1,272 @@
+"""SASRec (Kang & McAuley 2018) as configured in RecBole 1.2: causal self-attention over the last ``max_len``
+items, item embeddings shared by the input and the output layer, cross-entropy over the whole item vocabulary.
+
+Items of every platform share one vocabulary, so a cross-platform history is one sequence. Scores for a case are
+the logits restricted to its target platform's catalog.
+
+Every next-item target of every train sequence is trained once per epoch. RecBole builds one padded input per
+target (its sequence augmentation); here a sequence is cut into windows of ``max_len`` inputs trained at all of
+their new positions at once, which costs about ``max_len`` times less. By default windows do not overlap (as in
+the original SASRec), so a target's context is the part of its window before it; ``window_stride < max_len``
+overlaps windows so that every target keeps at least ``max_len - window_stride + 1`` items of context, and
+``window_stride=1`` is exactly RecBole's scheme. Batches hold about ``batch_size`` targets: 512 by default
+rather than RecBole's 2048, which on movielens-latest-small reaches the same validation NDCG@10 in far fewer
+epochs (the cost of an epoch is about the same).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, rank_cases, scoped_history
+from genrec.evaluation.metrics import case_metrics
+from genrec.evaluation.types import EvalCase, Interaction, TrainData
+
+PAD = 0
+
+
+class _Layer(nn.Module):
+    """A post-norm transformer layer laid out as RecBole's (no dropout inside the feed-forward block)."""
+
+    def __init__(self, hidden: int, heads: int, inner: int, dropout: float, attn_dropout: float, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden, eps=eps)
+        self.ff_in = nn.Linear(hidden, inner)
+        self.ff_out = nn.Linear(inner, hidden)
+        self.norm2 = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.attn_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+        x = self.norm1(x + self.dropout(self.proj(attended)))
+        return self.norm2(x + self.dropout(self.ff_out(F.gelu(self.ff_in(x)))))
+
+
+class _Network(nn.Module):
+    """Item + position embeddings into a causal post-norm transformer; the item table is also the output layer."""
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        hidden: int,
+        layers: int,
+        heads: int,
+        inner: int,
+        dropout: float,
+        attn_dropout: float,
+        eps: float = 1e-12,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.items = nn.Embedding(n_items + 1, hidden, padding_idx=PAD)
+        self.positions = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(_Layer(hidden, heads, inner, dropout, attn_dropout, eps) for _ in range(layers))
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=init_std)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(B, L, H)`` of left-aligned, right-padded item sequences ``(B, L)``."""
+        length = seq.shape[1]
+        x = self.items(seq) + self.positions(torch.arange(length, device=seq.device))
+        x = self.dropout(self.norm(x))
+        causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+        mask = (causal & (seq != PAD)[:, None, :])[:, None]  # (B, 1, L, L): query row may see key column
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def logits(self, hidden: torch.Tensor, items: slice | None = None) -> torch.Tensor:
+        """Scores of real items (vocabulary rows 1..n, or the given slice of them) for each hidden state."""
+        table = self.items.weight[1:] if items is None else self.items.weight[items]
+        return hidden @ table.T
+
+
+class SASRec:
+    """Sequential recommender with self-attention; see the module docstring for the training scheme.
+
+    With ``history_scope="target"`` the train sequences are split per platform and a case's input is its
+    target-platform history only; with ``"cross"`` both are the merged cross-platform sequences.
+    Early stopping keeps the weights of the epoch with the best validation NDCG@10 (full ranking, history
+    excluded) and stops after ``patience`` epochs without improvement, or once ``time_budget_s`` is spent.
+    ``torch.set_num_threads`` is left as the caller set it.
+    """
+
+    def __init__(
+        self,
+        history_scope: HistoryScope = "cross",
+        *,
+        max_len: int = 50,
+        hidden_size: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        inner_size: int = 256,
+        dropout: float = 0.5,
+        attn_dropout: float = 0.5,
+        lr: float = 1e-3,
+        batch_size: int = 512,
+        max_epochs: int = 50,
+        patience: int = 5,
+        window_stride: int | None = None,
+        time_budget_s: float | None = None,
+        seed: int = 2020,
+        progress: bool = True,
+    ) -> None:
+        window_stride = max_len if window_stride is None else window_stride
+        if not 1 <= window_stride <= max_len:
+            raise ValueError("window_stride must be in [1, max_len]")
+        self.name = "SASRec"
+        self.history_scope = history_scope
+        self.max_len = max_len
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.inner_size = inner_size
+        self.dropout = dropout
+        self.attn_dropout = attn_dropout
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.window_stride = window_stride
+        self.time_budget_s = time_budget_s
+        self.seed = seed
+        self.progress = progress
+        self.log: list[dict[str, float]] = []  # one row per epoch: epoch, loss, valid_ndcg10, seconds
+        self._vocab: ItemVocabulary | None = None
+        self._net: _Network | None = None
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+        self._vocab = vocab = ItemVocabulary(train.catalogs, offset=1)
+        inputs, targets = self._windows(
+            [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
+        )
+        if len(inputs) == 0:
+            raise ValueError("SASRec needs at least one train sequence with two items")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._net = net = _Network(
+                vocab.size - 1,
+                self.max_len,
+                self.hidden_size,
+                self.n_layers,
+                self.n_heads,
+                self.inner_size,
+                self.dropout,
+                self.attn_dropout,
+            )
+            optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
+            best, best_state, stale, started = -1.0, copy.deepcopy(net.state_dict()), 0, time.perf_counter()
+            self.log = []
+            epochs = tqdm(range(1, self.max_epochs + 1), desc="SASRec", unit="epoch", disable=not self.progress)
+            for epoch in epochs:
+                loss = self._train_epoch(net, optimiser, inputs, targets)
+                row = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
+                if valid_cases:
+                    row["valid_ndcg10"] = ndcg = self._validate(valid_cases, train.catalogs)
+                    if ndcg > best:
+                        best, best_state, stale = ndcg, copy.deepcopy(net.state_dict()), 0
+                    else:
+                        stale += 1
+                self.log.append(row)
+                epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+                if stale >= self.patience:
+                    break
+                if self.time_budget_s is not None and time.perf_counter() - started > self.time_budget_s:
+                    break
+            if valid_cases:
+                net.load_state_dict(best_state)
+        net.eval()
+
+    def _validate(self, cases: Sequence[EvalCase], catalogs: dict[str, list[str]]) -> float:
+        """Mean NDCG@10 over ``cases`` (full ranking, history excluded)."""
+        return float(case_metrics(rank_cases(self, cases, catalogs), ks=(10,))["NDCG@10"].mean())
+
+    def _train_parts(self, sequence: list[Interaction]) -> list[list[Interaction]]:
+        if self.history_scope == "cross":
+            return [sequence]
+        platforms = dict.fromkeys(x.platform for x in sequence)
+        return [[x for x in sequence if x.platform == p] for p in platforms]
+
+    def _windows(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input windows ``(W, max_len)`` and their targets (``PAD`` where a position is not trained)."""
+        inputs, targets = [], []
+        for seq in sequences:
+            start = 0
+            trained_until = 0  # targets seq[1 .. trained_until] are already covered
+            while trained_until < len(seq) - 1:
+                window = seq[start : start + self.max_len]
+                target = seq[start + 1 : start + self.max_len + 1]
+                fresh = [t if start + 1 + j > trained_until else PAD for j, t in enumerate(target)]
+                inputs.append(window + [PAD] * (self.max_len - len(window)))
+                targets.append(fresh + [PAD] * (self.max_len - len(fresh)))
+                trained_until = start + len(target)
+                start += self.window_stride
+        return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+    def _train_epoch(
+        self, net: _Network, optimiser: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> float:
+        net.train()
+        order = torch.randperm(len(inputs)).numpy()
+        per_window = np.cumsum((targets[order] != PAD).sum(dim=1).numpy())
+        cuts = np.searchsorted(per_window, np.arange(self.batch_size, per_window[-1], self.batch_size)) + 1
+        total, count = 0.0, 0
+        for batch in np.split(order, np.unique(cuts)):
+            if len(batch) == 0:
+                continue
+            width = int((inputs[batch] != PAD).sum(dim=1).max())  # drop all-padding columns
+            seq, tgt = inputs[batch, :width], targets[batch, :width]
+            keep = tgt != PAD
+            hidden = net(seq)[keep]
+            loss = F.cross_entropy(net.logits(hidden), tgt[keep] - 1)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * int(keep.sum())
+            count += int(keep.sum())
+        return total / max(count, 1)
+
+    # -------------------------------------------------------------------------------------------- scoring
+
+    @torch.no_grad()
+    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+        if self._vocab is None or self._net is None:
+            raise RuntimeError("fit() first")
+        block = self._vocab.block(platform)
+        if not cases:
+            return np.zeros((0, block.stop - block.start), dtype=np.float32)
+        was_training = self._net.training
+        self._net.eval()
+        seqs = [self._vocab.encode(scoped_history(case, self.history_scope))[-self.max_len :] for case in cases]
+        lengths = torch.tensor([max(len(s), 1) for s in seqs])
+        width = int(lengths.max())
+        batch = torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
+        hidden = self._net(batch)[torch.arange(len(seqs)), lengths - 1]
+        scores = self._net.logits(hidden, block).numpy()
+        scores[[i for i, s in enumerate(seqs) if not s]] = 0.0  # no usable history: no preference
+        self._net.train(was_training)
+        return scores

@@ -1,0 +1,409 @@
+"""The FastAPI app: thin routes over the library; model work goes through the batching worker.
+
+``create_app(settings)`` returns an app whose lifespan opens the store, loads the models on the worker thread
+(``/healthz`` says ``starting`` until then) and closes everything at shutdown. Errors are JSON
+``{"error": message, "field": name}``: 404 unknown user/platform/conversation, 409 platform exists, 413 body too
+large, 422 bad payload (naming the field), 401/403 missing or wrong API key, 503 with Retry-After when the model
+queue is full or a request waited longer than ``request_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+import genrec
+from genrec.chat import ChatEngine, ChatTurn, Conversations
+from genrec.data.importers import events_from_records, parse_mapping
+from genrec.data.schema import HistoryItem
+from genrec.data.store import Store
+from genrec.embedding import Embedder
+from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError
+from genrec.llm import LLMConfig
+from genrec.onboarding import onboard
+from genrec.prompts import PromptTemplates
+from genrec.recommender import Recommender
+from genrec.recommender import Request as RecommendRequest
+from genrec.report import ReportBuilder
+from genrec.server.jobs import ChatJob, RecommendJob, ReportJob
+from genrec.server.models import (
+    ChatIn,
+    ChatOut,
+    EventsIn,
+    EventsOut,
+    Health,
+    HistoryEvent,
+    HistoryItemOut,
+    OnboardingOut,
+    PlatformOut,
+    RecommendIn,
+    RecommendOut,
+)
+from genrec.server.settings import ServerSettings
+from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
+
+STATIC = Path(__file__).parent / "static"
+UPLOAD_PATH = "/v1/platforms"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class Busy(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Invalid(Exception):
+    """A payload over a configured limit: answered 422 naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class Service:
+    """Everything the routes use; built at startup."""
+
+    settings: ServerSettings
+    store: Store
+    templates: PromptTemplates
+    recommender: Recommender
+    onboarding: Recommender  # its own embedder, so onboarding never waits for (or blocks) the model worker
+    worker: BatchWorker
+    chat: ChatEngine
+    reports: ReportBuilder
+    onboarding_lock: threading.Lock
+    ready: threading.Event
+
+    @classmethod
+    def start(cls, settings: ServerSettings) -> Service:
+        store = Store(settings.db)
+        templates = PromptTemplates(settings.templates)
+        llm_config = LLMConfig(model=settings.model, adapter=settings.adapter, dtype=settings.dtype,
+                               device=settings.device, load_in_4bit=settings.load_in_4bit)
+        recommender = Recommender(store, llm_config=llm_config, templates=templates)
+        worker = BatchWorker(recommender, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                             wait_s=settings.batch_wait_ms / 1000)
+        chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
+                          use_llm=settings.chat_llm)
+        service = cls(settings, store, templates, recommender, Recommender(store, embedder=Embedder()), worker,
+                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event())
+        worker.start()
+        if settings.warm_up:
+            worker.submit(CallJob(service.warm_up))
+        else:
+            service.ready.set()
+        return service
+
+    def warm_up(self) -> None:
+        """Load the models and every catalog index, so that the first request is as fast as the others."""
+        try:
+            _ = self.recommender.llm, self.recommender.embedder.model
+            for name in self.store.catalog_sizes():
+                self.recommender.index(name)
+            self.chat.vocabulary()
+            self.reports.checker()
+        finally:
+            self.ready.set()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.store.close()
+
+    async def run(self, job: Job) -> Any:
+        """``job``'s answer from the worker; ``Busy`` when the queue is full or the answer takes too long."""
+        try:
+            future = self.worker.submit(job)
+        except Overloaded as exc:
+            raise Busy(str(exc), exc.retry_after) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
+        except TimeoutError:
+            raise Busy(f"no answer within {self.settings.request_timeout_s:g} s; the server is busy",
+                       self.worker.retry_after()) from None
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from GENREC_API_KEYS")
+_bearer = HTTPBearer(auto_error=False, description="An API key from GENREC_API_KEYS, as a bearer token")
+
+
+def require_api_key(service: ServiceDep, api_key: Annotated[str | None, Depends(_api_key_header)],
+                    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Write endpoints: a configured API key in ``X-API-Key`` or ``Authorization: Bearer``."""
+    keys = service.settings.api_keys
+    if not keys:
+        raise HTTPException(403, "writes are disabled: no API key is configured (set GENREC_API_KEYS or api_keys "
+                                 "in the server config)")
+    given = api_key or (bearer.credentials if bearer else None)
+    if not given:
+        raise HTTPException(401, "this endpoint needs an API key (X-API-Key header or Authorization: Bearer)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+Writer = Depends(require_api_key)
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over the limit are answered 413 before the app reads them."""
+
+    def __init__(self, app: Callable, limit: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        if length is not None:
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True  # no declared length: read (at most limit bytes) before the app does
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"error": f"request body larger than {limit} bytes", "field": None}, status_code=413)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings.load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = await run_in_threadpool(Service.start, settings)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
+                  description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
+    app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
+                       else settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization", "X-API-Key"])
+    _add_error_handlers(app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [(".".join(str(part) for part in error["loc"] if part != "body") or "body", error["msg"])
+                    for error in exc.errors()]
+        message = "; ".join(f"{where}: {what}" for where, what in problems[:5])
+        return _error(422, message, problems[0][0] if problems else None)
+
+    @app.exception_handler(Invalid)
+    async def over_limit(_: Request, exc: Invalid) -> JSONResponse:
+        return _error(422, str(exc), exc.field)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        return _error(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(GenrecError)
+    async def genrec_error(_: Request, exc: GenrecError) -> JSONResponse:
+        if isinstance(exc, NotFoundError):
+            return _error(404, str(exc))
+        if isinstance(exc, ConflictError):
+            return _error(409, str(exc))
+        if isinstance(exc, DataError):
+            return _error(422, str(exc), exc.field)
+        return _error(400, str(exc))
+
+
+def _limit(field: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise Invalid(field, f"at most {limit} allowed by this server, got {count}")
+
+
+def _inline_history(store: Store, events: list[HistoryEvent]) -> list[HistoryItem]:
+    """An inline history with catalog titles filled in; without timestamps the list order is the time order."""
+    titles: dict[tuple[str, str], str] = {}
+    for platform in {e.platform for e in events if e.title is None}:
+        ids = [e.item_id for e in events if e.platform == platform and e.title is None]
+        titles |= {(platform, item.item_id): item.title for item in store.items(platform, ids)}
+    timed = all(e.timestamp is not None for e in events)
+    start = datetime(1970, 1, 1)
+    return [HistoryItem(user_id="inline", platform=e.platform, item_id=e.item_id,
+                        timestamp=e.timestamp.replace(tzinfo=None) if timed and e.timestamp else
+                        start + timedelta(seconds=position),
+                        value=e.value, title=e.title or titles.get((e.platform, e.item_id)))
+            for position, e in enumerate(events)]
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def health(service: ServiceDep) -> Health:
+        return Health(status="ok" if service.ready.is_set() else "starting", version=genrec.__version__,
+                      platforms=[p.name for p in service.store.platforms()], queue_depth=service.worker.depth,
+                      conversations=len(service.chat.conversations), worker=service.worker.stats.to_dict())
+
+    @app.post("/v1/recommend", response_model=RecommendOut, tags=["recommend"])
+    async def recommend(body: RecommendIn, service: ServiceDep) -> dict:
+        """Top-k items of ``platform`` for a stored user (``user_id``) or an inline cross-platform ``history``."""
+        settings = service.settings
+        _limit("k", body.k, settings.max_k)
+        history = None
+        if body.history is not None:
+            _limit("history", len(body.history), settings.max_history)
+            history = await run_in_threadpool(_inline_history, service.store, body.history)
+        request = RecommendRequest(body.platform, user_id=body.user_id, history=history, k=body.k,
+                                   explain=body.explain, exclude=frozenset(body.exclude))
+        return await service.run(RecommendJob(request))
+
+    @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"])
+    async def chat(body: ChatIn, service: ServiceDep) -> dict:
+        """A chat message in a conversation (new when ``conversation_id`` is absent) -> recommendations."""
+        _limit("k", body.k, service.settings.max_k)
+        turn = ChatTurn(body.user_id, body.message, body.conversation_id, body.k, body.explain)
+        return await service.run(ChatJob(service.chat, turn))
+
+    @app.get("/v1/users", tags=["users"])
+    def users(service: ServiceDep, platform: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+        if platform is not None:
+            service.store.platform(platform)
+        return {"users": service.store.users(platform)[:limit]}
+
+    @app.get("/v1/users/{user_id}/history", response_model=list[HistoryItemOut], tags=["users"])
+    def history(user_id: str, service: ServiceDep, platform: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[HistoryItemOut]:
+        """The user's latest events (newest last)."""
+        if not service.store.has_user(user_id):
+            raise NotFoundError(f"unknown user {user_id!r}: the store has no events for this user")
+        return [HistoryItemOut(platform=h.platform, item_id=h.item_id, title=h.title,
+                               timestamp=h.timestamp.isoformat(), event=h.event, value=h.value)
+                for h in service.store.history(user_id, platform=platform, limit=limit)]
+
+    @app.get("/v1/users/{user_id}/report", tags=["explain"],
+             responses={200: {"content": {"text/html": {}, "text/markdown": {}, "application/json": {}}}})
+    async def report(user_id: str, service: ServiceDep,
+                     fmt: Annotated[Literal["html", "md", "json"], Query(alias="format")] = "html",
+                     platform: Annotated[list[str] | None, Query()] = None) -> Response:
+        """Explainable report: profile per platform, activity charts, recommendations with rationale, evidence
+        and a faithfulness check. ``platform`` (repeatable): target platforms [default: the user's own]."""
+        text = await service.run(ReportJob(service.reports, user_id, platform or [], fmt, service.templates))
+        if fmt == "html":
+            return HTMLResponse(text)
+        if fmt == "md":
+            return PlainTextResponse(text, media_type="text/markdown")
+        return Response(text, media_type="application/json")
+
+    @app.get("/v1/platforms", response_model=list[PlatformOut], tags=["platforms"])
+    def platforms(service: ServiceDep) -> list[PlatformOut]:
+        sizes = service.store.catalog_sizes()
+        return [PlatformOut(name=p.name, verb=p.verb, time_kind=p.time_kind, description=p.description,
+                            catalog_items=sizes.get(p.name, 0)) for p in service.store.platforms()]
+
+    @app.post("/v1/platforms", response_model=OnboardingOut, status_code=201, tags=["platforms"],
+              dependencies=[Writer])
+    async def add_platform(
+        service: ServiceDep,
+        name: Annotated[str, Form(min_length=1, max_length=64)],
+        catalog: Annotated[UploadFile, File(description="CSV, TSV, JSONL or Parquet (optionally .gz)")],
+        verb: Annotated[str | None, Form(max_length=40)] = None,
+        description: Annotated[str | None, Form(max_length=500)] = None,
+        time_kind: Annotated[Literal["time", "sequence"], Form()] = "time",
+        template: Annotated[str | None, Form(max_length=20_000, description="Jinja2 recommend prompt")] = None,
+        mapping: Annotated[list[str] | None, Form(description="CANONICAL=SOURCE column, e.g. item_id=sku")] = None,
+        catalog_format: Annotated[Literal["csv", "tsv", "jsonl", "parquet"] | None, Form()] = None,
+    ) -> dict:
+        """Register a platform with its catalog: imported, embedded and servable when this returns (no training).
+        """
+        if not service.onboarding_lock.acquire(blocking=False):
+            raise Busy("another platform is being onboarded; retry shortly", 10)
+        try:
+            with tempfile.TemporaryDirectory(prefix="genrec-upload-") as folder:
+                path = Path(folder) / (_SAFE_NAME.sub("_", Path(catalog.filename or "catalog").name) or "catalog")
+                path.write_bytes(await catalog.read())
+                report = await run_in_threadpool(
+                    onboard, service.store, name, path, recommender=service.onboarding,
+                    mapping=parse_mapping(mapping or []), fmt=catalog_format, verb=verb, template=template,
+                    time_kind=time_kind, description=description)
+        finally:
+            service.onboarding_lock.release()
+        return report.to_dict()
+
+    @app.post("/v1/events", response_model=EventsOut, tags=["events"], dependencies=[Writer])
+    def events(body: EventsIn, service: ServiceDep) -> EventsOut:
+        """Append events (canonical schema) in one transaction; the next recommendation sees them."""
+        _limit("events", len(body.events), service.settings.max_events)
+        try:
+            batch = events_from_records([e.model_dump() for e in body.events])
+            report = service.store.ingest(batch)
+        except DataError as exc:
+            where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
+            raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc
+        return EventsOut(received=len(body.events), added=report.events_added,
+                         already_present=report.events_present,
+                         removed_by_cleaning=sum(rule.removed for rule in report.cleaning.rules),
+                         store_version=service.store.version)

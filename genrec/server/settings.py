@@ -1,0 +1,74 @@
+"""Server settings: a YAML config file, the ``GENREC_API_KEYS`` environment variable and command-line overrides.
+
+API keys come from both the config file (``api_keys: [...]``) and ``GENREC_API_KEYS`` (comma-separated); write
+endpoints need one of them. With no key configured, writes are refused. CORS is off unless ``cors_origins`` lists
+origins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genrec.errors import GenrecError
+from genrec.llm import Device, DType
+
+API_KEYS_ENV = "GENREC_API_KEYS"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db: Path | None = None
+    api_keys: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    # model work: one worker thread, a bounded queue, micro-batches of up to max_batch jobs
+    max_batch: int = Field(8, ge=1, le=64)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: int = Field(64, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    warm_up: bool = True
+    # limits
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_upload_bytes: int = Field(64_000_000, ge=1024)
+    max_history: int = Field(500, ge=1)
+    max_events: int = Field(10_000, ge=1)
+    max_k: int = Field(50, ge=1)
+    # chat and reports
+    chat_llm: bool = True
+    conversation_ttl_s: float = Field(1800.0, gt=0)
+    max_conversations: int = Field(1000, ge=1)
+    report_k: int = Field(5, ge=1)
+    # models
+    model: str | None = None
+    adapter: str | None = None
+    dtype: DType = "auto"
+    device: Device = "auto"
+    load_in_4bit: bool = False
+    templates: Path | None = None
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> ServerSettings:
+        """Settings from ``config`` (YAML; a ``server:`` section or the whole file), ``GENREC_API_KEYS`` and
+        ``overrides`` (``None`` values are ignored)."""
+        data: dict[str, Any] = {}
+        if config is not None:
+            try:
+                loaded = yaml.safe_load(Path(config).read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise GenrecError(f"{config}: cannot read the server config ({exc})") from exc
+            if not isinstance(loaded, dict):
+                raise GenrecError(f"{config}: expected a mapping of settings")
+            data = dict(loaded.get("server", loaded))
+        data.update({key: value for key, value in overrides.items() if value is not None})
+        env_keys = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+        data["api_keys"] = list(dict.fromkeys([*(data.get("api_keys") or []), *env_keys]))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise GenrecError(f"invalid server settings{f' in {config}' if config else ''}: {problems}") from exc

@@ -1,0 +1,131 @@
+"""The server's model worker (micro-batching, overload, error isolation) and settings, without models."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+
+from genrec.errors import GenrecError, NotFoundError
+from genrec.recommender import Request
+from genrec.server.settings import ServerSettings
+from genrec.server.worker import BatchWorker, CallJob, Overloaded
+
+
+class FakeRecommender:
+    """``recommend_many`` answers each request with its user id; blocks while ``gate`` is closed; fails on
+    ``user_id == "bad"`` like the real one (the whole call raises)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str | None]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()  # set once a call is in progress
+
+    def recommend_many(self, requests):
+        self.entered.set()
+        self.gate.wait(10)
+        self.calls.append([r.user_id for r in requests])
+        if any(r.user_id == "bad" for r in requests):
+            raise NotFoundError("unknown user 'bad'")
+        return [f"answer for {r.user_id}" for r in requests]
+
+
+class EchoJob:
+    def __init__(self, *users: str) -> None:
+        self.requests = [Request("movies", user_id=u) for u in users]
+
+    def prepare(self):
+        return self.requests
+
+    def finish(self, results):
+        return list(results)
+
+
+@pytest.fixture
+def fake():
+    return FakeRecommender()
+
+
+@pytest.fixture
+def worker(fake):
+    worker = BatchWorker(fake, max_batch=4, max_queue=6, wait_s=0.05)
+    worker.start()
+    yield worker
+    fake.gate.set()
+    worker.stop()
+
+
+def test_waiting_jobs_share_one_batched_call(worker, fake) -> None:
+    fake.gate.clear()
+    blocker = worker.submit(EchoJob("first"))
+    assert fake.entered.wait(5)  # the worker is busy with the first job
+    futures = [worker.submit(EchoJob(f"u{i}")) for i in range(4)] + [worker.submit(EchoJob("x", "y"))]
+    fake.gate.set()
+    assert blocker.result(5) == ["answer for first"]
+    assert [f.result(5) for f in futures] == [["answer for u0"], ["answer for u1"], ["answer for u2"],
+                                              ["answer for u3"], ["answer for x", "answer for y"]]
+    assert fake.calls[1] == ["u0", "u1", "u2", "u3"]  # max_batch jobs in one call
+    assert fake.calls[2] == ["x", "y"]
+    assert worker.stats.batches == 3 and worker.stats.jobs == 6
+
+
+def test_a_bad_request_fails_only_its_own_job(worker, fake) -> None:
+    fake.gate.clear()
+    blocker = worker.submit(EchoJob("first"))
+    assert fake.entered.wait(5)
+    good, bad = worker.submit(EchoJob("good")), worker.submit(EchoJob("bad"))
+    fake.gate.set()
+    blocker.result(5)
+    assert good.result(5) == ["answer for good"]
+    with pytest.raises(NotFoundError):
+        bad.result(5)
+    assert worker.stats.failed_batches == 1
+
+
+def test_errors_in_prepare_and_finish_reach_the_caller(worker) -> None:
+    def boom():
+        raise GenrecError("no")
+
+    assert worker.submit(CallJob(lambda: 42)).result(5) == 42
+    with pytest.raises(GenrecError):
+        worker.submit(CallJob(boom)).result(5)
+
+    class BadPrepare(EchoJob):
+        def prepare(self):
+            raise GenrecError("cannot plan")
+
+    with pytest.raises(GenrecError, match="cannot plan"):
+        worker.submit(BadPrepare()).result(5)
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after(worker, fake) -> None:
+    fake.gate.clear()
+    worker.submit(EchoJob("first"))
+    assert fake.entered.wait(5)
+    queued = [worker.submit(EchoJob(f"q{i}")) for i in range(6)]
+    with pytest.raises(Overloaded) as refused:
+        worker.submit(EchoJob("one too many"))
+    assert refused.value.retry_after >= 1
+    queued[0].cancel()  # a caller that gave up: the worker skips the job
+    fake.gate.set()
+    assert [f.result(5) for f in queued[1:]] == [[f"answer for q{i}"] for i in range(1, 6)]
+    with pytest.raises(CancelledError):
+        queued[0].result(0)
+
+
+def test_settings_merge_file_environment_and_overrides(tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("server:\n  api_keys: [from-file]\n  max_batch: 4\n  cors_origins: ['http://localhost:3000']\n")
+    monkeypatch.setenv("GENREC_API_KEYS", " from-env-1, from-env-2 ,")
+    settings = ServerSettings.load(config, max_batch=2, db=None)
+    assert settings.api_keys == ["from-file", "from-env-1", "from-env-2"]
+    assert settings.max_batch == 2 and settings.cors_origins == ["http://localhost:3000"]
+    monkeypatch.delenv("GENREC_API_KEYS")
+    assert ServerSettings.load().api_keys == [] and ServerSettings.load().cors_origins == []  # secure defaults
+    config.write_text("max_batch: 0\nmystery: 1\n")
+    with pytest.raises(GenrecError, match="max_batch") as error:
+        ServerSettings.load(config)
+    assert "mystery" in str(error.value)

@@ -1,0 +1,370 @@
+"""SFT data and the LoRA trainer, on synthetic stores with a tiny random Llama (fast) and the real model (integration).
+
+The tiny model uses a byte-level tokenizer with a ChatML template built in memory, so nothing is downloaded and the
+prompts go through exactly the code path of real runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from genrec.data.importers import ImportBatch
+from genrec.data.schema import Platform
+from genrec.data.store import Store
+from genrec.evaluation.generative import history_items
+from genrec.evaluation.protocol import Protocol, build
+from genrec.llm import LLM, LLMConfig, read_adapter_metadata
+from genrec.recommender import Recommender, RecommenderConfig, Request
+from genrec.training import sft
+from genrec.training.config import LoraSettings, parse
+from genrec.training.model import load_for_training
+from genrec.training.trainer import Trainer, response_loss
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+PROMPT = {"n_generate": 2, "token_budget": 200, "max_items_per_platform": 4}
+
+
+def _tokenizer():
+    """A small byte-level BPE tokenizer trained on genrec's prompt templates, with ChatML tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from genrec.prompts import packaged_templates
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    corpus = [path.read_text() for path in sorted(packaged_templates().glob("*.j2"))]
+    corpus += [f'- "{kind} thing {i}"\n{i}. "{kind} thing {i}"' for kind in ("arts", "office") for i in range(12)]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core.train_from_iterator(corpus * 3, trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                             show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-block Llama with the byte-level tokenizer, saved as a Hugging Face directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _batch(rows: list[tuple[str, str, str, int]], splits: list[tuple[str, str]]) -> ImportBatch:
+    frame = pd.DataFrame(rows, columns=["user_id", "platform", "item_id", "timestamp"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], unit="s").astype("datetime64[us]")
+    frame["event"], frame["value"] = "x", None
+    frame["_file"], frame["_line"] = "t", range(1, len(frame) + 1)
+    n = 30  # items per platform; users touch the first 12
+    items = pd.DataFrame({"platform": ["a"] * n + ["b"] * n,
+                          "item_id": [f"a{i}" for i in range(n)] + [f"b{i}" for i in range(n)]})
+    items["title"] = [f"arts thing {i}" for i in range(n)] + [f"office thing {i}" for i in range(n)]
+    for col in ("description", "category", "attributes", "year"):
+        items[col] = None
+    items["_file"], items["_line"] = "t", range(1, len(items) + 1)
+    return ImportBatch("t", platforms=[Platform("a", verb="bought"), Platform("b", verb="bought")], events=frame,
+                       items=items, splits=pd.DataFrame(splits, columns=["user_id", "split"]))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """30 users over two platforms (a repeating pattern a model can learn), split 20 train / 5 valid / 5 test."""
+    rng = random.Random(3)
+    rows = []
+    for u in range(30):
+        start, t = rng.randrange(12), 0
+        for step in range(rng.randint(6, 12)):
+            t += rng.choice([1, 1, 2, 0]) if step else 1  # equal timestamps happen
+            platform = "ab"[step % 3 == 2]
+            rows.append((f"u{u}", platform, f"{platform}{(start + step) % 12}", t))
+    splits = [(f"u{u}", "train" if u < 20 else "valid" if u < 25 else "test") for u in range(30)]
+    with Store(tmp_path_factory.mktemp("store") / "s.duckdb") as s:
+        s.ingest(_batch(rows, splits))
+        yield s
+
+
+def _recommender(store: Store, prompt: dict | None = None) -> Recommender:
+    llm = LLM(None, _tokenizer(), LLMConfig())
+    return Recommender(store, llm=llm, config=RecommenderConfig(**(prompt or PROMPT)))
+
+
+# --------------------------------------------------------------------------------------------------- SFT data
+
+
+@pytest.mark.parametrize("users", ["dataset", "all"])
+def test_examples_come_from_train_data_only(store, users):
+    data = build(store, Protocol(targets="final-timestamp", users=users), ["a", "b"])
+    config = sft.SFTConfig(response_items=3, max_examples_per_user=50)
+    examples = sft.build_examples(data.train, _recommender(store), config, seed=1).examples
+    assert examples
+    held_out = data.valid + data.test
+    train_users = set(data.train.sequences)
+    if users == "dataset":
+        assert {e.user_id for e in examples} <= train_users
+        assert not {e.user_id for e in examples} & {c.user_id for c in held_out}
+    first_target = {}
+    for case in held_out:
+        first_target[case.user_id] = min(first_target.get(case.user_id, case.timestamp), case.timestamp)
+    for example in examples:
+        sequence = data.train.sequences[example.user_id]
+        stamps = {(x.platform, x.item_id): x.timestamp for x in sequence}
+        for target in example.targets:  # answers are real later events of the user's training sequence
+            assert stamps[(example.platform, target)] >= example.cutoff
+        assert example.cutoff < first_target.get(example.user_id, float("inf")), "a held-out target leaked"
+        history = [x for x in sequence if x.timestamp < example.cutoff]
+        shown = {x.item_id for x in history}
+        assert not set(example.targets) & {x.item_id for x in history if x.platform == example.platform}
+        for later in (x for x in sequence if x.timestamp >= example.cutoff and x.item_id not in shown):
+            title = data.train.titles[(later.platform, later.item_id)]
+            assert f'"{title}"' not in example.prompt, "a future event reached the prompt"
+
+
+def test_prompts_are_the_inference_prompts(store, embedder_stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path))
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    recommender = _recommender(store)
+    recommender._embedder = embedder_stub  # inference builds the catalog index before the prompt
+    example = sft.build_examples(data.train, recommender, sft.SFTConfig(), seed=0).examples[0]
+    sequence = data.train.sequences[example.user_id]
+    history = history_items(example.user_id, [x for x in sequence if x.timestamp < example.cutoff],
+                            data.train.titles)
+    request = Request(example.platform, history=history, k=5)
+    assert recommender._prepare(request)[2] == example.prompt
+    assert example.prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_responses_in_the_answer_format_with_grounded_rationales(store, embedder_stub, tmp_path, monkeypatch):
+    from genrec.llm import parse_candidates
+
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path))  # the stub's catalog vectors stay out of the real cache
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    recommender = _recommender(store)
+    recommender._embedder = embedder_stub
+    config = sft.SFTConfig(response_items=2, rationale_fraction=1.0)
+    examples = sft.build_examples(data.train, recommender, config, seed=0).examples
+    assert examples and all(e.rationale for e in examples)
+    for example in examples:
+        parsed = parse_candidates(example.response).candidates
+        titles = [data.train.titles[(example.platform, t)] for t in example.targets]
+        assert [c.title for c in parsed] == titles
+        for candidate in parsed:
+            cited = candidate.rationale.split('"')[1]
+            assert f'- "{cited}"' in example.prompt, "a rationale cites an item the profile does not show"
+        assert "reason" in example.prompt  # the prompt asked for reasons
+
+
+def test_platform_filter_removes_a_platform_everywhere(store):
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    config = sft.SFTConfig(max_examples_per_user=50, exclude_platforms=["b"])
+    result = sft.build_examples(data.train, _recommender(store), config, seed=0)
+    assert result.examples and result.stats["per_platform"].keys() == {"a"}
+    assert not any('"b"' in e.prompt or "office" in e.prompt for e in result.examples)
+
+
+def test_sampling_is_seeded_capped_and_deduplicated(store):
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    config = sft.SFTConfig(max_examples_per_user=2, max_examples=15, stride=2)
+    first = sft.build_examples(data.train, _recommender(store), config, seed=5)
+    again = sft.build_examples(data.train, _recommender(store), config, seed=5)
+    assert first.examples == again.examples
+    assert len(first.examples) <= 15
+    per_user = pd.Series([e.user_id for e in first.examples]).value_counts()
+    assert per_user.max() <= 2
+    assert len({(e.prompt, e.response) for e in first.examples}) == len(first.examples)
+
+
+def test_labels_cover_the_response_only():
+    tokenizer = _tokenizer()
+    example = sft.SFTExample("u", "a", 1.0, ("a1",), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+                             '1. "arts thing 1"')
+    (short,), _ = sft.tokenize([example], tokenizer, 1024)
+    (long,), _ = sft.tokenize([sft.SFTExample(**{**example.to_dict(), "prompt": example.prompt * 2})], tokenizer,
+                              1024)
+    batch = sft.collate([short, long], tokenizer.pad_token_id)
+    for row, item in enumerate((short, long)):
+        labels = batch["labels"][row]
+        supervised = labels[labels != sft.IGNORE_INDEX].tolist()
+        assert supervised == list(item.input_ids[item.prompt_length :])
+        assert tokenizer.decode(supervised) == '1. "arts thing 1"<|im_end|>'
+    assert batch["attention_mask"][0, : len(long) - len(short)].sum() == 0  # left padding
+    assert int(batch["response_span"]) == short.response_length
+    _, dropped = sft.tokenize([example], tokenizer, 10)
+    assert dropped == 1
+
+
+def test_length_buckets_keep_padding_low():
+    rng = random.Random(0)
+    lengths = [rng.randint(180, 460) for _ in range(2000)]
+    batches = sft.length_batches(lengths, batch_tokens=4096, max_batch_size=16, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(2000))
+    assert all(len(b) * max(lengths[i] for i in b) <= 4096 and len(b) <= 16 for b in batches)
+    assert sft.padding_waste(lengths, batches) < 0.02
+    naive = [list(range(i, min(i + 8, 2000))) for i in range(0, 2000, 8)]
+    assert sft.padding_waste(lengths, naive) > 0.15
+    assert batches != sft.length_batches(lengths, batch_tokens=4096, max_batch_size=16, seed=1)
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+
+
+def _config(tmp_path: Path, **train) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    eval_path = tmp_path / "eval.yaml"
+    eval_path.write_text(yaml.safe_dump({"name": "synthetic", "dataset": "synthetic", "methods": ["mostpop"],
+                                         "protocol": {"targets": "final-timestamp", "users": "dataset"}}))
+    return {"name": "tiny", "eval_config": str(eval_path), "output_dir": str(tmp_path / "run"), "prompt": PROMPT,
+            "sft": {"response_items": 2, "max_examples_per_user": 4},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+            "train": {"max_steps": 6, "batch_tokens": 1200, "threads": 1, "grad_accum": 2, "lr": 2e-2,
+                      "warmup_ratio": 0.2, "log_every": 1, "checkpoint_every": 2, "device": "cpu", "dtype": "float32",
+                      **train},
+            "validation": {"cases": 0}}
+
+
+def _train(store, raw: dict, model_dir: Path, resume: bool = False):
+    config = parse({**raw, "model": str(model_dir)})
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    return Trainer(config, store, data=data, progress=False, log=lambda _: None).run(resume=resume)
+
+
+def _lora_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(adapter / "adapter_model.safetensors")
+
+
+def test_training_reduces_the_loss_and_writes_a_loadable_adapter(store, tiny_model_dir, tmp_path):
+    result = _train(store, _config(tmp_path, max_steps=12), tiny_model_dir)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "train"]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
+    assert result.state.step == 12 and result.padding_waste < 0.1
+    metadata = read_adapter_metadata(result.adapter_dir)
+    assert metadata["config_hash"] and metadata["train_examples"] == result.examples
+    assert metadata["dataset"] == "synthetic" and metadata["protocol"]["users"] == "dataset"
+    assert metadata["recommender"]["n_generate"] == PROMPT["n_generate"] and metadata["machine"]["cpus"]
+    assert RecommenderConfig.for_adapter(str(result.adapter_dir)).token_budget == PROMPT["token_budget"]
+    llm = LLM.load(LLMConfig(model=str(tiny_model_dir), adapter=str(result.adapter_dir), dtype="float32"))
+    assert type(llm.model).__name__ == "PeftModelForCausalLM"
+    trained = _lora_weights(result.adapter_dir)
+    assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in trained.items())
+
+
+def test_resume_continues_at_the_same_step(store, tiny_model_dir, tmp_path, monkeypatch):
+    from genrec.training import trainer
+
+    straight = _train(store, _config(tmp_path / "straight"), tiny_model_dir)
+    save = trainer._Run.save_checkpoint
+
+    def save_then_crash(run):
+        save(run)
+        if run.state.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer._Run, "save_checkpoint", save_then_crash)
+    raw = _config(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, raw, tiny_model_dir)
+    monkeypatch.setattr(trainer._Run, "save_checkpoint", save)
+    with pytest.raises(Exception, match="--resume"):
+        _train(store, raw, tiny_model_dir)
+    resumed = _train(store, raw, tiny_model_dir, resume=True)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["event"] == "resume"] == [4]
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert resumed.state.step == straight.state.step == 6
+    expected, got = _lora_weights(straight.adapter_dir), _lora_weights(resumed.adapter_dir)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_validation_through_the_harness_keeps_the_best_adapter(store, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path / "home"))  # catalog vectors of the synthetic store
+    raw = _config(tmp_path)
+    raw["validation"] = {"cases": 4, "every": 2, "patience": 0}
+    result = _train(store, raw, tiny_model_dir)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in log if r["event"] == "valid"]
+    assert [r["step"] for r in rounds] == [0, 2, 4, 6]
+    assert rounds[0]["baselines"]["MostPop"]["cases"] == 4 and "NDCG@10" in rounds[0]
+    metrics = read_adapter_metadata(result.adapter_dir)["metrics"]
+    assert metrics["validation_cases"] == 4 and metrics["zero_shot"]["cases"] == 4
+    assert metrics["adapter"]["NDCG@10"] == result.state.best_metric
+    assert result.state.best_step in (2, 4, 6) and len(result.state.validations) == 3
+
+
+def _grads_after_an_eval_pass(model, tokenizer) -> list[torch.Tensor]:
+    """LoRA B gradients of one training step taken after a no-grad forward pass in eval mode."""
+    ids = tokenizer(['<|im_start|>user\nwhich thing<|im_end|>\n<|im_start|>assistant\n1. "arts thing 3"'],
+                    return_tensors="pt")["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model.zero_grad()
+    batch = sft.collate([sft.TokenizedExample(tuple(ids[0].tolist()), ids.shape[1] - 6)], tokenizer.pad_token_id)
+    response_loss(model, batch).backward()
+    return [p.grad for name, p in model.named_parameters() if "lora_B" in name]
+
+
+def test_four_bit_cpu_gradients_survive_an_eval_pass(tiny_model_dir):
+    """The bitsandbytes CPU trap: after a no-grad pass, 4-bit layers must still pass gradients down to LoRA."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    model, tokenizer = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0),
+                                         device=torch.device("cpu"), dtype=torch.bfloat16, load_in_4bit=True)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    grads = _grads_after_an_eval_pass(model, tokenizer)
+    assert len(grads) == len(layers) and all(g is not None and g.abs().sum() > 0 for g in grads)
+    if has_avx512bf16():  # without the guard, the eval pass repacks the weights and lower layers get no gradient
+        model, tokenizer = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0),
+                                             device=torch.device("cpu"), dtype=torch.bfloat16, load_in_4bit=True)
+        for layer in (m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)):
+            layer.support_avx512bf16_for_cpu = True
+        grads = _grads_after_an_eval_pass(model, tokenizer)
+        assert any(g is None or g.abs().sum() == 0 for g in grads)
+
+
+@pytest.fixture
+def embedder_stub():
+    """A deterministic bag-of-characters embedder (rationales only need similarities)."""
+    import numpy as np
+
+    class Stub:
+        dim = 64
+        name = "stub"
+        fingerprint = "stub"
+        encoded_count = 0
+
+        def encode(self, texts, **_):
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            for row, text in enumerate(texts):
+                for ch in text:
+                    out[row, ord(ch) % self.dim] += 1
+            return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    return Stub()
