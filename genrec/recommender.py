@@ -197,11 +197,28 @@ class Recommender:
         request = Request(platform, user_id, history, k, explain, before, frozenset(exclude), instruction)
         return self.recommend_many([request])[0]
 
-    def recommend_many(self, requests: Sequence[Request], *, progress: bool = False) -> list[RecommendationList]:
-        """Answer several requests with one batched generation pass."""
+    def recommend_many(self, requests: Sequence[Request], *, progress: bool = False,
+                       outputs: Sequence[str] | None = None) -> list[RecommendationList]:
+        """Answer several requests with one batched generation pass.
+
+        ``outputs`` (one LLM answer per request, e.g. saved by an earlier run) skips generation: only grounding
+        runs, so grounding settings (popularity prior, fills) can change without generating again.
+        """
         started = time.perf_counter()
         prepared = [self._prepare(r) for r in requests]
-        prompts = [p[2] for p in prepared]
+        if outputs is None:
+            outputs = self._generate(requests, [p[2] for p in prepared], progress)
+        elif len(outputs) != len(requests):
+            raise GenrecError(f"{len(outputs)} saved outputs for {len(requests)} requests")
+        results = []
+        for request, (history, profile, _), output in zip(requests, prepared, outputs, strict=True):
+            results.append(self._ground(request, history, profile, output))
+        elapsed = time.perf_counter() - started
+        for result in results:
+            result.seconds = elapsed / max(1, len(results))
+        return results
+
+    def _generate(self, requests: Sequence[Request], prompts: Sequence[str], progress: bool) -> list[str]:
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             by_length.setdefault(self._max_new_tokens(r), []).append(i)
@@ -212,13 +229,7 @@ class Recommender:
                                       progress=progress)
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = text[0]
-        results = []
-        for request, (history, profile, _), output in zip(requests, prepared, outputs, strict=True):
-            results.append(self._ground(request, history, profile, output))
-        elapsed = time.perf_counter() - started
-        for result in results:
-            result.seconds = elapsed / max(1, len(results))
-        return results
+        return outputs
 
     def _max_new_tokens(self, request: Request) -> int:
         per_item = self.config.tokens_per_item + (self.config.tokens_per_rationale if request.explain else 0)

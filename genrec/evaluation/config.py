@@ -21,6 +21,8 @@ class MethodSpec:
     label: str | None = None  # shown in tables; defaults to the name
     options: dict = field(default_factory=dict)
     sample_users: int | None = None  # evaluate on a seeded sample of this many test users (slow methods)
+    scopes: list[str] | None = None  # history scopes (cross, target) for this method [default: the ablations']
+    variants: list[str] | None = None  # run only in these variants (main, "zero-shot <platform>") [default: all]
 
     @property
     def title(self) -> str:
@@ -75,6 +77,10 @@ def parse(raw: dict, source: str | None = None) -> EvalConfig:
             methods.append(MethodSpec(**entry))
         except TypeError as exc:
             raise GenrecError(f"{where}: methods[{i}]: {exc}") from exc
+        bad_scopes = set(methods[-1].scopes or []) - {"cross", "target"}
+        if bad_scopes:
+            raise GenrecError(f"{where}: methods[{i}]: unknown scope(s) {', '.join(sorted(bad_scopes))}; "
+                              "known: cross, target")
     ablations = list(raw.get("ablations") or [])
     bad = set(ablations) - set(ABLATIONS)
     if bad:

@@ -3,7 +3,9 @@
 For each case the recommender sees only the case's history (as the protocol built it) and train-only popularity.
 Its top-``list_length`` grounded items lead the ranking in their order; every other catalog item follows by cosine
 similarity to the history's profile vector (the recommender's own fill rule), so full-catalog metrics are defined
-for every K. Outcomes are cached per case (JSON lines), so a long run resumes where it stopped.
+for every K. The LLM's answers are cached per case (JSON lines), so a long run resumes where it stopped; grounding
+runs again every time, with the variant's own train-only popularity, so variants and grounding settings
+(``popularity_weight``) share one generation pass.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from genrec.evaluation.baselines.base import HistoryScope, scoped_history
 from genrec.evaluation.metrics import popularity_counts
 from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import LLMConfig
-from genrec.recommender import Recommender, RecommenderConfig, Request
+from genrec.recommender import RecommendationList, Recommender, RecommenderConfig, Request
 
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity
+SAVE_EVERY = 32  # cases generated between cache writes
+GROUNDING_ONLY = ("popularity_weight", "min_similarity")  # settings that do not change what the LLM writes
 
 
 class GenerativeMethod:
@@ -42,12 +46,15 @@ class GenerativeMethod:
         self.config = config or RecommenderConfig()
         self.embedder = embedder
         self.list_length = list_length
-        setup = json.dumps([vars(self.llm_config), vars(self.config), list_length], sort_keys=True, default=str)
+        generation = {k: v for k, v in vars(self.config).items() if k not in GROUNDING_ONLY}
+        setup = json.dumps([vars(self.llm_config), generation], sort_keys=True, default=str)
         digest = hashlib.sha256(setup.encode()).hexdigest()[:12]
-        self.cache_path = cache_dir / f"{_slug(name)}__{history_scope}__{digest}.cases.jsonl" if cache_dir else None
+        # keyed by what shapes the LLM's answers, not by the method's label: differently named runs share answers
+        self.cache_path = cache_dir / f"generations__{history_scope}__{digest}.jsonl" if cache_dir else None
         self._recommender = recommender
         self._train: TrainData | None = None
-        self._stats: dict[str, dict] = {}
+        self._outputs: dict[str, str] = {}  # case key -> the LLM's answer
+        self._stats: dict[str, dict] = {}  # case key -> grounding outcome of this run
 
     @classmethod
     def from_options(cls, options: dict, *, store: Store, history_scope: HistoryScope, embedder: Embedder | None,
@@ -68,7 +75,7 @@ class GenerativeMethod:
                                             config=self.config, popularity=popularity)
         else:
             self._recommender._fixed_popularity = popularity
-        self._stats = self._load_cache()
+        self._outputs = self._load_cache()
 
     def _history(self, case: EvalCase) -> list[HistoryItem]:
         return history_items(case.user_id, scoped_history(case, self.history_scope), self._train.titles)
@@ -77,15 +84,20 @@ class GenerativeMethod:
         if self._train is None or self._recommender is None:
             raise RuntimeError("fit() first")
         recommender = self._recommender
-        todo = [c for c in cases if _key(c) not in self._stats]
         histories = {_key(c): self._history(c) for c in cases}
-        if todo:
-            requests = [Request(platform, history=histories[_key(c)], k=self.list_length) for c in todo]
-            for case, result in zip(todo, recommender.recommend_many(requests), strict=True):
-                self._remember(case, {"items": [i.item_id for i in result.items],
-                                      "sources": [i.source for i in result.items],
-                                      "validity": result.validity, "grounding_similarity": result.mean_similarity,
-                                      "n_generated": result.n_generated, "raw_output": result.raw_output})
+        requests = {_key(c): Request(platform, history=histories[_key(c)], k=self.list_length) for c in cases}
+        todo = [key for key in requests if key not in self._outputs]
+        for start in range(0, len(todo), SAVE_EVERY):  # answers reach the cache as they come (resumable)
+            chunk = todo[start : start + SAVE_EVERY]
+            for key, result in zip(chunk, recommender.recommend_many([requests[k] for k in chunk]), strict=True):
+                self._remember(key, result.raw_output)
+                self._record(key, result)
+        again = [key for key in requests if key not in todo]
+        if again:
+            results = recommender.recommend_many([requests[k] for k in again],
+                                                 outputs=[self._outputs[k] for k in again])
+            for key, result in zip(again, results, strict=True):
+                self._record(key, result)
         catalog = self._train.catalogs[platform]
         index = recommender.index(platform)
         vectors = index.vectors(catalog)
@@ -107,14 +119,18 @@ class GenerativeMethod:
         return {"validity": [s["validity"] if s["n_generated"] else 0.0 for s in stats],
                 "grounding_similarity": [s["grounding_similarity"] for s in stats]}
 
-    def _remember(self, case: EvalCase, stats: dict) -> None:
-        self._stats[_key(case)] = stats
+    def _record(self, key: str, result: RecommendationList) -> None:
+        self._stats[key] = {"items": [i.item_id for i in result.items], "validity": result.validity,
+                            "grounding_similarity": result.mean_similarity, "n_generated": result.n_generated}
+
+    def _remember(self, key: str, output: str) -> None:
+        self._outputs[key] = output
         if self.cache_path is not None:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self.cache_path.open("a") as fh:
-                fh.write(json.dumps({"key": _key(case), **stats}) + "\n")
+                fh.write(json.dumps({"key": key, "raw_output": output}) + "\n")
 
-    def _load_cache(self) -> dict[str, dict]:
+    def _load_cache(self) -> dict[str, str]:
         if self.cache_path is None or not self.cache_path.is_file():
             return {}
         cached = {}
@@ -123,7 +139,7 @@ class GenerativeMethod:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by an interruption
                 continue
-            cached[record.pop("key")] = record
+            cached[record["key"]] = record["raw_output"]
         return cached
 
 
@@ -137,7 +153,3 @@ def history_items(user_id: str, interactions: Sequence[Interaction],
 
 def _key(case: EvalCase) -> str:
     return f"{case.user_id}|{case.platform}|{case.target}|{case.timestamp}|{case.split}"
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

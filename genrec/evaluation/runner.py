@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from genrec.data.loading import ensure_dataset
 from genrec.data.store import Store
+from genrec.errors import GenrecError
 from genrec.evaluation import metrics
 from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
@@ -64,13 +65,11 @@ def _variants(config: EvalConfig) -> list[tuple[str, object]]:
     return variants
 
 
-def _sample_users(cases: Sequence[EvalCase], n: int | None, seed: int) -> set[str] | None:
-    if n is None:
+def _sample_users(users: set[str], n: int | None, seed: int) -> set[str] | None:
+    """A seeded sample of ``n`` users (``None``: all of them)."""
+    if n is None or n >= len(users):
         return None
-    users = sorted({c.user_id for c in cases})
-    if n >= len(users):
-        return None
-    return set(random.Random(seed).sample(users, n))
+    return set(random.Random(seed).sample(sorted(users), n))
 
 
 def evaluate_method(method, data: EvalData, cases: Sequence[EvalCase], *, variant: str, label: str,
@@ -163,30 +162,35 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     platforms = ensure_dataset(store, config.dataset)
-    specs = [m for m in config.methods if not methods or m.name in methods or m.title in methods]
+    specs = select_methods(config.methods, methods)
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
     resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},
                       "results": []}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress) as bar:
+        population: set[str] = set()
         for variant, protocol in _variants(config):
             data = build(store, protocol, platforms)
             cases = data.test
-            limited = _sample_users(cases, limit_users, protocol.seed)
+            # samples are drawn from the main variant's users, so every variant evaluates the same people
+            population = population or {c.user_id for c in cases}
+            limited = _sample_users(population, limit_users, protocol.seed)
             if limited is not None:
                 cases = [c for c in cases if c.user_id in limited]
             document["variants"][variant] = {"protocol": protocol.to_dict(), "description": protocol.describe(),
                                              "data": data.summary(), "evaluated_cases": len(cases)}
             outcomes: list[tuple[MethodSpec, Outcome]] = []
             for spec in specs:
-                sample = _sample_users(cases, spec.sample_users, protocol.seed)
+                if spec.variants is not None and variant not in spec.variants:
+                    continue
+                sample = _sample_users(population, spec.sample_users, protocol.seed)
                 method_cases = [c for c in cases if sample is None or c.user_id in sample]
-                for scope in scopes:
+                for scope in spec.scopes or scopes:
                     outcome = _load_or_run(spec, scope, variant, data, method_cases, cache, resources, resume, bar)
                     outcomes.append((spec, outcome))
             for spec, outcome in outcomes:
-                sample = _sample_users(cases, spec.sample_users, protocol.seed)
+                sample = _sample_users(population, spec.sample_users, protocol.seed)
                 row = {"variant": variant, "method": outcome.method, "history": outcome.scope,
                        "sampled_users": spec.sample_users if sample is not None else None,
                        **aggregate(outcome, data, protocol.ks, config.bootstrap, protocol.seed)}
@@ -202,6 +206,18 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     write_markdown(document, out / "results.md")
     plot_ndcg(document, out / "ndcg_at_k.png")
     return document
+
+
+def select_methods(specs: Sequence[MethodSpec], wanted: Sequence[str] | None) -> list[MethodSpec]:
+    """The specs ``wanted`` names: a label picks that one method, a registry name every method of that kind."""
+    if not wanted:
+        return list(specs)
+    titles = {s.title for s in specs}
+    chosen = [s for s in specs if s.title in wanted or (s.name in wanted and s.name not in titles)]
+    unknown = [w for w in wanted if w not in titles and w not in {s.name for s in specs}]
+    if unknown:
+        raise GenrecError(f"--methods: {', '.join(unknown)} not in the config; it has: {', '.join(sorted(titles))}")
+    return chosen
 
 
 def _load_or_run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], cache: Path,

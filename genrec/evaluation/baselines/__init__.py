@@ -1,7 +1,7 @@
 """Classic recommenders evaluated under the same protocol as genrec's generative methods."""
 
 from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, Method, rank_cases, scoped_history
-from genrec.evaluation.baselines.content import ContentOnly, MiniLMEncoder, TextEncoder
+from genrec.evaluation.baselines.content import ContentOnly, TextEncoder
 from genrec.evaluation.baselines.itemknn import ItemKNN
 from genrec.evaluation.baselines.popularity import MostPop
 from genrec.evaluation.baselines.sasrec import SASRec
@@ -12,7 +12,6 @@ __all__ = [
     "ItemKNN",
     "ItemVocabulary",
     "Method",
-    "MiniLMEncoder",
     "MostPop",
     "SASRec",
     "TextEncoder",

