@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from genrec.config import read_yaml
 from genrec.errors import GenrecError
 
 app = typer.Typer(help="genrec: generative cross-platform recommendation with LLMs.", no_args_is_help=True,
@@ -43,10 +43,7 @@ def _cleaning(config: Path | None, drop_event_type: list[str] | None, no_dedup: 
 
     base = {}
     if config is not None:
-        try:
-            base = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise GenrecError(f"{config}: cannot read cleaning config ({exc})") from exc
+        base = read_yaml(config, "cleaning config") or {}
         base = base.get("cleaning", base)
     try:
         cfg = CleaningConfig.from_dict(base)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genrec.errors import GenrecError
 
 
 def genrec_home() -> Path:
@@ -40,3 +45,11 @@ def cache_dir(kind: str) -> Path:
     path = genrec_home() / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content (``None`` for an empty file); an unreadable file is a ``GenrecError`` naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise GenrecError(f"{path}: cannot read the {what} ({exc})") from exc

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
+from genrec.config import read_yaml
 from genrec.errors import GenrecError
 from genrec.evaluation.protocol import Protocol
 
 ABLATIONS = ("history_scope", "zero_shot_platform")
 DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec", "content": "ContentOnly",
-                 "genrec": "genrec"}
+                 "genrec": "genrec", "fusion": "genrec-fused"}
 
 
 @dataclass
@@ -47,12 +46,7 @@ class EvalConfig:
 
 
 def load(path: str | Path) -> EvalConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise GenrecError(f"{path}: cannot read the evaluation config ({exc})") from exc
-    return parse(raw, source=str(path))
+    return parse(read_yaml(path, "evaluation config"), source=str(path))
 
 
 def parse(raw: dict, source: str | None = None) -> EvalConfig:

@@ -36,12 +36,24 @@ def _genrec(spec: MethodSpec, scope: str, resources: Resources) -> Method:
                                          embedder=resources.embedder, cache_dir=resources.cache_dir, name=spec.title)
 
 
+def _fusion(spec: MethodSpec, scope: str, resources: Resources) -> Method:
+    from genrec.evaluation.fusion import FusedMethod
+
+    options = dict(spec.options)
+    prior = create(MethodSpec(options.pop("prior", "itemknn"), options=options.pop("prior_options", {})), scope,
+                   resources)
+    tuning = {k: options.pop(k) for k in ("weights", "tune_users", "seed") if k in options}
+    llm = _genrec(MethodSpec("genrec", label=spec.title, options=options), scope, resources)
+    return FusedMethod(prior, llm, name=spec.title, **tuning)
+
+
 FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "mostpop": lambda spec, scope, res: MostPop(history_scope=scope, **spec.options),
     "itemknn": lambda spec, scope, res: ItemKNN(history_scope=scope, **spec.options),
     "sasrec": lambda spec, scope, res: SASRec(history_scope=scope, **spec.options),
     "content": lambda spec, scope, res: ContentOnly(encoder=res.embedder, history_scope=scope, **spec.options),
     "genrec": _genrec,
+    "fusion": _fusion,
 }
 
 

@@ -55,6 +55,12 @@ def write_markdown(document: dict, path: Path) -> None:
             g = r["generation"]
             lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
                          f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
+        for r in (r for r in rows if "weight" in r.get("info", {})):
+            f = r["info"]
+            lines.append(f"- {r['method']} ({r['history']}): fusion weight w = {f['weight']} for the LLM's list "
+                         f"against {f['prior']}, chosen on {f['tuning_cases']} validation cases of "
+                         f"{f['tuning_users']} users by {f['tuning_metric']} ({f['prior']} alone "
+                         f"{f['prior_alone']:.4f}, LLM alone {f['llm_alone']:.4f}, fused {f['fused']:.4f})")
         for r in (r for r in rows if r.get("same_sample")):
             lines += ["", f"Same {r['sampled_users']} sampled users, for comparison with {r['method']} "
                       f"({r['history']}):", "", "| method | HR@10 | NDCG@10 | MRR |", "|---|---|---|---|"]

@@ -50,6 +50,7 @@ class Outcome:
     fit_seconds: float
     score_seconds: float
     extra: dict[str, list[float | None]] = field(default_factory=dict)  # e.g. validity, grounding similarity
+    info: dict = field(default_factory=dict)  # what the method chose while fitting (e.g. a fusion weight)
 
     @property
     def key(self) -> str:
@@ -102,7 +103,8 @@ def evaluate_method(method, data: EvalData, cases: Sequence[EvalCase], *, varian
     score_seconds = time.perf_counter() - started
     extra = method.case_stats(cases) if hasattr(method, "case_stats") else {}
     return Outcome(variant, label, method.history_scope, [c.user_id for c in cases],
-                   [c.platform for c in cases], ranks.tolist(), tops, fit_seconds, score_seconds, extra)
+                   [c.platform for c in cases], ranks.tolist(), tops, fit_seconds, score_seconds, extra,
+                   getattr(method, "info", {}))
 
 
 def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, seed: int,
@@ -130,6 +132,8 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
         similarity = [outcome.extra["grounding_similarity"][i] for i in keep]
         out["generation"] = {m: vars(e) for m, e in
                              metrics.generation_quality(validity, similarity, n_boot, seed).items()}
+    if outcome.info:
+        out["info"] = outcome.info
     out["fit_seconds"] = outcome.fit_seconds
     out["score_seconds"] = outcome.score_seconds
     out["cases_per_second"] = len(outcome.ranks) / outcome.score_seconds if outcome.score_seconds else None

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genrec.config import read_yaml
 from genrec.errors import GenrecError
 from genrec.llm import Device, DType
 
@@ -57,10 +57,7 @@ class ServerSettings(BaseModel):
         ``overrides`` (``None`` values are ignored)."""
         data: dict[str, Any] = {}
         if config is not None:
-            try:
-                loaded = yaml.safe_load(Path(config).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise GenrecError(f"{config}: cannot read the server config ({exc})") from exc
+            loaded = read_yaml(config, "server config") or {}
             if not isinstance(loaded, dict):
                 raise GenrecError(f"{config}: expected a mapping of settings")
             data = dict(loaded.get("server", loaded))

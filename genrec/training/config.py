@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from genrec.config import read_yaml
 from genrec.errors import GenrecError
 from genrec.training.sft import SFTConfig
 
@@ -130,12 +129,7 @@ _SECTIONS = {"sft": SFTConfig, "lora": LoraSettings, "train": OptimSettings, "va
 
 def load(path: str | Path) -> TrainConfig:
     """Read a training config file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise GenrecError(f"{path}: cannot read the training config ({exc})") from exc
-    return parse(raw, source=str(path))
+    return parse(read_yaml(path, "training config"), source=str(path))
 
 
 def parse(raw: object, source: str | None = None) -> TrainConfig:
