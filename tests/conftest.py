@@ -106,7 +106,8 @@ def server(tmp_path_factory):
             [sys.executable, "-m", "genrec.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
              "--config", str(config), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    # cold caches (a fresh machine) embed every catalog (~48k titles) and convert the GGUF model first
+    deadline = time.monotonic() + 900
     try:
         while True:
             if process.poll() is not None:
