@@ -30,6 +30,7 @@ from genrec.config import cache_dir
 from genrec.data.schema import CatalogItem
 from genrec.embedding import Embedder, mean_embedding
 from genrec.errors import GenrecError
+from genrec.llm import Candidate as GeneratedCandidate  # what the LLM proposed: a title and, maybe, why
 
 Source = Literal["exact", "neighbour", "profile", "popularity"]
 
@@ -481,14 +482,6 @@ def _save_vectors(path: Path, digests: np.ndarray, vectors: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------------- grounder
-
-
-@dataclass(frozen=True)
-class GeneratedCandidate:
-    """One item the LLM proposed: the title it wrote and, when it gave one, why."""
-
-    title: str
-    rationale: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from genrec.data.schema import HistoryItem, Platform
 from genrec.data.store import Store
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
-from genrec.grounding import CatalogIndex, EmptyCatalogError, GeneratedCandidate, Grounder, GroundingResult
+from genrec.grounding import CatalogIndex, EmptyCatalogError, Grounder, GroundingResult
 from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
 from genrec.prompts import PromptTemplates, RecommendPrompt
@@ -89,6 +89,7 @@ class RecommendationList:
     validity: float  # share of generated titles that equal a catalog title after normalisation
     mean_similarity: float | None
     seconds: float = 0.0
+    profile_vector: np.ndarray | None = field(default=None, repr=False)  # mean direction of the history's titles
 
     def to_dict(self) -> dict:
         return {"user_id": self.user_id, "platform": self.platform, "k": self.k,
@@ -291,7 +292,7 @@ class Recommender:
     def _ground(self, request: Request, history: list[HistoryItem], profile: Profile,
                 output: str) -> RecommendationList:
         parsed = parse_candidates(output)
-        candidates = [GeneratedCandidate(c.title, c.rationale) for c in parsed.candidates]
+        candidates = parsed.candidates
         index = self.index(request.platform)
         seen = {h.item_id for h in history if h.platform == request.platform}
         titles, vectors, profile_vector = self.history_vectors(history)
@@ -305,7 +306,7 @@ class Recommender:
             user_id=request.user_id, platform=request.platform, k=request.k, items=items, profile=profile,
             raw_output=output, n_generated=len(candidates), invalid_lines=parsed.invalid_lines,
             validity=result.n_exact / len(candidates) if candidates else 0.0,
-            mean_similarity=result.mean_similarity)
+            mean_similarity=result.mean_similarity, profile_vector=profile_vector)
 
     def history_vectors(self, history: Sequence[HistoryItem]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
         """The most recent titled history items, their embeddings and their mean direction (the profile vector)."""

@@ -84,8 +84,7 @@ class GenerativeMethod:
         if self._train is None or self._recommender is None:
             raise RuntimeError("fit() first")
         recommender = self._recommender
-        histories = {_key(c): self._history(c) for c in cases}
-        requests = {_key(c): Request(platform, history=histories[_key(c)], k=self.list_length) for c in cases}
+        requests = {_key(c): Request(platform, history=self._history(c), k=self.list_length) for c in cases}
         todo = [key for key in requests if key not in self._outputs]
         for start in range(0, len(todo), SAVE_EVERY):  # answers reach the cache as they come (resumable)
             chunk = todo[start : start + SAVE_EVERY]
@@ -104,10 +103,10 @@ class GenerativeMethod:
         position = {item: j for j, item in enumerate(catalog)}
         scores = np.zeros((len(cases), len(catalog)), dtype=np.float32)
         for row, case in enumerate(cases):
-            _, _, profile = recommender.history_vectors(histories[_key(case)])
-            if profile is not None:
-                scores[row] = vectors @ profile
-            items = self._stats[_key(case)]["items"]
+            stats = self._stats[_key(case)]
+            if stats["profile_vector"] is not None:
+                scores[row] = vectors @ stats["profile_vector"]
+            items = stats["items"]
             for rank, item in enumerate(items):
                 if item in position:
                     scores[row, position[item]] = LEAD - rank / len(items)
@@ -121,7 +120,8 @@ class GenerativeMethod:
 
     def _record(self, key: str, result: RecommendationList) -> None:
         self._stats[key] = {"items": [i.item_id for i in result.items], "validity": result.validity,
-                            "grounding_similarity": result.mean_similarity, "n_generated": result.n_generated}
+                            "grounding_similarity": result.mean_similarity, "n_generated": result.n_generated,
+                            "profile_vector": result.profile_vector}
 
     def _remember(self, key: str, output: str) -> None:
         self._outputs[key] = output
