@@ -89,12 +89,16 @@ class Embedder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identifies what the vectors depend on: model directory, its weight files (size, mtime) and dimension."""
-        digest = hashlib.sha256(f"{self.model_path}|{self.dim}".encode())
+        """Identifies what the vectors depend on: the weight files' names and contents, and the dimension.
+
+        Not the install location or file times, so a new virtual environment reuses the cached catalog embeddings.
+        """
+        digest = hashlib.sha256(f"{self.dim}".encode())
         for weights in sorted(self.model_path.rglob("*")):
             if weights.suffix in {".safetensors", ".bin", ".onnx"} and weights.is_file():
-                stat = weights.stat()
-                digest.update(f"|{weights.relative_to(self.model_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                digest.update(f"|{weights.relative_to(self.model_path)}|".encode())
+                with weights.open("rb") as handle:
+                    digest.update(hashlib.file_digest(handle, "sha256").digest())
         return digest.hexdigest()
 
     def encode(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
