@@ -226,17 +226,21 @@ AdapterOption = Annotated[str | None, typer.Option("--adapter", help="PEFT LoRA 
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
+DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (generate, then ground) or catalog "
+                                                                      "(beam search over the target catalog's "
+                                                                      "titles) [default: the adapter's, else free]")]
 TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folder of Jinja2 templates that "
                                                                             "override the packaged ones.")]
 
 
-def _recommender(store, model, adapter, dtype, device, four_bit, templates):
+def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None):
     from genrec.llm import LLMConfig
     from genrec.prompts import PromptTemplates
-    from genrec.recommender import Recommender
+    from genrec.recommender import Recommender, RecommenderConfig
 
     config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit)
-    return Recommender(store, llm_config=config, templates=PromptTemplates(templates))
+    settings = RecommenderConfig.for_adapter(adapter, **({"decoding": decoding} if decoding else {}))
+    return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 
 @app.command()
@@ -252,6 +256,7 @@ def recommend(
     data_dir: DataDirOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
+    decoding: DecodingOption = None,
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -259,7 +264,7 @@ def recommend(
     with _store(db) as store:
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
-        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates)
+        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
@@ -405,6 +410,7 @@ def serve(
                                                                     "only.")] = False,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = None,
     device: DeviceOption = None, four_bit: FourBitOption = False, templates: TemplatesOption = None,
+    decoding: DecodingOption = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
@@ -416,7 +422,7 @@ def serve(
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
-                                   templates=templates)
+                                   templates=templates, decoding=decoding)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

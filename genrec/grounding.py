@@ -627,7 +627,9 @@ class Grounder:
         def score(item_id: str, similarity: float) -> float:
             return (1.0 - popularity_weight) * similarity + popularity_weight * prior(item_id)
 
-        generated = _ranked(self._merge(matches, candidates, index, score))[:k]
+        # equal scores (e.g. exact matches) keep the order the LLM wrote them in
+        generated = sorted(self._merge(matches, candidates, index, score),
+                           key=lambda item: -round(item.score, SCORE_DECIMALS))[:k]
         chosen = blocked | {item.item_id for item in generated}
         profile = self._profile_fill(index, profile_vector, k - len(generated), chosen, score)
         chosen |= {item.item_id for item in profile}
@@ -682,12 +684,13 @@ class Grounder:
         index: CatalogIndex,
         score: Callable[[str, float], float],
     ) -> list[GroundedItem]:
-        """One item per distinct catalog id; its best match decides similarity and source."""
+        """One item per distinct catalog id, in the order of their first candidate; its best match decides
+        similarity and source."""
         by_item: dict[str, list[_Match]] = {}
         for match in matches:
             by_item.setdefault(match.item_id, []).append(match)
         items = []
-        for item_id, group in by_item.items():
+        for item_id, group in sorted(by_item.items(), key=lambda entry: min(m.candidate for m in entry[1])):
             group.sort(key=lambda m: (-m.similarity, m.source != "exact", m.candidate))
             best = group[0]
             items.append(

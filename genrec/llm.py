@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,6 +191,14 @@ def _check_adapter(adapter: str) -> Path:
     return path
 
 
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an answer: ``<|im_end|>`` for ChatML templates, else EOS (generation stops at both)."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        return im_end
+    return tokenizer.eos_token_id
+
+
 class LLM:
     """A loaded causal LM with its tokenizer: chat, batched generation and token counting."""
 
@@ -271,6 +279,7 @@ class LLM:
         do_sample: bool = False,
         temperature: float | None = None,
         stop_after_lines: int | None = None,
+        allowed_tokens: Callable[[int, Sequence[int]], list[int]] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
     ) -> list[list[str]]:
@@ -279,8 +288,10 @@ class LLM:
         Prompts are batched by length with left padding; decoding is greedy unless ``do_sample`` (then seeded
         with ``config.seed`` at every call, so results repeat), and stops at EOS / ``<|im_end|>``. With
         ``stop_after_lines`` a sequence also stops once it has written that many non-empty lines, or a line it
-        already wrote (small models loop on one title). Only the continuations are returned, without special
-        tokens.
+        already wrote (small models loop on one title). ``allowed_tokens`` (the prompt's index and the tokens
+        written so far -> the tokens that may come next) constrains decoding, e.g. to catalog titles
+        (``genrec.decoding.TitleTrie``); with beams, the returned sequences are ordered best first. Only the
+        continuations are returned, without special tokens.
         """
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
@@ -299,6 +310,9 @@ class LLM:
             top_k=None,
             num_beams=num_beams,
             num_return_sequences=num_return_sequences,
+            # constrained beams that finish early leave no children to refill the beam, so their slots take
+            # penalised repeats; a search that stops at num_beams finished hypotheses would return those
+            early_stopping=(allowed_tokens is None) if num_beams > 1 else None,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -311,12 +325,16 @@ class LLM:
         for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
             inputs = inputs.to(self.device)
-            stopping = None
-            if stop_after_lines:
-                stopping = [_LineStop(self.tokenizer, inputs["input_ids"].shape[1], stop_after_lines)]
+            start = inputs["input_ids"].shape[1]
+            stopping = [_LineStop(self.tokenizer, start, stop_after_lines)] if stop_after_lines else None
+            constrain = None
+            if allowed_tokens is not None:
+                def constrain(row: int, ids: torch.Tensor, start: int = start, batch: list[int] = batch) -> list[int]:
+                    return allowed_tokens(batch[row], ids[start:].tolist())
             with torch.no_grad():
-                output = self.model.generate(**inputs, generation_config=generation, stopping_criteria=stopping)
-            texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                output = self.model.generate(**inputs, generation_config=generation, stopping_criteria=stopping,
+                                             prefix_allowed_tokens_fn=constrain)
+            texts = self.tokenizer.batch_decode(output[:, start:], skip_special_tokens=True)
             for position, index in enumerate(batch):
                 chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
                 results[index] = [text.strip() for text in chunk]

@@ -15,7 +15,7 @@ import dataclasses
 import importlib.util
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,17 @@ def quote(value: object, max_chars: int = QUOTE_MAX_CHARS) -> str:
     if len(text) > max_chars:
         text = text[: max(max_chars - 1, 0)].rstrip() + "…"
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_answer(titles: Sequence[str], reasons: Sequence[str] | None = None) -> str:
+    """The answer in the format ``genrec.llm.parse_candidates`` reads: ``1. "Title"`` or ``1. "Title" - reason``."""
+    lines = []
+    for number, title in enumerate(titles, 1):
+        line = f"{number}. {quote(title)}"
+        if reasons is not None:
+            line += f" - {reasons[number - 1]}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def packaged_templates() -> Path:

@@ -11,16 +11,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 
 from genrec.data.schema import HistoryItem, Platform
 from genrec.data.store import Store
+from genrec.decoding import Ban, TitleTrie, beams_as_answer
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
 from genrec.grounding import CatalogIndex, EmptyCatalogError, Grounder, GroundingResult
-from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
+from genrec.llm import LLM, LLMConfig, end_of_turn_id, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
 from genrec.prompts import PromptTemplates, RecommendPrompt
 
@@ -33,6 +35,9 @@ class RecommenderConfig:
 
     ``n_generate``: how many titles the LLM is asked for (the rest of the k places are filled from the
     catalog neighbours of the profile, then popularity); ``tokens_per_item`` bounds generation length.
+    ``decoding``: ``"free"`` generation (grounding maps what the model writes to the catalog) or ``"catalog"``:
+    beam search constrained to the target platform's titles (``genrec.decoding``), which returns ``beams`` real
+    items ranked by the model's likelihood (best with a tuned adapter, which learned to answer with a title).
     """
 
     n_generate: int = 5
@@ -45,6 +50,14 @@ class RecommenderConfig:
     min_similarity: float | None = None
     batch_size: int = 8
     verbs: dict[str, str] = field(default_factory=dict)
+    decoding: Literal["free", "catalog"] = "free"
+    beams: int = 10
+
+    def __post_init__(self) -> None:
+        if self.decoding not in ("free", "catalog"):
+            raise GenrecError(f"decoding must be 'free' or 'catalog', got {self.decoding!r}")
+        if self.beams < 1:
+            raise GenrecError(f"beams must be at least 1, got {self.beams}")
 
     @classmethod
     def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
@@ -140,6 +153,7 @@ class Recommender:
         self._grounder = Grounder(min_similarity=self.config.min_similarity)
         self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
         self._popularity: dict[str, tuple[int, dict[str, float]]] = {}
+        self._tries: dict[str, tuple[int, TitleTrie]] = {}
         self._fixed_popularity = popularity
         self._profiles: ProfileBuilder | None = None
 
@@ -208,7 +222,7 @@ class Recommender:
         started = time.perf_counter()
         prepared = [self._prepare(r) for r in requests]
         if outputs is None:
-            outputs = self._generate(requests, [p[2] for p in prepared], progress)
+            outputs = self._generate(requests, prepared, progress)
         elif len(outputs) != len(requests):
             raise GenrecError(f"{len(outputs)} saved outputs for {len(requests)} requests")
         results = []
@@ -219,7 +233,11 @@ class Recommender:
             result.seconds = elapsed / max(1, len(results))
         return results
 
-    def _generate(self, requests: Sequence[Request], prompts: Sequence[str], progress: bool) -> list[str]:
+    def _generate(self, requests: Sequence[Request], prepared: Sequence[tuple[list[HistoryItem], Profile, str]],
+                  progress: bool) -> list[str]:
+        if self.config.decoding == "catalog":
+            return self._generate_in_catalog(requests, prepared, progress)
+        prompts = [prompt for _, _, prompt in prepared]
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             by_length.setdefault(self._max_new_tokens(r), []).append(i)
@@ -231,6 +249,39 @@ class Recommender:
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = text[0]
         return outputs
+
+    def _generate_in_catalog(self, requests: Sequence[Request],
+                             prepared: Sequence[tuple[list[HistoryItem], Profile, str]], progress: bool) -> list[str]:
+        """Beam search over each target platform's titles, minus the user's own items; the beams, best first,
+        as a numbered answer."""
+        by_platform: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_platform.setdefault(r.platform, []).append(i)
+        outputs: list[str] = [""] * len(requests)
+        beams = self.config.beams
+        for platform, rows in by_platform.items():
+            trie, index = self.trie(platform), self.index(platform)
+            bans = [trie.ban(index.title(item_id) for item_id in _owned(requests[i], prepared[i][0])
+                             if item_id in index) for i in rows]
+            stem = trie.stem_text()
+            texts = self.llm.generate([prepared[i][2] + stem for i in rows], max_new_tokens=trie.depth + 2,
+                                      num_beams=beams, num_return_sequences=beams,
+                                      allowed_tokens=partial(_allowed, trie, bans),
+                                      batch_size=self.config.batch_size, progress=progress)
+            for i, text in zip(rows, texts, strict=True):
+                outputs[i] = beams_as_answer(text, stem)
+        return outputs
+
+    def trie(self, platform: str) -> TitleTrie:
+        """The prefix tree of the platform's titles for constrained decoding, rebuilt after store writes."""
+        cached = self._tries.get(platform)
+        if cached is None or cached[0] != self.store.version:
+            index = self.index(platform)
+            titles = [index.title(item_id) for item_id in index.item_ids]
+            tokenizer = self.llm.tokenizer
+            cached = (self.store.version, TitleTrie.build(titles, tokenizer, end_of_turn_id(tokenizer)))
+            self._tries[platform] = cached
+        return cached[1]
 
     def _max_new_tokens(self, request: Request) -> int:
         per_item = self.config.tokens_per_item + (self.config.tokens_per_rationale if request.explain else 0)
@@ -294,9 +345,8 @@ class Recommender:
         parsed = parse_candidates(output)
         candidates = parsed.candidates
         index = self.index(request.platform)
-        seen = {h.item_id for h in history if h.platform == request.platform}
         titles, vectors, profile_vector = self.history_vectors(history)
-        result = self._grounder.ground(candidates, index, exclude=seen | set(request.exclude), k=request.k,
+        result = self._grounder.ground(candidates, index, exclude=_owned(request, history), k=request.k,
                                        popularity=self.popularity(request.platform),
                                        popularity_weight=self.config.popularity_weight,
                                        profile_vector=profile_vector)
@@ -345,6 +395,15 @@ def _recommendation(rank: int, item, platform: str, rationale: str | None,
     return Recommendation(rank=rank, item_id=item.item_id, title=item.title, platform=platform,
                           score=float(item.score), similarity=item.similarity, source=item.source,
                           generated_text=item.generated_text, rationale=rationale, evidence=evidence)
+
+
+def _owned(request: Request, history: Sequence[HistoryItem]) -> set[str]:
+    """Items never to recommend for ``request``: the user's own on the target platform and the excluded ones."""
+    return {h.item_id for h in history if h.platform == request.platform} | set(request.exclude)
+
+
+def _allowed(trie: TitleTrie, bans: Sequence[Ban], row: int, generated: Sequence[int]) -> list[int]:
+    return trie.allowed(generated, bans[row])
 
 
 def _unit(vector: np.ndarray) -> np.ndarray | None:

@@ -188,9 +188,9 @@ def test_k_beyond_the_catalog_returns_what_exists(movies: CatalogIndex) -> None:
 
 
 def test_popularity_fusion_reorders(movies: CatalogIndex) -> None:
-    both = candidates("Aliens", "Alien")
+    both = candidates("Alien", "Aliens")
     popularity = {"14": 10.0, "15": 1000.0}
-    assert Grounder().ground(both, movies, k=2, popularity=popularity).item_ids == ["14", "15"]
+    assert Grounder().ground(both, movies, k=2, popularity=popularity).item_ids == ["14", "15"]  # LLM's order
     fused = Grounder().ground(both, movies, k=2, popularity=popularity, popularity_weight=0.3)
     assert fused.item_ids == ["15", "14"]
     prior = PopularityPrior(popularity)
@@ -205,6 +205,12 @@ def test_popularity_fusion_reorders(movies: CatalogIndex) -> None:
     assert ranked == ["14", "16"]
     with pytest.raises(ValueError, match="popularity_weight"):
         Grounder().ground(mixed, movies, k=2, popularity_weight=1.5)
+
+
+def test_equal_scores_keep_the_generated_order(movies: CatalogIndex) -> None:
+    """Exact matches all score 1.0: the LLM's order (its first title is its best guess) decides, not the id."""
+    ranked = Grounder().ground(candidates("Aliens", "Heat", "Alien"), movies, k=3)
+    assert [item.title for item in ranked.items] == ["Aliens (1986)", "Heat (1995)", "Alien (1979)"]
 
 
 def test_min_similarity_drops_far_neighbours(movies: CatalogIndex) -> None:

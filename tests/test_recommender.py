@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -10,7 +13,7 @@ from genrec.data.schema import HistoryItem
 from genrec.errors import GenrecError, NotFoundError
 from genrec.grounding import EmptyCatalogError
 from genrec.profile import EmptyHistoryError
-from genrec.recommender import Request
+from genrec.recommender import Recommender, RecommenderConfig, Request
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +97,36 @@ def test_injected_titles_stay_data(recommender, real_store):
     assert all("HACKED" not in (item.generated_text or "").upper() for item in result.items)
     assert len(result.items) == 5
     assert "<|im_start|>" not in result.profile.text
+
+
+@pytest.mark.parametrize(("user", "platform"), [("1", "movies"), (AMAZON_USER, "amazon-office")])
+def test_catalog_decoding_names_only_real_unseen_items(real_store, llm, embedder, user, platform):
+    """Beam search constrained to the catalog: every generated line is an exact catalog title the user lacks."""
+    config = RecommenderConfig(decoding="catalog", beams=5, n_generate=3, tokens_per_item=24)
+    recommender = Recommender(real_store, llm=llm, embedder=embedder, config=config)
+    result = recommender.recommend(user, platform=platform, k=10)
+    _check_list(result, real_store, user, platform, 10)
+    assert result.n_generated >= 3 and result.validity == 1.0 and result.invalid_lines == 0
+    generated = result.items[: result.n_generated]
+    assert all(item.source == "exact" and item.similarity == 1.0 for item in generated)
+    assert recommender.trie(platform) is recommender.trie(platform), "the trie is built once per store version"
+
+
+def test_decoding_settings_are_checked():
+    with pytest.raises(GenrecError, match="decoding must be"):
+        RecommenderConfig(decoding="nucleus")
+    with pytest.raises(GenrecError, match="beams"):
+        RecommenderConfig(beams=0)
+
+
+def test_cli_recommend_with_catalog_decoding(tmp_path):
+    """`genrec recommend --decoding catalog --json`: k catalog items; a wrong decoding name exits with a message."""
+    base = [sys.executable, "-m", "genrec.cli", "recommend", "--dataset", "movielens-latest-small",
+            "--db", str(tmp_path / "cli.duckdb"), "--user", "1", "--platform", "movies", "-k", "5"]
+    done = subprocess.run([*base, "--decoding", "catalog", "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert len({item["item_id"] for item in answer["items"]}) == 5
+    assert answer["generation"]["validity"] == 1.0 and answer["generation"]["n_generated"] >= 1
+    bad = subprocess.run([*base, "--decoding", "nucleus"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "decoding must be 'free' or 'catalog'" in bad.stderr

@@ -40,7 +40,7 @@ from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError
 from genrec.llm import LLMConfig
 from genrec.onboarding import onboard
 from genrec.prompts import PromptTemplates
-from genrec.recommender import Recommender
+from genrec.recommender import Recommender, RecommenderConfig
 from genrec.recommender import Request as RecommendRequest
 from genrec.report import ReportBuilder
 from genrec.server.jobs import ChatJob, RecommendJob, ReportJob
@@ -100,7 +100,9 @@ class Service:
         templates = PromptTemplates(settings.templates)
         llm_config = LLMConfig(model=settings.model, adapter=settings.adapter, dtype=settings.dtype,
                                device=settings.device, load_in_4bit=settings.load_in_4bit)
-        recommender = Recommender(store, llm_config=llm_config, templates=templates)
+        config = RecommenderConfig.for_adapter(settings.adapter, **({"decoding": settings.decoding}
+                                                                    if settings.decoding else {}))
+        recommender = Recommender(store, llm_config=llm_config, templates=templates, config=config)
         worker = BatchWorker(recommender, max_batch=settings.max_batch, max_queue=settings.max_queue,
                              wait_s=settings.batch_wait_ms / 1000)
         chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,7 @@ class ServerSettings(BaseModel):
     dtype: DType = "auto"
     device: Device = "auto"
     load_in_4bit: bool = False
+    decoding: Literal["free", "catalog"] | None = None  # None: the adapter's setting, else free generation
     templates: Path | None = None
 
     @classmethod

@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from genrec.evaluation.generative import history_items
 from genrec.evaluation.types import Interaction, TrainData
+from genrec.llm import end_of_turn_id
 from genrec.profile import Profile
-from genrec.prompts import quote
+from genrec.prompts import format_answer, quote
 from genrec.recommender import Recommender
 
 IGNORE_INDEX = -100
@@ -169,7 +170,7 @@ def build_examples(train: TrainData, recommender: Recommender, config: SFTConfig
         profile, prompt = recommender.prompt(history, window.platform, explain=rationale)
         titles = [train.titles[(window.platform, x.item_id)] for x in window.items]
         reasons = _rationales(recommender, profile, window) if rationale else None
-        response = format_response(titles, reasons)
+        response = format_answer(titles, reasons)
         if (prompt, response) in keys:
             duplicates += 1
             continue
@@ -183,17 +184,6 @@ def build_examples(train: TrainData, recommender: Recommender, config: SFTConfig
              "per_platform": dict(sorted(Counter(e.platform for e in examples).items())),
              "excluded_platforms": list(config.exclude_platforms)}
     return SFTData(examples, stats)
-
-
-def format_response(titles: Sequence[str], reasons: Sequence[str] | None = None) -> str:
-    """The answer in the format ``genrec.llm.parse_candidates`` reads: ``1. "Title"`` or ``1. "Title" - reason``."""
-    lines = []
-    for number, title in enumerate(titles, 1):
-        line = f"{number}. {quote(title)}"
-        if reasons is not None:
-            line += f" - {reasons[number - 1]}"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def _rationales(recommender: Recommender, profile: Profile, window: Window) -> list[str]:
@@ -246,14 +236,6 @@ class TokenizedExample:
     @property
     def response_length(self) -> int:
         return len(self.input_ids) - self.prompt_length
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token that ends an answer: ``<|im_end|>`` for ChatML templates, else EOS (generation stops at both)."""
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        return im_end
-    return tokenizer.eos_token_id
 
 
 def tokenize(examples: Sequence[SFTExample], tokenizer: Any, max_length: int) -> tuple[list[TokenizedExample], int]:

@@ -65,6 +65,7 @@ class TrainerState:
     elapsed_s: float = 0.0
     best_metric: float | None = None
     best_step: int | None = None
+    best_mrr: float = 0.0
     bad_rounds: int = 0
     last_validation_step: int | None = None
     validation_seconds: float = 0.0
@@ -384,8 +385,11 @@ class _Run:
                 record["baselines"] = state.baselines
             else:
                 value = result[valid.metric]
-                if state.best_metric is None or value > state.best_metric:
+                # ties (common with few cases and a sparse metric) go to the better full-ranking MRR
+                if state.best_metric is None or (value, result.get("MRR", 0.0)) > (state.best_metric,
+                                                                                    state.best_mrr):
                     state.best_metric, state.best_step, state.bad_rounds = value, state.step, 0
+                    state.best_mrr = result.get("MRR", 0.0)
                     self.save_adapter(result)
                 else:
                     state.bad_rounds += 1
