@@ -332,13 +332,30 @@ class LLM:
                 def constrain(row: int, ids: torch.Tensor, start: int = start, batch: list[int] = batch) -> list[int]:
                     return allowed_tokens(batch[row], ids[start:].tolist())
             with torch.no_grad():
+                shared = self._shared_prefill(inputs, num_beams) if num_beams > 1 else {}
                 output = self.model.generate(**inputs, generation_config=generation, stopping_criteria=stopping,
-                                             prefix_allowed_tokens_fn=constrain)
+                                             prefix_allowed_tokens_fn=constrain, **shared)
             texts = self.tokenizer.batch_decode(output[:, start:], skip_special_tokens=True)
             for position, index in enumerate(batch):
                 chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
                 results[index] = [text.strip() for text in chunk]
         return results
+
+    def _shared_prefill(self, inputs: Any, copies: int) -> dict[str, Any]:
+        """The KV cache of every prompt but its last token, computed once and repeated ``copies`` times.
+
+        Beam search copies each prompt once per beam before its first forward pass; with a long prompt and a
+        short answer (a title), that prefill is most of the work. Given this cache, generation only runs the last
+        prompt token per beam.
+        """
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        if ids.shape[1] < 2:
+            return {}
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                           use_cache=True).cache
+        cache.batch_repeat_interleave(copies)
+        return {"cache": cache}
 
 
 class _LineStop:

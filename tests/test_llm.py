@@ -218,6 +218,25 @@ def test_batched_generation_equals_unbatched_greedy(llm: LLM) -> None:
 
 
 @pytest.mark.integration
+def test_beam_search_with_the_shared_prefill_equals_plain_beam_search(llm: LLM) -> None:
+    """Beams reuse one prefilled cache per prompt (``_shared_prefill``); the beams are those of transformers'
+    own beam search over the padded batch, best first."""
+    prompts = [llm.format_chat([{"role": "user", "content": "Name two films."}]), recommend_prompt(llm, MOVIES)]
+    beams = llm.generate(prompts, max_new_tokens=12, num_beams=3, num_return_sequences=3, batch_size=2)
+    from transformers import GenerationConfig
+
+    inputs = llm.tokenizer.pad({"input_ids": llm.tokenizer(prompts, add_special_tokens=False)["input_ids"]},
+                               return_tensors="pt")
+    config = GenerationConfig(max_new_tokens=12, num_beams=3, num_return_sequences=3, early_stopping=True,
+                              do_sample=False, eos_token_id=llm.stop_token_ids, pad_token_id=llm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = llm.model.generate(**inputs, generation_config=config)
+    texts = llm.tokenizer.batch_decode(plain[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert beams == [[t.strip() for t in texts[:3]], [t.strip() for t in texts[3:]]]
+    assert all(len(set(group)) == 3 for group in beams)
+
+
+@pytest.mark.integration
 def test_sampling_is_seeded(llm: LLM) -> None:
     prompt = [llm.format_chat([{"role": "user", "content": "Name a fruit."}])]
     first = llm.generate(prompt, max_new_tokens=6, do_sample=True, temperature=1.0, num_return_sequences=2)
