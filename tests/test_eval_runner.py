@@ -40,7 +40,8 @@ def test_a_label_picks_one_method_and_a_name_picks_every_method_of_its_kind():
 @pytest.mark.integration
 def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path):
     raw = _config(protocol={"targets": "last-per-platform", "users": "all"}, bootstrap=50,
-                  methods=["mostpop", "itemknn", {"name": "genrec", "sample_users": 3}])
+                  methods=["mostpop", "itemknn", {"name": "genrec", "sample_users": 3},
+                           {"name": "mostpop", "label": "MostPop-2", "sample_users": 2}])
     document = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
     out = tmp_path / "tiny"
     assert json.loads((out / "metrics.json").read_text())["results"] == json.loads(json.dumps(document["results"]))
@@ -50,6 +51,9 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     assert rows["ItemKNN"]["cases"] == 12 and rows["genrec"]["cases"] == 3
     assert rows["genrec"]["sampled_users"] == 3
     assert set(rows["genrec"]["same_sample"]) == {"MostPop (cross)", "ItemKNN (cross)"}
+    # a smaller seeded sample lies inside the larger one: it is compared with every method covering its users
+    assert set(rows["MostPop-2"]["same_sample"]) == {"MostPop (cross)", "ItemKNN (cross)", "genrec (cross)"}
+    assert rows["MostPop-2"]["same_sample"]["MostPop (cross)"] == rows["MostPop-2"]["metrics"]["all"]
     ndcg = rows["genrec"]["metrics"]["all"]["NDCG@10"]
     assert ndcg["low"] <= ndcg["mean"] <= ndcg["high"]
     assert 0.0 <= rows["genrec"]["generation"]["validity_rate"]["mean"] <= 1.0

@@ -198,11 +198,13 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
                 row = {"variant": variant, "method": outcome.method, "history": outcome.scope,
                        "sampled_users": spec.sample_users if sample is not None else None,
                        **aggregate(outcome, data, protocol.ks, config.bootstrap, protocol.seed)}
-                if sample is not None:  # the other methods on the same users, for a like-for-like comparison
+                if sample is not None:  # every method that covers these users (all, or a larger sample) on them
+                    mine = set(outcome.users)
                     row["same_sample"] = {
                         f"{o.method} ({o.scope})": aggregate(o, data, protocol.ks, config.bootstrap, protocol.seed,
                                                               sample)["metrics"]["all"]
-                        for s, o in outcomes if o is not outcome and s.sample_users is None}
+                        for o in (o for _, o in outcomes if o is not outcome)
+                        if mine <= set(o.users) and len(set(o.users)) > len(mine)}
                 document["results"].append(row)
     (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
     from genrec.evaluation.report import plot_ndcg, write_markdown
