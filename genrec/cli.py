@@ -239,7 +239,7 @@ def _recommender(store, model, adapter, dtype, device, four_bit, templates, deco
     from genrec.recommender import Recommender, RecommenderConfig
 
     config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit)
-    settings = RecommenderConfig.for_adapter(adapter, **({"decoding": decoding} if decoding else {}))
+    settings = RecommenderConfig.for_adapter(adapter, decoding=decoding)
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 

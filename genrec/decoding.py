@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from genrec.llm import end_of_turn_id
 from genrec.prompts import format_answer
 
 _NUMBER = re.compile(r"^\s*1\.\s*")
@@ -39,14 +40,15 @@ class Ban:
 
 
 class TitleTrie:
-    """Prefix tree over the token ids of one answer line per distinct title."""
+    """Prefix tree over the token ids of ``1. "Title"`` + newline for every distinct title, tokenized as a tuned
+    model writes it; a line ends with the model's end-of-turn token."""
 
-    def __init__(self, sequences: Iterable[Sequence[int]], end_id: int, tokenizer: Any = None) -> None:
-        self.end_id = end_id
+    def __init__(self, titles: Iterable[str], tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self.end_id = end_of_turn_id(tokenizer)
         self.root = _Node()
         self.depth = 0
-        for sequence in sequences:
+        for sequence in _encode(titles, tokenizer):
             path = [self.root]
             for token in sequence:
                 path.append(path[-1].children.setdefault(token, _Node()))
@@ -71,15 +73,9 @@ class TitleTrie:
     def size(self) -> int:
         return self.root.lines
 
-    @classmethod
-    def build(cls, titles: Iterable[str], tokenizer: Any, end_id: int) -> TitleTrie:
-        """The trie of ``1. "Title"`` + newline for every distinct title, tokenized as a tuned model writes it."""
-        return cls(_encode(titles, tokenizer), end_id, tokenizer)
-
     def ban(self, titles: Iterable[str]) -> Ban:
         """The ``Ban`` of ``titles`` (those in the trie; others are ignored)."""
-        lines = {tuple(line) for line in _encode(titles, self.tokenizer)} if self.tokenizer else set()
-        lines = {line for line in lines if self._complete(line)}
+        lines = {line for line in map(tuple, _encode(titles, self.tokenizer)) if self._complete(line)}
         under = Counter(line[:depth] for line in lines for depth in range(len(line) + 1))
         return Ban(frozenset(lines), under)
 
@@ -93,7 +89,7 @@ class TitleTrie:
 
     def stem_text(self) -> str:
         """The text of ``stem``, to append to the prompt."""
-        return self.tokenizer.decode(self.stem) if self.tokenizer is not None and self.stem else ""
+        return self.tokenizer.decode(self.stem)
 
     def allowed(self, generated: Sequence[int], ban: Ban | None = None) -> list[int]:
         """The tokens that may follow ``generated`` (the tokens written after the prompt and ``stem``): the
@@ -123,9 +119,8 @@ def _encode(titles: Iterable[str], tokenizer: Any) -> list[list[int]]:
     lines = sorted({format_answer([title]) + "\n" for title in titles if title})
     if not lines:
         return []
-    stem = _STEM
-    bodies = tokenizer([line[len(stem):] for line in lines], add_special_tokens=False)["input_ids"]
-    head = tokenizer(stem, add_special_tokens=False)["input_ids"]
+    bodies = tokenizer([line[len(_STEM):] for line in lines], add_special_tokens=False)["input_ids"]
+    head = tokenizer(_STEM, add_special_tokens=False)["input_ids"]
     return [head + body for body in bodies]
 
 

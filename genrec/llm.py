@@ -209,8 +209,7 @@ class LLM:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        stops = {tokenizer.eos_token_id, im_end if im_end != tokenizer.unk_token_id else None}
+        stops = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
         self.stop_token_ids: list[int] = sorted(token for token in stops if token is not None)
 
     @classmethod

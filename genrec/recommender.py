@@ -22,7 +22,7 @@ from genrec.decoding import Ban, TitleTrie, beams_as_answer
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
 from genrec.grounding import CatalogIndex, EmptyCatalogError, Grounder, GroundingResult
-from genrec.llm import LLM, LLMConfig, end_of_turn_id, parse_candidates, read_adapter_metadata
+from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
 from genrec.prompts import PromptTemplates, RecommendPrompt
 
@@ -61,14 +61,16 @@ class RecommenderConfig:
 
     @classmethod
     def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
-        """The settings a tuned adapter was trained with (its ``genrec_adapter.json``), then ``overrides``.
+        """The settings a tuned adapter was trained with (its ``genrec_adapter.json``), then ``overrides``
+        (``None`` values are ignored: the option was not given).
 
         An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
         for); inference should build the same prompts. Without an adapter, or without metadata: the defaults.
         """
         trained = read_adapter_metadata(adapter).get("recommender", {}) if adapter else {}
         known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in trained.items() if k in known}, **overrides})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**{k: v for k, v in trained.items() if k in known}, **given})
 
 
 @dataclass(frozen=True)
@@ -278,8 +280,7 @@ class Recommender:
         if cached is None or cached[0] != self.store.version:
             index = self.index(platform)
             titles = [index.title(item_id) for item_id in index.item_ids]
-            tokenizer = self.llm.tokenizer
-            cached = (self.store.version, TitleTrie.build(titles, tokenizer, end_of_turn_id(tokenizer)))
+            cached = (self.store.version, TitleTrie(titles, self.llm.tokenizer))
             self._tries[platform] = cached
         return cached[1]
 

@@ -113,6 +113,9 @@ def test_catalog_decoding_names_only_real_unseen_items(real_store, llm, embedder
 
 
 def test_decoding_settings_are_checked():
+    # an option left unset (None, e.g. no --decoding) keeps the adapter's or the default setting
+    assert RecommenderConfig.for_adapter(None, decoding=None).decoding == "free"
+    assert RecommenderConfig.for_adapter(None, decoding="catalog").decoding == "catalog"
     with pytest.raises(GenrecError, match="decoding must be"):
         RecommenderConfig(decoding="nucleus")
     with pytest.raises(GenrecError, match="beams"):
