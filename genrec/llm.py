@@ -8,6 +8,7 @@ directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -180,6 +181,19 @@ def read_adapter_metadata(adapter: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise GenrecError(f"{path}: unreadable adapter metadata ({exc})") from exc
+
+
+def adapter_digest(adapter: str | Path) -> str:
+    """A short hash of an adapter's weights and PEFT config: what cached answers of a tuned model are keyed by, so
+    retraining into the same folder invalidates them (its metadata, which evaluation may extend, is left out)."""
+    path = _check_adapter(str(adapter))
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("adapter_*")):
+        if file.is_file():
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:16]
 
 
 def _check_adapter(adapter: str) -> Path:

@@ -16,6 +16,7 @@ from genrec.llm import (
     Candidate,
     LLMConfig,
     ModelNotFoundError,
+    adapter_digest,
     default_model_dir,
     disable_bnb_cpu_repack,
     parse_candidates,
@@ -130,6 +131,28 @@ def test_adapter_without_adapter_config_is_rejected(tmp_path: Path) -> None:
     (model / "config.json").write_text("{}")
     with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
         LLM.load(LLMConfig(model=str(model), adapter=str(tmp_path / "adapter")))
+
+
+def test_adapter_digest_follows_the_weights_not_the_metadata(tmp_path: Path) -> None:
+    from genrec.evaluation.generative import GenerativeMethod
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights 1")
+    (adapter / "genrec_adapter.json").write_text("{}")
+
+    def cache_path() -> Path:
+        method = GenerativeMethod(None, llm_config=LLMConfig(adapter=str(adapter)), cache_dir=tmp_path)  # type: ignore[arg-type]
+        return method.cache_path
+
+    first, first_path = adapter_digest(adapter), cache_path()
+    (adapter / "genrec_adapter.json").write_text('{"fusion": {"weight": 0.5}}')  # evaluation may add to it
+    assert adapter_digest(adapter) == first and cache_path() == first_path
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights 2")  # retrained into the same folder
+    assert adapter_digest(adapter) != first and cache_path() != first_path
+    with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
+        adapter_digest(tmp_path / "missing")
 
 
 def test_publish_dir_tolerates_a_concurrent_winner(tmp_path: Path) -> None:

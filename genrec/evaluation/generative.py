@@ -24,7 +24,7 @@ from genrec.embedding import Embedder
 from genrec.evaluation.baselines.base import HistoryScope, scoped_history
 from genrec.evaluation.metrics import popularity_counts
 from genrec.evaluation.types import EvalCase, Interaction, TrainData
-from genrec.llm import LLMConfig
+from genrec.llm import LLMConfig, adapter_digest
 from genrec.recommender import RecommendationList, Recommender, RecommenderConfig, Request
 
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity
@@ -47,7 +47,10 @@ class GenerativeMethod:
         self.embedder = embedder
         self.list_length = list_length
         generation = {k: v for k, v in vars(self.config).items() if k not in GROUNDING_ONLY}
-        setup = json.dumps([vars(self.llm_config), generation], sort_keys=True, default=str)
+        shape = [vars(self.llm_config), generation]
+        if self.llm_config.adapter:  # the adapter's content, not only its folder: a retrained one answers anew
+            shape.append(adapter_digest(self.llm_config.adapter))
+        setup = json.dumps(shape, sort_keys=True, default=str)
         digest = hashlib.sha256(setup.encode()).hexdigest()[:12]
         # keyed by what shapes the LLM's answers, not by the method's label: differently named runs share answers
         self.cache_path = cache_dir / f"generations__{history_scope}__{digest}.jsonl" if cache_dir else None

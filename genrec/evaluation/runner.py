@@ -32,6 +32,7 @@ from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
 from genrec.evaluation.protocol import EvalData, build
 from genrec.evaluation.types import EvalCase
+from genrec.llm import adapter_digest
 
 TOP_K = 10  # list length for coverage and popularity bias
 
@@ -231,6 +232,9 @@ def _load_or_run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cas
     probe = Outcome(variant, spec.title, scope, [], [], [], [], 0.0, 0.0)
     path = cache / f"{probe.key}.json"
     fingerprint = {"options": spec.options, "cases": len(cases), "protocol": data.protocol.to_dict()}
+    adapter = (spec.options.get("llm") or {}).get("adapter")
+    if adapter:  # a retrained adapter in the same folder is a different method
+        fingerprint["adapter"] = adapter_digest(adapter)
     if resume and path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == fingerprint:
