@@ -134,7 +134,10 @@ def test_adapter_without_adapter_config_is_rejected(tmp_path: Path) -> None:
 
 
 def test_adapter_digest_follows_the_weights_not_the_metadata(tmp_path: Path) -> None:
+    """Both evaluation caches of a tuned model (its answers, its outcome) follow the adapter's weights."""
+    from genrec.evaluation.config import MethodSpec
     from genrec.evaluation.generative import GenerativeMethod
+    from genrec.evaluation.runner import outcome_fingerprint
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -142,15 +145,17 @@ def test_adapter_digest_follows_the_weights_not_the_metadata(tmp_path: Path) -> 
     (adapter / "adapter_model.safetensors").write_bytes(b"weights 1")
     (adapter / "genrec_adapter.json").write_text("{}")
 
-    def cache_path() -> Path:
+    def keys() -> tuple:
         method = GenerativeMethod(None, llm_config=LLMConfig(adapter=str(adapter)), cache_dir=tmp_path)  # type: ignore[arg-type]
-        return method.cache_path
+        spec = MethodSpec("genrec", options={"llm": {"adapter": str(adapter)}})
+        return adapter_digest(adapter), method.cache_path, outcome_fingerprint(spec, 10, {"seed": 1})
 
-    first, first_path = adapter_digest(adapter), cache_path()
+    first = keys()
     (adapter / "genrec_adapter.json").write_text('{"fusion": {"weight": 0.5}}')  # evaluation may add to it
-    assert adapter_digest(adapter) == first and cache_path() == first_path
+    assert keys() == first
     (adapter / "adapter_model.safetensors").write_bytes(b"weights 2")  # retrained into the same folder
-    assert adapter_digest(adapter) != first and cache_path() != first_path
+    assert all(now != before for now, before in zip(keys(), first, strict=True))
+    assert outcome_fingerprint(MethodSpec("mostpop"), 10, {"seed": 1}).keys() == {"options", "cases", "protocol"}
     with pytest.raises(ModelNotFoundError, match="adapter_config.json"):
         adapter_digest(tmp_path / "missing")
 

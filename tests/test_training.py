@@ -318,6 +318,19 @@ def test_validation_through_the_harness_keeps_the_best_adapter(store, tiny_model
     assert result.state.best_step == best["step"]
 
 
+@pytest.mark.integration
+def test_validation_without_the_start_round_still_records_the_baselines(store, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path / "home"))
+    raw = _config(tmp_path)
+    raw["validation"] = {"cases": 4, "every": 3, "at_start": False}
+    result = _train(store, raw, tiny_model_dir)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in rounds if r["event"] == "valid"]
+    assert [r["step"] for r in rounds] == [3, 6] and result.state.zero_shot is None
+    assert rounds[0]["baselines"]["MostPop"]["cases"] == 4 and "baselines" not in rounds[1]
+    assert result.state.baselines["MostPop"]["cases"] == 4
+
+
 def _grads_after_an_eval_pass(model, tokenizer) -> list[torch.Tensor]:
     """LoRA B gradients of one training step taken after a no-grad forward pass in eval mode."""
     ids = tokenizer(['<|im_start|>user\nwhich thing<|im_end|>\n<|im_start|>assistant\n1. "arts thing 3"'],

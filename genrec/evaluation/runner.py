@@ -227,14 +227,21 @@ def select_methods(specs: Sequence[MethodSpec], wanted: Sequence[str] | None) ->
     return chosen
 
 
+def outcome_fingerprint(spec: MethodSpec, cases: int, protocol: dict) -> dict:
+    """What a cached outcome must match to be reused: the method's options, the case count, the protocol and, for a
+    tuned LLM, its adapter's weights (a retrained adapter in the same folder is a different method)."""
+    fingerprint = {"options": spec.options, "cases": cases, "protocol": protocol}
+    adapter = (spec.options.get("llm") or {}).get("adapter")
+    if adapter:
+        fingerprint["adapter"] = adapter_digest(adapter)
+    return fingerprint
+
+
 def _load_or_run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], cache: Path,
                  resources: Resources, resume: bool, bar: Progress) -> Outcome:
     probe = Outcome(variant, spec.title, scope, [], [], [], [], 0.0, 0.0)
     path = cache / f"{probe.key}.json"
-    fingerprint = {"options": spec.options, "cases": len(cases), "protocol": data.protocol.to_dict()}
-    adapter = (spec.options.get("llm") or {}).get("adapter")
-    if adapter:  # a retrained adapter in the same folder is a different method
-        fingerprint["adapter"] = adapter_digest(adapter)
+    fingerprint = outcome_fingerprint(spec, len(cases), data.protocol.to_dict())
     if resume and path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") == fingerprint:

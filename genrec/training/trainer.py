@@ -380,10 +380,10 @@ class _Run:
             result = self.validator.evaluate()
             state.validation_seconds = result["seconds"]
             record = {"event": "valid", "step": state.step, **result}
-            if zero_shot:
+            if not state.baselines:  # on the first round, whether or not the zero-shot one runs (at_start)
                 state.baselines = self.validator.baselines()
                 record["baselines"] = state.baselines
-            else:
+            if not zero_shot:
                 value = result[valid.metric]
                 # ties (common with few cases and a sparse metric) go to the better full-ranking MRR
                 if state.best_metric is None or (value, result.get("MRR", 0.0)) > (state.best_metric,
