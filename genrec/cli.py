@@ -226,9 +226,11 @@ AdapterOption = Annotated[str | None, typer.Option("--adapter", help="PEFT LoRA 
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
-DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (generate, then ground) or catalog "
+DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (generate, then ground), catalog "
                                                                       "(beam search over the target catalog's "
-                                                                      "titles) [default: the adapter's, else free]")]
+                                                                      "titles) or scored (the LLM ranks popular "
+                                                                      "and profile-near candidates) [default: the "
+                                                                      "adapter's, else free]")]
 TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folder of Jinja2 templates that "
                                                                             "override the packaged ones.")]
 

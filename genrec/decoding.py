@@ -113,15 +113,21 @@ class TitleTrie:
 
 
 def _encode(titles: Iterable[str], tokenizer: Any) -> list[list[int]]:
-    """Token ids of each title's answer line: the opening ``1. "`` and the rest of the line (closing quote and
-    newline) tokenized apart, so every line shares that stem (a title that starts with punctuation would
-    otherwise merge it into the quote's token and branch off before the title starts)."""
-    lines = sorted({format_answer([title]) + "\n" for title in titles if title})
-    if not lines:
-        return []
-    bodies = tokenizer([line[len(_STEM):] for line in lines], add_special_tokens=False)["input_ids"]
-    head = tokenizer(_STEM, add_special_tokens=False)["input_ids"]
+    """Token ids of each distinct title's answer line (see ``answer_tokens``), in sorted line order."""
+    distinct = sorted({title for title in titles if title}, key=lambda title: format_answer([title]))
+    head, bodies = answer_tokens(distinct, tokenizer)
     return [head + body for body in bodies]
+
+
+def answer_tokens(titles: Sequence[str], tokenizer: Any) -> tuple[list[int], list[list[int]]]:
+    """The shared opening ``1. "`` of an answer line and, per title, the rest of its line (title, closing quote,
+    newline), tokenized apart so that every line shares that stem (a title that starts with punctuation would
+    otherwise merge it into the quote's token and branch off before the title starts)."""
+    head = tokenizer(_STEM, add_special_tokens=False)["input_ids"]
+    if not titles:
+        return head, []
+    lines = [format_answer([title]) + "\n" for title in titles]
+    return head, tokenizer([line[len(_STEM):] for line in lines], add_special_tokens=False)["input_ids"]
 
 
 def beams_as_answer(beams: Sequence[str], stem: str = "") -> str:

@@ -31,6 +31,7 @@ from genrec.data.schema import CatalogItem
 from genrec.embedding import Embedder, mean_embedding
 from genrec.errors import GenrecError
 from genrec.llm import Candidate as GeneratedCandidate  # what the LLM proposed: a title and, maybe, why
+from genrec.prompts import quote
 
 Source = Literal["exact", "neighbour", "profile", "popularity"]
 
@@ -387,16 +388,22 @@ class CatalogIndex:
     # ---- lookup and search
 
     def lookup_title(self, title: str) -> list[str]:
-        """Ids (sorted) whose title equals ``title`` after normalisation, else whose loose keys are equal."""
+        """Ids (sorted) whose title equals ``title`` after normalisation, else whose loose keys are equal.
+
+        A long title as prompts and answers render it (``genrec.prompts.quote`` clips it and marks the cut with
+        ``…``) matches its item exactly too: a tuned model learned to write titles that way, and catalog-constrained
+        or scored decoding write them so."""
         if self._exact is None:
             self._exact, self._loose = {}, {}
             for item_id, item_title in zip(self._ids, self._titles, strict=True):
-                for keys, key in (
-                    (self._exact, normalise_title(item_title)),
-                    (self._loose, normalise_title(item_title, loose=True)),
-                ):
-                    if key:
-                        keys.setdefault(key, []).append(item_id)
+                rendered = quote(item_title)[1:-1]
+                keys = [(self._exact, normalise_title(item_title)),
+                        (self._loose, normalise_title(item_title, loose=True))]
+                if rendered.endswith("…"):
+                    keys.append((self._exact, normalise_title(rendered)))
+                for table, key in keys:
+                    if key and item_id not in table.get(key, ()):
+                        table.setdefault(key, []).append(item_id)
         key = normalise_title(title)
         if not key:
             return []

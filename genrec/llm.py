@@ -8,6 +8,7 @@ directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -353,6 +354,43 @@ class LLM:
                 chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
                 results[index] = [text.strip() for text in chunk]
         return results
+
+    def continuation_logprobs(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]], *,
+                              batch_size: int = 48) -> list[list[float]]:
+        """The log-probability of every token of each continuation (token ids) after ``prompt`` (token ids).
+
+        The prompt runs once; its KV cache is repeated for each batch of continuations, so scoring ``n`` short
+        continuations costs about ``n`` times their length in tokens, not ``n`` prompts (candidate titles after
+        a long profile). Continuations must be non-empty.
+        """
+        if not prompt or any(not c for c in continuations):
+            raise ValueError("the prompt and every continuation need at least one token")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        device = self.device
+        scores: list[list[float]] = []
+        with torch.no_grad():
+            head = self.model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
+            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+            length = len(prompt)
+            for start in range(0, len(continuations), batch_size):
+                batch = continuations[start : start + batch_size]
+                width = max(len(c) for c in batch)
+                ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, device=device)
+                mask = torch.zeros((len(batch), length + width), dtype=torch.long, device=device)
+                mask[:, :length] = 1
+                for row, tokens in enumerate(batch):
+                    ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+                    mask[row, length : length + len(tokens)] = 1
+                cache = copy.deepcopy(head.cache)
+                cache.batch_repeat_interleave(len(batch))
+                positions = torch.arange(length, length + width, device=device).expand(len(batch), -1)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for row, tokens in enumerate(batch):
+                    after = logprobs[row, torch.arange(len(tokens) - 1, device=device), ids[row, 1 : len(tokens)]]
+                    scores.append([float(first[tokens[0]]), *after.tolist()])
+        return scores
 
     def _shared_prefill(self, inputs: Any, copies: int) -> dict[str, Any]:
         """The KV cache of every prompt but its last token, computed once and repeated ``copies`` times.

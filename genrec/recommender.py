@@ -18,13 +18,13 @@ import numpy as np
 
 from genrec.data.schema import HistoryItem, Platform
 from genrec.data.store import Store
-from genrec.decoding import Ban, TitleTrie, beams_as_answer
+from genrec.decoding import Ban, TitleTrie, answer_tokens, beams_as_answer
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
 from genrec.grounding import CatalogIndex, EmptyCatalogError, Grounder, GroundingResult
 from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
-from genrec.prompts import PromptTemplates, RecommendPrompt
+from genrec.prompts import PromptTemplates, RecommendPrompt, format_answer
 
 RECOMMEND_TEMPLATE = "recommend.j2"
 
@@ -35,9 +35,12 @@ class RecommenderConfig:
 
     ``n_generate``: how many titles the LLM is asked for (the rest of the k places are filled from the
     catalog neighbours of the profile, then popularity); ``tokens_per_item`` bounds generation length.
-    ``decoding``: ``"free"`` generation (grounding maps what the model writes to the catalog) or ``"catalog"``:
+    ``decoding``: ``"free"`` generation (grounding maps what the model writes to the catalog), ``"catalog"``:
     beam search constrained to the target platform's titles (``genrec.decoding``), which returns ``beams`` real
-    items ranked by the model's likelihood (best with a tuned adapter, which learned to answer with a title).
+    items ranked by the model's likelihood (best with a tuned adapter, which learned to answer with a title), or
+    ``"scored"``: the LLM scores a candidate set instead of searching the catalog (``score_candidates``: the
+    ``candidates`` most popular items and the ``candidates`` nearest the profile, or the request's own
+    ``candidates``), each by the likelihood of the first ``score_tokens`` tokens of its answer line.
     """
 
     n_generate: int = 5
@@ -50,14 +53,17 @@ class RecommenderConfig:
     min_similarity: float | None = None
     batch_size: int = 8
     verbs: dict[str, str] = field(default_factory=dict)
-    decoding: Literal["free", "catalog"] = "free"
+    decoding: Literal["free", "catalog", "scored"] = "free"
     beams: int = 10
+    candidates: int = 50
+    score_tokens: int = 16
 
     def __post_init__(self) -> None:
-        if self.decoding not in ("free", "catalog"):
-            raise GenrecError(f"decoding must be 'free' or 'catalog', got {self.decoding!r}")
-        if self.beams < 1:
-            raise GenrecError(f"beams must be at least 1, got {self.beams}")
+        if self.decoding not in ("free", "catalog", "scored"):
+            raise GenrecError(f"decoding must be 'free', 'catalog' or 'scored', got {self.decoding!r}")
+        for name in ("beams", "candidates", "score_tokens"):
+            if getattr(self, name) < 1:
+                raise GenrecError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
     def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
@@ -127,6 +133,7 @@ class Request:
     before: datetime | None = None
     exclude: frozenset[str] = frozenset()  # further item ids never to recommend (e.g. "not that one")
     instruction: str | None = None  # extra user wish, rendered as quoted data (chat)
+    candidates: tuple[str, ...] | None = None  # item ids for "scored" decoding to rank (default: its own set)
 
 
 class Recommender:
@@ -239,6 +246,8 @@ class Recommender:
                   progress: bool) -> list[str]:
         if self.config.decoding == "catalog":
             return self._generate_in_catalog(requests, prepared, progress)
+        if self.config.decoding == "scored":
+            return self._generate_scored(requests, prepared, progress)
         prompts = [prompt for _, _, prompt in prepared]
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
@@ -273,6 +282,57 @@ class Recommender:
             for i, text in zip(rows, texts, strict=True):
                 outputs[i] = beams_as_answer(text, stem)
         return outputs
+
+    def _generate_scored(self, requests: Sequence[Request],
+                         prepared: Sequence[tuple[list[HistoryItem], Profile, str]], progress: bool) -> list[str]:
+        """The candidates of each request ranked by the LLM's likelihood, as a numbered answer of ``max(k, beams)``
+        titles (grounding then finds each exactly)."""
+        scored = self.score_candidates(requests, prepared=prepared, progress=progress)
+        outputs = []
+        for request, (items, scores) in zip(requests, scored, strict=True):
+            index = self.index(request.platform)
+            best = [items[j] for j in np.argsort(-scores, kind="stable")[: max(request.k, self.config.beams)]]
+            outputs.append(format_answer([index.title(item_id) for item_id in best]))
+        return outputs
+
+    def score_candidates(self, requests: Sequence[Request], *,
+                         prepared: Sequence[tuple[list[HistoryItem], Profile, str]] | None = None,
+                         progress: bool = False) -> list[tuple[list[str], np.ndarray]]:
+        """Per request, its candidate item ids and the LLM's log-likelihood of each one's answer line
+        (``1. "Title"``, first ``score_tokens`` tokens) after the recommendation prompt. Candidates are the
+        request's ``candidates`` (unknown ids are an error), else the platform's ``candidates`` most popular
+        items and the ``candidates`` nearest the history's profile vector; the user's own items never are."""
+        from tqdm.auto import tqdm
+
+        prepared = prepared or [self._prepare(r) for r in requests]
+        out = []
+        for request, (history, _, prompt) in tqdm(list(zip(requests, prepared, strict=True)), desc="scoring",
+                                                  unit="request", disable=not progress):
+            index = self.index(request.platform)
+            items = self._candidates(request, history, index)
+            head, bodies = answer_tokens([index.title(item_id) for item_id in items], self.llm.tokenizer)
+            prompt_ids = self.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"] + head
+            logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies])
+            out.append((items, np.array([sum(lp) for lp in logprobs], dtype=np.float64)))
+        return out
+
+    def _candidates(self, request: Request, history: Sequence[HistoryItem], index: CatalogIndex) -> list[str]:
+        owned = _owned(request, history)
+        if request.candidates is not None:
+            unknown = [item_id for item_id in request.candidates if item_id not in index]
+            if unknown:
+                raise NotFoundError(f"candidates not in the {request.platform!r} catalog: {', '.join(unknown[:5])}")
+            items = [item_id for item_id in dict.fromkeys(request.candidates) if item_id not in owned]
+        else:
+            n = self.config.candidates
+            popularity = self.popularity(request.platform)
+            popular = sorted((i for i in index.item_ids if i not in owned), key=lambda i: (-popularity.get(i, 0.0), i))
+            _, _, profile_vector = self.history_vectors(history)
+            near = index.search(profile_vector, n, exclude_ids=owned)[0][0] if profile_vector is not None else []
+            items = list(dict.fromkeys([*popular[:n], *near]))
+        if not items:
+            raise GenrecError(f"no candidates to score for this request on {request.platform!r}")
+        return items
 
     def trie(self, platform: str) -> TitleTrie:
         """The prefix tree of the platform's titles for constrained decoding, rebuilt after store writes."""

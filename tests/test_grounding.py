@@ -30,6 +30,8 @@ from genrec.grounding import (
     normalise_title,
     title_category_text,
 )
+from genrec.llm import parse_candidates
+from genrec.prompts import format_answer
 
 MOVIES = {
     "1": "Toy Story (1995)",
@@ -106,6 +108,15 @@ def test_lookup_title_exact_then_loose(movies: CatalogIndex) -> None:
     assert movies.lookup_title("Hamlet (1996)") == ["11"]
     assert movies.lookup_title("Toy Story 3") == []
     assert movies.lookup_title("") == []
+
+
+def test_a_long_title_matches_as_prompts_and_answers_clip_it(embedder: Embedder, tmp_path: Path) -> None:
+    """``quote`` clips long titles (``…``); an answer line that writes the clipped title names the item exactly."""
+    long_title = "pilot g2 retractable premium gel ink roller ball pens " * 4
+    index = CatalogIndex.build("office", ["p1", "p2"], [long_title, "pilot pen"], embedder, cache_root=tmp_path)
+    [written] = parse_candidates(format_answer([long_title])).candidates
+    assert written.title.endswith("…") and len(written.title) < len(long_title)
+    assert index.lookup_title(written.title) == ["p1"] and index.lookup_title(long_title) == ["p1"]
 
 
 # ---------------------------------------------------------------------------------------------- embedder

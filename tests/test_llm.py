@@ -265,6 +265,24 @@ def test_beam_search_with_the_shared_prefill_equals_plain_beam_search(llm: LLM) 
 
 
 @pytest.mark.integration
+def test_continuation_logprobs_equal_those_of_full_sequences(llm: LLM) -> None:
+    """Scoring continuations over one shared prompt cache (in padded batches) gives each token the log-probability
+    a plain forward pass over prompt + continuation gives it."""
+    prompt = llm.tokenizer(recommend_prompt(llm, MOVIES), add_special_tokens=False)["input_ids"]
+    continuations = [llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+                     for text in ('1. "Heat (1995)"\n', '1. "Up"', '1. "The Lord of the Rings: The Two Towers"\n')]
+    scored = llm.continuation_logprobs(prompt, continuations, batch_size=2)
+    for tokens, logprobs in zip(continuations, scored, strict=True):
+        with torch.no_grad():
+            logits = llm.model(input_ids=torch.tensor([prompt + tokens])).logits[0].float()
+        full = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1].gather(1, torch.tensor(tokens)[:, None])
+        assert len(logprobs) == len(tokens)
+        assert logprobs == pytest.approx(full[:, 0].tolist(), abs=1e-3)
+    with pytest.raises(ValueError, match="at least one token"):
+        llm.continuation_logprobs(prompt, [[]])
+
+
+@pytest.mark.integration
 def test_sampling_is_seeded(llm: LLM) -> None:
     prompt = [llm.format_chat([{"role": "user", "content": "Name a fruit."}])]
     first = llm.generate(prompt, max_new_tokens=6, do_sample=True, temperature=1.0, num_return_sequences=2)

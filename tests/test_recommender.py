@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import datetime
 
+import numpy as np
 import pytest
 
 from genrec.data.schema import HistoryItem
@@ -112,6 +113,33 @@ def test_catalog_decoding_names_only_real_unseen_items(real_store, llm, embedder
     assert recommender.trie(platform) is recommender.trie(platform), "the trie is built once per store version"
 
 
+@pytest.mark.parametrize(("user", "platform"), [("1", "movies"), (AMAZON_USER, "amazon-office")])
+def test_scored_decoding_ranks_candidates_by_the_llms_likelihood(real_store, llm, embedder, user, platform):
+    """``decoding="scored"``: the LLM scores popular and profile-near candidates; the list is those candidates,
+    best scored first, every one an exact catalog title the user lacks."""
+    config = RecommenderConfig(decoding="scored", candidates=8)
+    recommender = Recommender(real_store, llm=llm, embedder=embedder, config=config)
+    result = recommender.recommend(user, platform=platform, k=10)
+    _check_list(result, real_store, user, platform, 10)
+    assert result.validity == 1.0 and result.n_generated == 10
+    [(items, scores)] = recommender.score_candidates([Request(platform, user_id=user)])
+    assert 8 < len(items) <= 16 and len(set(items)) == len(items) and np.isfinite(scores).all()
+    best = [items[j] for j in np.argsort(-scores, kind="stable")[:10]]
+    assert [item.item_id for item in result.items] == best
+
+
+def test_scored_decoding_takes_the_requests_candidates(real_store, llm, embedder):
+    recommender = Recommender(real_store, llm=llm, embedder=embedder, config=RecommenderConfig(decoding="scored"))
+    history = {h.item_id for h in real_store.history("1", platform="movies")}
+    owned = sorted(history)[0]
+    others = [i for i in real_store.catalog("movies")["item_id"] if i not in history][:4]
+    [(items, scores)] = recommender.score_candidates([Request("movies", user_id="1",
+                                                              candidates=(owned, *others, others[0]))])
+    assert items == others and scores.shape == (len(others),), "owned items and repeats are dropped"
+    with pytest.raises(NotFoundError, match="not in the 'movies' catalog: nope"):
+        recommender.score_candidates([Request("movies", user_id="1", candidates=("nope",))])
+
+
 def test_decoding_settings_are_checked():
     # an option left unset (None, e.g. no --decoding) keeps the adapter's or the default setting
     assert RecommenderConfig.for_adapter(None, decoding=None).decoding == "free"
@@ -120,6 +148,8 @@ def test_decoding_settings_are_checked():
         RecommenderConfig(decoding="nucleus")
     with pytest.raises(GenrecError, match="beams"):
         RecommenderConfig(beams=0)
+    with pytest.raises(GenrecError, match="candidates must be at least 1"):
+        RecommenderConfig(candidates=0)
 
 
 def test_cli_recommend_with_catalog_decoding(tmp_path):
@@ -132,4 +162,4 @@ def test_cli_recommend_with_catalog_decoding(tmp_path):
     assert len({item["item_id"] for item in answer["items"]}) == 5
     assert answer["generation"]["validity"] == 1.0 and answer["generation"]["n_generated"] >= 1
     bad = subprocess.run([*base, "--decoding", "nucleus"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "decoding must be 'free' or 'catalog'" in bad.stderr
+    assert bad.returncode != 0 and "decoding must be 'free', 'catalog' or 'scored'" in bad.stderr

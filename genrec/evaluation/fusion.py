@@ -62,7 +62,7 @@ class FusedMethod:
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
         self.prior.fit(train, valid_cases)
         self.llm.fit(train, valid_cases)
-        tune = self._tuning_cases(valid_cases or [])
+        tune = tuning_cases(valid_cases or [], self.tune_users, self.seed)
         if not tune:
             raise ValueError("fusion needs validation cases to choose its weight")
         prior = _Scores(self.prior, scale_rows)
@@ -91,11 +91,6 @@ class FusedMethod:
     def case_stats(self, cases: Sequence[EvalCase]) -> dict[str, list[float | None]]:
         return self.llm.case_stats(cases)
 
-    def _tuning_cases(self, valid_cases: Sequence[EvalCase]) -> list[EvalCase]:
-        users = sorted({c.user_id for c in valid_cases})
-        chosen = set(random.Random(self.seed).sample(users, min(self.tune_users, len(users))))
-        return [c for c in valid_cases if c.user_id in chosen]
-
 
 class _Scores:
     """A method's scores passed through a transform (a ``Method`` for ``rank_cases``)."""
@@ -120,11 +115,18 @@ class _Fused:
         return (1.0 - self.weight) * self.prior.score(cases, platform) + self.weight * self.llm.score(cases, platform)
 
 
-def store_in_adapter(adapter: Path, fusion: dict) -> None:
-    """Record the tuned fusion setting in the adapter's metadata file (atomically)."""
+def tuning_cases(valid_cases: Sequence[EvalCase], n_users: int, seed: int) -> list[EvalCase]:
+    """The validation cases of a seeded sample of ``n_users`` users (where fusion weights are chosen)."""
+    users = sorted({c.user_id for c in valid_cases})
+    chosen = set(random.Random(seed).sample(users, min(n_users, len(users))))
+    return [c for c in valid_cases if c.user_id in chosen]
+
+
+def store_in_adapter(adapter: Path, setting: dict, key: str = "fusion") -> None:
+    """Record a tuned setting (e.g. the fusion weight) under ``key`` in the adapter's metadata file (atomically)."""
     path = adapter / ADAPTER_METADATA
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data["fusion"] = fusion
+    data[key] = setting
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)

@@ -80,14 +80,21 @@ class GenerativeMethod:
             self._recommender._fixed_popularity = popularity
         self._outputs = self._load_cache()
 
-    def _history(self, case: EvalCase) -> list[HistoryItem]:
+    @property
+    def recommender(self) -> Recommender:
+        if self._recommender is None:
+            raise RuntimeError("fit() first")
+        return self._recommender
+
+    def history(self, case: EvalCase) -> list[HistoryItem]:
+        """The case's history (in this method's scope) as the recommender reads it."""
         return history_items(case.user_id, scoped_history(case, self.history_scope), self._train.titles)
 
     def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
         if self._train is None or self._recommender is None:
             raise RuntimeError("fit() first")
         recommender = self._recommender
-        requests = {_key(c): Request(platform, history=self._history(c), k=self.list_length) for c in cases}
+        requests = {case_key(c): Request(platform, history=self.history(c), k=self.list_length) for c in cases}
         todo = [key for key in requests if key not in self._outputs]
         for start in range(0, len(todo), SAVE_EVERY):  # answers reach the cache as they come (resumable)
             chunk = todo[start : start + SAVE_EVERY]
@@ -106,7 +113,7 @@ class GenerativeMethod:
         position = {item: j for j, item in enumerate(catalog)}
         scores = np.zeros((len(cases), len(catalog)), dtype=np.float32)
         for row, case in enumerate(cases):
-            stats = self._stats[_key(case)]
+            stats = self._stats[case_key(case)]
             if stats["profile_vector"] is not None:
                 scores[row] = vectors @ stats["profile_vector"]
             items = stats["items"]
@@ -117,7 +124,7 @@ class GenerativeMethod:
 
     def case_stats(self, cases: Sequence[EvalCase]) -> dict[str, list[float | None]]:
         """Per case: share of generated titles that were exact catalog titles, and mean grounding similarity."""
-        stats = [self._stats[_key(c)] for c in cases]
+        stats = [self._stats[case_key(c)] for c in cases]
         return {"validity": [s["validity"] if s["n_generated"] else 0.0 for s in stats],
                 "grounding_similarity": [s["grounding_similarity"] for s in stats]}
 
@@ -154,5 +161,5 @@ def history_items(user_id: str, interactions: Sequence[Interaction],
             for x in interactions]
 
 
-def _key(case: EvalCase) -> str:
+def case_key(case: EvalCase) -> str:
     return f"{case.user_id}|{case.platform}|{case.target}|{case.timestamp}|{case.split}"

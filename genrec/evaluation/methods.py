@@ -47,6 +47,27 @@ def _fusion(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     return FusedMethod(prior, llm, name=spec.title, **tuning)
 
 
+def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
+    from genrec.evaluation.rerank import RerankMethod
+
+    options = dict(spec.options)
+    made: dict[str, Method] = {}  # a prior that is also a source is the same fitted model
+
+    def method(entry: str | dict) -> Method:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        key = repr(sorted(entry.items()))
+        if key not in made:
+            made[key] = create(MethodSpec(entry.pop("name"), options=entry.pop("options", {}), **entry), scope,
+                               resources)
+        return made[key]
+
+    sources = [method(entry) for entry in options.pop("sources", ["mostpop", "itemknn"])]
+    prior = method(options.pop("prior")) if "prior" in options else None
+    tuning = {k: options.pop(k) for k in ("per_source", "weights", "tune_users", "seed") if k in options}
+    llm = _genrec(MethodSpec("genrec", label=spec.title, options=options), scope, resources)
+    return RerankMethod(sources, llm, name=spec.title, prior=prior, cache_dir=resources.cache_dir, **tuning)
+
+
 FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "mostpop": lambda spec, scope, res: MostPop(history_scope=scope, **spec.options),
     "itemknn": lambda spec, scope, res: ItemKNN(history_scope=scope, **spec.options),
@@ -54,6 +75,7 @@ FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "content": lambda spec, scope, res: ContentOnly(encoder=res.embedder, history_scope=scope, **spec.options),
     "genrec": _genrec,
     "fusion": _fusion,
+    "rerank": _rerank,
 }
 
 

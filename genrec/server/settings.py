@@ -49,7 +49,7 @@ class ServerSettings(BaseModel):
     dtype: DType = "auto"
     device: Device = "auto"
     load_in_4bit: bool = False
-    decoding: Literal["free", "catalog"] | None = None  # None: the adapter's setting, else free generation
+    decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     templates: Path | None = None
 
     @classmethod

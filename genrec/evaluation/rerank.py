@@ -1,0 +1,161 @@
+"""The LLM as a re-ranker over classic models' candidates, optionally fused with a classic model's scores.
+
+Generation (free or catalog beams) asks a 135M model to find the right item among thousands; scoring asks it only
+which of a few dozen plausible items it finds most likely. Per case:
+
+1. candidates: the top ``n`` items of each ``candidates`` source (e.g. MostPop and ItemKNN, fitted by the harness
+   on the same training data), minus the user's own items on the target platform;
+2. ``llm``: the (zero-shot or tuned) LLM's log-likelihood of each candidate's answer line after the usual
+   recommendation prompt (``Recommender.score_candidates``), cached per case (JSON lines, resumable);
+3. optionally fused with a ``prior`` classic model: ``z(llm) + w * z(prior)`` over the case's candidates (``z``:
+   standardised within the case), ``w`` chosen on validation cases of a seeded sample of users by NDCG@10
+   (``w = 0``: the LLM alone) and, for a tuned adapter, written into its metadata (key ``rerank``).
+
+The candidates lead the ranking in that order; every other catalog item follows in the first source's order, so
+full-catalog metrics are defined for every K.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from genrec.evaluation import metrics
+from genrec.evaluation.baselines.base import Method, rank_cases
+from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
+from genrec.evaluation.generative import LEAD, GenerativeMethod, case_key
+from genrec.evaluation.types import EvalCase, TrainData
+from genrec.llm import adapter_digest
+from genrec.recommender import Request
+
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+TUNING_METRIC = "NDCG@10"
+METADATA_KEY = "rerank"
+
+
+class RerankMethod:
+    """Candidates from classic models, ranked by the LLM's likelihood (and a tuned share of a prior's scores)."""
+
+    def __init__(self, sources: Sequence[Method], llm: GenerativeMethod, *, name: str, per_source: int = 50,
+                 prior: Method | None = None, weights: Sequence[float] = WEIGHTS, tune_users: int = 50,
+                 seed: int = 0, cache_dir: Path | None = None) -> None:
+        if not sources:
+            raise ValueError("re-ranking needs at least one candidate source")
+        if per_source < 1:
+            raise ValueError(f"per_source must be at least 1, got {per_source}")
+        if not weights or any(w < 0 for w in weights):
+            raise ValueError(f"fusion weights must be non-negative: {list(weights)}")
+        scopes = {m.history_scope for m in [*sources, llm, *([prior] if prior else [])]}
+        if len(scopes) != 1:
+            raise ValueError("the candidate sources, the prior and the LLM must read the same history scope")
+        self.name = name
+        self.history_scope = llm.history_scope
+        self.sources, self.llm, self.prior = list(sources), llm, prior
+        self.per_source = per_source
+        self.weights = sorted(set(weights)) if prior is not None else [0.0]
+        self.tune_users, self.seed = tune_users, seed
+        self.weight: float | None = None
+        self.info: dict = {}
+        setup = {"llm": vars(llm.llm_config), "recommender": vars(llm.config)}
+        if llm.llm_config.adapter:
+            setup["adapter"] = adapter_digest(llm.llm_config.adapter)
+        digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.cache_path = cache_dir / f"scores__{self.history_scope}__{digest}.jsonl" if cache_dir else None
+        self._scored: dict[str, tuple[list[str], list[float]]] = {}  # case key -> candidates, LLM scores
+        self._train: TrainData | None = None
+
+    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+        self._train = train
+        for method in {id(m): m for m in [*self.sources, *([self.prior] if self.prior else [])]}.values():
+            method.fit(train, valid_cases)
+        self.llm.fit(train, valid_cases)
+        self._scored = self._load_cache()
+        if self.prior is None:
+            self.weight = 0.0
+            return
+        tune = tuning_cases(valid_cases or [], self.tune_users, self.seed)
+        if not tune:
+            raise ValueError("fusing a prior needs validation cases to choose its weight")
+        by_weight = {}
+        for w in self.weights:
+            self.weight = w
+            by_weight[w] = float(metrics.case_metrics(rank_cases(self, tune, train.catalogs))[TUNING_METRIC].mean())
+        self.weight = max(self.weights, key=lambda w: (by_weight[w], -w))  # ties: the smaller weight
+        self.info = {"prior": self.prior.name, "sources": [s.name for s in self.sources],
+                     "per_source": self.per_source, "weight": self.weight, "tuning_metric": TUNING_METRIC,
+                     "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune}),
+                     "fused": by_weight[self.weight], "by_weight": {str(w): v for w, v in by_weight.items()},
+                     "llm_alone": by_weight[0.0]}
+        if self.llm.llm_config.adapter:
+            store_in_adapter(Path(self.llm.llm_config.adapter), self.info, key=METADATA_KEY)
+
+    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+        if self._train is None or self.weight is None:
+            raise RuntimeError("fit() first")
+        catalog = self._train.catalogs[platform]
+        position = {item: j for j, item in enumerate(catalog)}
+        source_scores = [source.score(cases, platform) for source in self.sources]
+        prior = self.prior.score(cases, platform) if self.prior is not None and self.weight > 0 else None
+        self._score_missing(cases, platform, source_scores, catalog)
+        out = scale_rows(source_scores[0].astype(np.float64))  # non-candidates: the first source's order
+        for row, case in enumerate(cases):
+            items, llm = self._scored[case_key(case)]
+            columns = np.array([position[item] for item in items], dtype=int)
+            fused = _standardise(np.asarray(llm))
+            if prior is not None:
+                fused = fused + self.weight * _standardise(prior[row, columns])
+            order = np.argsort(-fused, kind="stable")
+            out[row, columns[order]] = LEAD - np.arange(len(order)) / len(order)
+        return out.astype(np.float32)
+
+    def candidates(self, case: EvalCase, rows: Sequence[np.ndarray], catalog: Sequence[str]) -> list[str]:
+        """The top ``per_source`` items of every source's score row, without the case's own target-platform
+        items, in source order."""
+        owned = {x.item_id for x in case.history_on(case.platform)}
+        items: list[str] = []
+        for scores in rows:
+            best = [catalog[j] for j in np.argsort(-scores, kind="stable")[: self.per_source + len(owned)]]
+            items += [item for item in best if item not in owned][: self.per_source]
+        return list(dict.fromkeys(items))
+
+    def _score_missing(self, cases: Sequence[EvalCase], platform: str, source_scores: Sequence[np.ndarray],
+                       catalog: Sequence[str]) -> None:
+        """LLM scores for every case not in the cache, or cached for other candidates (the sources changed)."""
+        for row, case in enumerate(cases):  # one at a time: each case reaches the cache as soon as it is scored
+            items = self.candidates(case, [s[row] for s in source_scores], catalog)
+            cached = self._scored.get(case_key(case))
+            if cached is not None and cached[0] == items:
+                continue
+            request = Request(platform, history=self.llm.history(case), candidates=tuple(items))
+            [(scored_items, llm)] = self.llm.recommender.score_candidates([request])
+            self._remember(case_key(case), scored_items, llm.tolist())
+
+    def _remember(self, key: str, items: list[str], scores: list[float]) -> None:
+        self._scored[key] = (items, scores)
+        if self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache_path.open("a") as fh:
+                fh.write(json.dumps({"key": key, "items": items, "scores": scores}) + "\n")
+
+    def _load_cache(self) -> dict[str, tuple[list[str], list[float]]]:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return {}
+        cached = {}
+        for line in self.cache_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interruption
+                continue
+            cached[record["key"]] = (record["items"], record["scores"])
+        return cached
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    """Zero mean, unit deviation (a constant vector becomes zeros)."""
+    values = np.asarray(values, dtype=np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)

@@ -1,0 +1,130 @@
+"""The LLM as a re-ranker of classic models' candidates: candidate sets, ordering, fusion weight, score cache."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from genrec.evaluation.rerank import RerankMethod
+from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.llm import ADAPTER_METADATA
+
+CATALOG = ["a", "b", "c", "d", "e", "f"]
+TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})
+
+
+class Source:
+    """A classic model with fixed scores: ``order`` best first, every other item below."""
+
+    def __init__(self, order: str) -> None:
+        self.name, self.history_scope, self.order, self.fits = f"source-{order}", "cross", order, 0
+
+    def fit(self, train, valid_cases=None) -> None:
+        self.fits += 1
+
+    def score(self, cases, platform) -> np.ndarray:
+        row = np.zeros(len(CATALOG))
+        for rank, item in enumerate(self.order):
+            row[CATALOG.index(item)] = len(self.order) - rank
+        return np.tile(row, (len(cases), 1))
+
+
+class FakeLLM:
+    """The GenerativeMethod surface the re-ranker uses; its recommender scores ``liked`` items highest."""
+
+    def __init__(self, liked: str, adapter: str | None = None) -> None:
+        self.name, self.history_scope = "llm", "cross"
+        self.llm_config = SimpleNamespace(adapter=adapter, dtype="float32")
+        self.config = SimpleNamespace(score_tokens=16)
+        self.scored: list[tuple[str, ...]] = []
+        self.recommender = SimpleNamespace(score_candidates=self._score)
+        self.liked = liked
+
+    def fit(self, train, valid_cases=None) -> None:
+        pass
+
+    def history(self, case):
+        return list(case.history)
+
+    def _score(self, requests):
+        out = []
+        for request in requests:
+            self.scored.append(request.candidates)
+            items = list(request.candidates)
+            out.append((items, np.array([10.0 - self.liked.index(i) if i in self.liked else 0.0 for i in items])))
+        return out
+
+
+def _cases(target: str, split: str, n: int = 4, owned: str = "") -> list[EvalCase]:
+    history = tuple(Interaction("p", item, 0.5) for item in owned)
+    return [EvalCase(f"u{i}", "p", target, history, split=split, timestamp=float(i)) for i in range(n)]
+
+
+def _top(method: RerankMethod, cases: list[EvalCase], n: int) -> list[list[str]]:
+    return [[CATALOG[j] for j in np.argsort(-row, kind="stable")[:n]] for row in method.score(cases, "p")]
+
+
+def test_candidates_are_each_sources_top_items_without_the_users_own():
+    llm = FakeLLM(liked="")
+    method = RerankMethod([Source("abc"), Source("dcf")], llm, name="r", per_source=2)
+    method.fit(TRAIN)
+    [case] = _cases("e", "test", 1, owned="a")
+    method.score([case], "p")
+    assert llm.scored == [("b", "c", "d")]  # a is owned: b, c from the first source; d, c from the second
+
+
+def test_the_llms_order_leads_and_the_rest_follows_the_first_source():
+    method = RerankMethod([Source("abc"), Source("dcf")], FakeLLM(liked="fd"), name="r", per_source=2)
+    method.fit(TRAIN)
+    assert _top(method, _cases("e", "test", 2), 6) == [["d", "a", "b", "c", "e", "f"]] * 2
+    assert method.weight == 0.0 and method.info == {}
+
+
+@pytest.mark.parametrize(("target", "expect_prior"), [("b", True), ("d", False)])
+def test_the_fusion_weight_follows_whichever_side_is_right_on_validation(tmp_path, target, expect_prior):
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"base_model": {"name": "x"}}))
+    (tmp_path / "adapter_config.json").write_text("{}")  # the score cache is keyed by the adapter's digest
+    prior = Source("bcd")
+    method = RerankMethod([Source("abcd")], FakeLLM(liked="dcb", adapter=str(tmp_path)), name="r", per_source=4,
+                          prior=prior, tune_users=3)
+    method.fit(TRAIN, _cases(target, "valid"))
+    assert (method.weight > 0) is expect_prior
+    assert method.info["tuning_users"] == 3 and method.info["fused"] == max(method.info["by_weight"].values())
+    assert _top(method, _cases(target, "test", 1), 1) == [[target]]
+    saved = json.loads((tmp_path / ADAPTER_METADATA).read_text())
+    assert saved["base_model"] == {"name": "x"} and saved["rerank"]["weight"] == method.weight
+
+
+def test_a_prior_that_is_also_a_source_is_fitted_once():
+    shared = Source("ab")
+    RerankMethod([shared], FakeLLM(liked="b"), name="r", prior=shared).fit(TRAIN, _cases("b", "valid"))
+    assert shared.fits == 1
+
+
+def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_path):
+    first = FakeLLM(liked="c")
+    method = RerankMethod([Source("abc")], first, name="r", per_source=2, cache_dir=tmp_path)
+    method.fit(TRAIN)
+    method.score(_cases("c", "test", 2), "p")
+    assert len(first.scored) == 2
+    again = FakeLLM(liked="c")
+    reloaded = RerankMethod([Source("abc")], again, name="r", per_source=2, cache_dir=tmp_path)
+    reloaded.fit(TRAIN)
+    reloaded.score(_cases("c", "test", 2), "p")
+    assert again.scored == [], "answered from the cache"
+    wider = RerankMethod([Source("abc")], again, name="r", per_source=3, cache_dir=tmp_path)
+    wider.fit(TRAIN)
+    wider.score(_cases("c", "test", 2), "p")
+    assert again.scored == [("a", "b", "c")] * 2, "other candidates are scored anew"
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="candidate source"):
+        RerankMethod([], FakeLLM(liked=""), name="r")
+    with pytest.raises(ValueError, match="per_source"):
+        RerankMethod([Source("a")], FakeLLM(liked=""), name="r", per_source=0)
+    with pytest.raises(ValueError, match="validation cases"):
+        RerankMethod([Source("a")], FakeLLM(liked=""), name="r", prior=Source("a")).fit(TRAIN, [])
