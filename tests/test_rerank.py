@@ -110,6 +110,8 @@ def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_
     method.fit(TRAIN)
     method.score(_cases("c", "test", 2), "p")
     assert len(first.scored) == 2
+    with method.cache_path.open("a") as fh:
+        fh.write('{"key": "cut sh')  # an interrupted run's last line
     again = FakeLLM(liked="c")
     reloaded = RerankMethod([Source("abc")], again, name="r", per_source=2, cache_dir=tmp_path)
     reloaded.fit(TRAIN)
@@ -119,6 +121,11 @@ def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_
     wider.fit(TRAIN)
     wider.score(_cases("c", "test", 2), "p")
     assert again.scored == [("a", "b", "c")] * 2, "other candidates are scored anew"
+    last = FakeLLM(liked="c")
+    reread = RerankMethod([Source("abc")], last, name="r", per_source=3, cache_dir=tmp_path)
+    reread.fit(TRAIN)
+    reread.score(_cases("c", "test", 2), "p")
+    assert last.scored == [], "records appended after the cut line are intact"
 
 
 def test_bad_settings_are_refused():

@@ -135,22 +135,38 @@ class GenerativeMethod:
 
     def _remember(self, key: str, output: str) -> None:
         self._outputs[key] = output
-        if self.cache_path is not None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache_path.open("a") as fh:
-                fh.write(json.dumps({"key": key, "raw_output": output}) + "\n")
+        append_record(self.cache_path, {"key": key, "raw_output": output})
 
     def _load_cache(self) -> dict[str, str]:
-        if self.cache_path is None or not self.cache_path.is_file():
-            return {}
-        cached = {}
-        for line in self.cache_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by an interruption
-                continue
-            cached[record["key"]] = record["raw_output"]
-        return cached
+        return {record["key"]: record["raw_output"] for record in read_records(self.cache_path)}
+
+
+def append_record(path: Path | None, record: dict) -> None:
+    """Append one JSON line to a per-case cache (nothing without a path), on a line of its own even after a line
+    that an interrupted run cut short."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab+") as fh:
+        fh.seek(0, 2)
+        if fh.tell():
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write((json.dumps(record) + "\n").encode())
+
+
+def read_records(path: Path | None) -> list[dict]:
+    """The JSON lines of a per-case cache, skipping a line cut short by an interruption."""
+    if path is None or not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def history_items(user_id: str, interactions: Sequence[Interaction],

@@ -27,7 +27,7 @@ import numpy as np
 from genrec.evaluation import metrics
 from genrec.evaluation.baselines.base import Method, rank_cases
 from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
-from genrec.evaluation.generative import LEAD, GenerativeMethod, case_key
+from genrec.evaluation.generative import LEAD, GenerativeMethod, append_record, case_key, read_records
 from genrec.evaluation.types import EvalCase, TrainData
 from genrec.llm import adapter_digest
 from genrec.recommender import Request
@@ -136,22 +136,10 @@ class RerankMethod:
 
     def _remember(self, key: str, items: list[str], scores: list[float]) -> None:
         self._scored[key] = (items, scores)
-        if self.cache_path is not None:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache_path.open("a") as fh:
-                fh.write(json.dumps({"key": key, "items": items, "scores": scores}) + "\n")
+        append_record(self.cache_path, {"key": key, "items": items, "scores": scores})
 
     def _load_cache(self) -> dict[str, tuple[list[str], list[float]]]:
-        if self.cache_path is None or not self.cache_path.is_file():
-            return {}
-        cached = {}
-        for line in self.cache_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by an interruption
-                continue
-            cached[record["key"]] = (record["items"], record["scores"])
-        return cached
+        return {record["key"]: (record["items"], record["scores"]) for record in read_records(self.cache_path)}
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
