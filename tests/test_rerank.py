@@ -93,6 +93,8 @@ def test_the_fusion_weight_follows_whichever_side_is_right_on_validation(tmp_pat
     method.fit(TRAIN, _cases(target, "valid"))
     assert (method.weight > 0) is expect_prior
     assert method.info["tuning_users"] == 3 and method.info["fused"] == max(method.info["by_weight"].values())
+    assert method.info["prior_alone"] == (1.0 if target == "b" else 1 / np.log2(4))  # the prior ranks d third
+    assert method.info["llm_alone"] == method.info["by_weight"]["0.0"] and "w * z(prior)" in method.info["rule"]
     assert _top(method, _cases(target, "test", 1), 1) == [[target]]
     saved = json.loads((tmp_path / ADAPTER_METADATA).read_text())
     assert saved["base_model"] == {"name": "x"} and saved["rerank"]["weight"] == method.weight

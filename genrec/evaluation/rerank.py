@@ -85,11 +85,14 @@ class RerankMethod:
             self.weight = w
             by_weight[w] = float(metrics.case_metrics(rank_cases(self, tune, train.catalogs))[TUNING_METRIC].mean())
         self.weight = max(self.weights, key=lambda w: (by_weight[w], -w))  # ties: the smaller weight
-        self.info = {"prior": self.prior.name, "sources": [s.name for s in self.sources],
+        self.info = {"prior": self.prior.name, "rule": "z(LLM) + w * z(prior) over the candidates",
+                     "sources": [s.name for s in self.sources],
                      "per_source": self.per_source, "weight": self.weight, "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune}),
                      "fused": by_weight[self.weight], "by_weight": {str(w): v for w, v in by_weight.items()},
-                     "llm_alone": by_weight[0.0]}
+                     "llm_alone": by_weight[0.0],
+                     "prior_alone": float(metrics.case_metrics(rank_cases(self.prior, tune, train.catalogs))[
+                         TUNING_METRIC].mean())}
         if self.llm.llm_config.adapter:
             store_in_adapter(Path(self.llm.llm_config.adapter), self.info, key=METADATA_KEY)
 
