@@ -3,10 +3,11 @@
 Generation (free or catalog beams) asks a 135M model to find the right item among thousands; scoring asks it only
 which of a few dozen plausible items it finds most likely. Per case:
 
-1. candidates: the top ``n`` items of each ``candidates`` source (e.g. MostPop and ItemKNN, fitted by the harness
-   on the same training data), minus the user's own items on the target platform;
-2. ``llm``: the (zero-shot or tuned) LLM's log-likelihood of each candidate's answer line after the usual
-   recommendation prompt (``Recommender.score_candidates``), cached per case (JSON lines, resumable);
+1. candidates: the top ``per_source`` items of each of the ``sources`` (e.g. MostPop and ItemKNN, fitted by the
+   harness on the same training data), minus the user's own items on the target platform;
+2. ``llm``: the (zero-shot or tuned) LLM's log-likelihood of each candidate's answer line (its first
+   ``score_tokens`` tokens) after the usual recommendation prompt (``Recommender.score_candidates``), cached per
+   case (JSON lines, resumable; a case whose candidates changed is scored again);
 3. optionally fused with a ``prior`` classic model: ``z(llm) + w * z(prior)`` over the case's candidates (``z``:
    standardised within the case), ``w`` chosen on validation cases of a seeded sample of users by NDCG@10
    (``w = 0``: the LLM alone) and, for a tuned adapter, written into its metadata (key ``rerank``).
