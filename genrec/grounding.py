@@ -737,13 +737,16 @@ def _ranked(items: list[GroundedItem]) -> list[GroundedItem]:
     return sorted(items, key=lambda item: (-round(item.score, SCORE_DECIMALS), item.item_id))
 
 
+def most_popular(index: CatalogIndex, n: int, exclude: Iterable[str], prior: PopularityPrior) -> list[str]:
+    """The ``n`` most popular items of ``index`` outside ``exclude``, by popularity then item id."""
+    if n <= 0:
+        return []
+    blocked = set(exclude)
+    return heapq.nsmallest(n, (item_id for item_id in index.item_ids if item_id not in blocked),
+                           key=lambda item_id: (-prior(item_id), item_id))
+
+
 def _popularity_fill(index: CatalogIndex, need: int, chosen: set[str], prior: PopularityPrior) -> list[GroundedItem]:
     """The ``need`` most popular items not yet chosen, ranked by popularity then item id."""
-    if need <= 0:
-        return []
-    top = heapq.nsmallest(
-        need,
-        (item_id for item_id in index.item_ids if item_id not in chosen),
-        key=lambda item_id: (-prior(item_id), item_id),
-    )
-    return [GroundedItem(item_id, index.title(item_id), prior(item_id), None, "popularity") for item_id in top]
+    return [GroundedItem(item_id, index.title(item_id), prior(item_id), None, "popularity")
+            for item_id in most_popular(index, need, chosen, prior)]

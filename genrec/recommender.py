@@ -21,7 +21,14 @@ from genrec.data.store import Store
 from genrec.decoding import Ban, TitleTrie, answer_tokens, beams_as_answer
 from genrec.embedding import Embedder
 from genrec.errors import GenrecError, NotFoundError
-from genrec.grounding import CatalogIndex, EmptyCatalogError, Grounder, GroundingResult
+from genrec.grounding import (
+    CatalogIndex,
+    EmptyCatalogError,
+    Grounder,
+    GroundingResult,
+    PopularityPrior,
+    most_popular,
+)
 from genrec.llm import LLM, LLMConfig, parse_candidates, read_adapter_metadata
 from genrec.profile import EmptyHistoryError, Profile, ProfileBuilder
 from genrec.prompts import PromptTemplates, RecommendPrompt, format_answer
@@ -39,7 +46,7 @@ class RecommenderConfig:
     beam search constrained to the target platform's titles (``genrec.decoding``), which returns ``beams`` real
     items ranked by the model's likelihood (best with a tuned adapter, which learned to answer with a title), or
     ``"scored"``: the LLM scores a candidate set instead of searching the catalog (``score_candidates``: the
-    ``candidates`` most popular items and the ``candidates`` nearest the profile, or the request's own
+    ``n_candidates`` most popular items and the ``n_candidates`` nearest the profile, or the request's own
     ``candidates``), each by the likelihood of the first ``score_tokens`` tokens of its answer line.
     """
 
@@ -55,13 +62,13 @@ class RecommenderConfig:
     verbs: dict[str, str] = field(default_factory=dict)
     decoding: Literal["free", "catalog", "scored"] = "free"
     beams: int = 10
-    candidates: int = 50
+    n_candidates: int = 50
     score_tokens: int = 16
 
     def __post_init__(self) -> None:
         if self.decoding not in ("free", "catalog", "scored"):
             raise GenrecError(f"decoding must be 'free', 'catalog' or 'scored', got {self.decoding!r}")
-        for name in ("beams", "candidates", "score_tokens"):
+        for name in ("beams", "n_candidates", "score_tokens"):
             if getattr(self, name) < 1:
                 raise GenrecError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -285,14 +292,15 @@ class Recommender:
 
     def _generate_scored(self, requests: Sequence[Request],
                          prepared: Sequence[tuple[list[HistoryItem], Profile, str]], progress: bool) -> list[str]:
-        """The candidates of each request ranked by the LLM's likelihood, as a numbered answer of ``max(k, beams)``
-        titles (grounding then finds each exactly)."""
+        """The candidates of each request ranked by the LLM's likelihood, as a numbered answer of the ``k`` best
+        distinct titles (grounding then finds each exactly; items that share a title score alike and resolve to
+        the most popular of them, so one line stands for them all)."""
         scored = self.score_candidates(requests, prepared=prepared, progress=progress)
         outputs = []
         for request, (items, scores) in zip(requests, scored, strict=True):
             index = self.index(request.platform)
-            best = [items[j] for j in np.argsort(-scores, kind="stable")[: max(request.k, self.config.beams)]]
-            outputs.append(format_answer([index.title(item_id) for item_id in best]))
+            titles = dict.fromkeys(index.title(items[j]) for j in np.argsort(-scores, kind="stable"))
+            outputs.append(format_answer(list(titles)[: request.k]))
         return outputs
 
     def score_candidates(self, requests: Sequence[Request], *,
@@ -300,8 +308,8 @@ class Recommender:
                          progress: bool = False) -> list[tuple[list[str], np.ndarray]]:
         """Per request, its candidate item ids and the LLM's log-likelihood of each one's answer line
         (``1. "Title"``, first ``score_tokens`` tokens) after the recommendation prompt. Candidates are the
-        request's ``candidates`` (unknown ids are an error), else the platform's ``candidates`` most popular
-        items and the ``candidates`` nearest the history's profile vector; the user's own items never are."""
+        request's ``candidates`` (unknown ids are an error), else the platform's ``n_candidates`` most popular
+        items and the ``n_candidates`` nearest the history's profile vector; the user's own items never are."""
         from tqdm.auto import tqdm
 
         prepared = prepared or [self._prepare(r) for r in requests]
@@ -324,12 +332,11 @@ class Recommender:
                 raise NotFoundError(f"candidates not in the {request.platform!r} catalog: {', '.join(unknown[:5])}")
             items = [item_id for item_id in dict.fromkeys(request.candidates) if item_id not in owned]
         else:
-            n = self.config.candidates
-            popularity = self.popularity(request.platform)
-            popular = sorted((i for i in index.item_ids if i not in owned), key=lambda i: (-popularity.get(i, 0.0), i))
+            n = self.config.n_candidates
+            popular = most_popular(index, n, owned, PopularityPrior(self.popularity(request.platform)))
             _, _, profile_vector = self.history_vectors(history)
             near = index.search(profile_vector, n, exclude_ids=owned)[0][0] if profile_vector is not None else []
-            items = list(dict.fromkeys([*popular[:n], *near]))
+            items = list(dict.fromkeys([*popular, *near]))
         if not items:
             raise GenrecError(f"no candidates to score for this request on {request.platform!r}")
         return items

@@ -117,15 +117,16 @@ def test_catalog_decoding_names_only_real_unseen_items(real_store, llm, embedder
 def test_scored_decoding_ranks_candidates_by_the_llms_likelihood(real_store, llm, embedder, user, platform):
     """``decoding="scored"``: the LLM scores popular and profile-near candidates; the list is those candidates,
     best scored first, every one an exact catalog title the user lacks."""
-    config = RecommenderConfig(decoding="scored", candidates=8)
+    config = RecommenderConfig(decoding="scored", n_candidates=8)
     recommender = Recommender(real_store, llm=llm, embedder=embedder, config=config)
     result = recommender.recommend(user, platform=platform, k=10)
     _check_list(result, real_store, user, platform, 10)
     assert result.validity == 1.0 and result.n_generated == 10
     [(items, scores)] = recommender.score_candidates([Request(platform, user_id=user)])
     assert 8 < len(items) <= 16 and len(set(items)) == len(items) and np.isfinite(scores).all()
-    best = [items[j] for j in np.argsort(-scores, kind="stable")[:10]]
-    assert [item.item_id for item in result.items] == best
+    index = recommender.index(platform)
+    best = list(dict.fromkeys(index.title(items[j]) for j in np.argsort(-scores, kind="stable")))[:10]
+    assert [item.title for item in result.items] == best
 
 
 def test_scored_decoding_takes_the_requests_candidates(real_store, llm, embedder):
@@ -148,8 +149,8 @@ def test_decoding_settings_are_checked():
         RecommenderConfig(decoding="nucleus")
     with pytest.raises(GenrecError, match="beams"):
         RecommenderConfig(beams=0)
-    with pytest.raises(GenrecError, match="candidates must be at least 1"):
-        RecommenderConfig(candidates=0)
+    with pytest.raises(GenrecError, match="n_candidates must be at least 1"):
+        RecommenderConfig(n_candidates=0)
 
 
 def test_cli_recommend_with_catalog_decoding(tmp_path):

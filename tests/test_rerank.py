@@ -20,12 +20,13 @@ class Source:
     """A classic model with fixed scores: ``order`` best first, every other item below."""
 
     def __init__(self, order: str) -> None:
-        self.name, self.history_scope, self.order, self.fits = f"source-{order}", "cross", order, 0
+        self.name, self.history_scope, self.order, self.fits, self.scored = f"source-{order}", "cross", order, 0, 0
 
     def fit(self, train, valid_cases=None) -> None:
         self.fits += 1
 
     def score(self, cases, platform) -> np.ndarray:
+        self.scored += 1
         row = np.zeros(len(CATALOG))
         for rank, item in enumerate(self.order):
             row[CATALOG.index(item)] = len(self.order) - rank
@@ -100,10 +101,30 @@ def test_the_fusion_weight_follows_whichever_side_is_right_on_validation(tmp_pat
     assert saved["base_model"] == {"name": "x"} and saved["rerank"]["weight"] == method.weight
 
 
-def test_a_prior_that_is_also_a_source_is_fitted_once():
+def test_a_prior_that_is_also_a_source_is_fitted_and_scored_once():
     shared = Source("ab")
-    RerankMethod([shared], FakeLLM(liked="b"), name="r", prior=shared).fit(TRAIN, _cases("b", "valid"))
+    method = RerankMethod([shared], FakeLLM(liked="b"), name="r", prior=shared)
+    method.fit(TRAIN, _cases("b", "valid"))
     assert shared.fits == 1
+    method.weight, shared.scored = 1.0, 0
+    method.score(_cases("b", "test", 2), "p")
+    assert shared.scored == 1
+
+
+def test_the_config_factory_shares_a_prior_with_its_source_and_gives_the_llm_no_generation_cache(tmp_path):
+    from genrec.errors import GenrecError
+    from genrec.evaluation.config import MethodSpec
+    from genrec.evaluation.methods import Resources, create
+
+    resources = Resources(cache_dir=tmp_path, _embedder=object())  # never loaded: nothing is fitted here
+    spec = MethodSpec("rerank", label="tuned-rerank", options={"sources": ["mostpop", "itemknn"], "prior": "itemknn",
+                                                                "per_source": 7, "llm": {"dtype": "bfloat16"}})
+    method = create(spec, "target", resources)
+    assert [s.name for s in method.sources] == ["MostPop", "ItemKNN"] and method.prior is method.sources[1]
+    assert method.per_source == 7 and method.history_scope == "target" and method.llm.llm_config.dtype == "bfloat16"
+    assert method.llm.cache_path is None and method.cache_path.parent == tmp_path
+    with pytest.raises(GenrecError, match="bad options"):
+        create(MethodSpec("rerank", options={"per_sauce": 7}), "cross", resources)
 
 
 def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_path):

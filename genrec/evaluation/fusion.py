@@ -28,7 +28,6 @@ from genrec.llm import ADAPTER_METADATA
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TUNING_METRIC = "NDCG@10"
-RULE = "(1 - w) * prior + w * LLM list"
 
 
 def llm_component(scores: np.ndarray) -> np.ndarray:
@@ -75,7 +74,8 @@ class FusedMethod:
             fused = rank_cases(_Fused(prior, llm, w), tune, train.catalogs)
             by_weight[w] = float(metrics.case_metrics(fused)[TUNING_METRIC].mean())
         self.weight = max(self.weights, key=lambda w: (by_weight[w], -w))  # ties: the smaller weight
-        self.info = {"prior": self.prior.name, "weight": self.weight, "rule": RULE, "tuning_metric": TUNING_METRIC,
+        self.info = {"prior": self.prior.name, "rule": "(1 - w) * prior + w * LLM list", "weight": self.weight,
+                     "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune}),
                      "fused": by_weight[self.weight], "by_weight": {str(w): v for w, v in by_weight.items()},
                      "prior_alone": float(metrics.case_metrics(prior_ranks)[TUNING_METRIC].mean()),

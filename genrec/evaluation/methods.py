@@ -48,6 +48,7 @@ def _fusion(spec: MethodSpec, scope: str, resources: Resources) -> Method:
 
 
 def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
+    from genrec.evaluation.generative import GenerativeMethod
     from genrec.evaluation.rerank import RerankMethod
 
     options = dict(spec.options)
@@ -64,7 +65,9 @@ def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     sources = [method(entry) for entry in options.pop("sources", ["mostpop", "itemknn"])]
     prior = method(options.pop("prior")) if "prior" in options else None
     tuning = {k: options.pop(k) for k in ("per_source", "weights", "tune_users", "seed") if k in options}
-    llm = _genrec(MethodSpec("genrec", label=spec.title, options=options), scope, resources)
+    # the LLM only scores here: no generation cache to read (the re-ranker keeps its own score cache)
+    llm = GenerativeMethod.from_options(options, store=resources.store, history_scope=scope,
+                                        embedder=resources.embedder, cache_dir=None, name=spec.title)
     return RerankMethod(sources, llm, name=spec.title, prior=prior, cache_dir=resources.cache_dir, **tuning)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genrec.evaluation import fusion
-
 
 def _ci(estimate: dict | None, digits: int = 4) -> str:
     if not estimate or estimate.get("n", 0) == 0:
@@ -59,8 +57,8 @@ def write_markdown(document: dict, path: Path) -> None:
                          f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
         for r in (r for r in rows if "weight" in r.get("info", {})):
             f = r["info"]
-            rule = f.get("rule", fusion.RULE)  # fusion outcomes cached before the rule was recorded
-            lines.append(f"- {r['method']} ({r['history']}): fusion weight w = {f['weight']} in {rule} (prior: "
+            rule = f" in {f['rule']}" if "rule" in f else ""  # outcomes cached before the rule was recorded
+            lines.append(f"- {r['method']} ({r['history']}): fusion weight w = {f['weight']}{rule} (prior: "
                          f"{f['prior']}), chosen on {f['tuning_cases']} validation cases of {f['tuning_users']} "
                          f"users by {f['tuning_metric']} ({f['prior']} alone {f['prior_alone']:.4f}, LLM alone "
                          f"{f['llm_alone']:.4f}, fused {f['fused']:.4f})")

@@ -103,7 +103,10 @@ class RerankMethod:
         catalog = self._train.catalogs[platform]
         position = {item: j for j, item in enumerate(catalog)}
         source_scores = [source.score(cases, platform) for source in self.sources]
-        prior = self.prior.score(cases, platform) if self.prior is not None and self.weight > 0 else None
+        prior = None
+        if self.prior is not None and self.weight > 0:  # a prior that is also a source has scored these cases
+            shared = [s for source, s in zip(self.sources, source_scores, strict=True) if source is self.prior]
+            prior = shared[0] if shared else self.prior.score(cases, platform)
         self._score_missing(cases, platform, source_scores, catalog)
         out = scale_rows(source_scores[0].astype(np.float64))  # non-candidates: the first source's order
         for row, case in enumerate(cases):
@@ -116,7 +119,7 @@ class RerankMethod:
             out[row, columns[order]] = LEAD - np.arange(len(order)) / len(order)
         return out.astype(np.float32)
 
-    def candidates(self, case: EvalCase, rows: Sequence[np.ndarray], catalog: Sequence[str]) -> list[str]:
+    def _candidates(self, case: EvalCase, rows: Sequence[np.ndarray], catalog: Sequence[str]) -> list[str]:
         """The top ``per_source`` items of every source's score row, without the case's own target-platform
         items, in source order."""
         owned = {x.item_id for x in case.history_on(case.platform)}
@@ -130,7 +133,7 @@ class RerankMethod:
                        catalog: Sequence[str]) -> None:
         """LLM scores for every case not in the cache, or cached for other candidates (the sources changed)."""
         for row, case in enumerate(cases):  # one at a time: each case reaches the cache as soon as it is scored
-            items = self.candidates(case, [s[row] for s in source_scores], catalog)
+            items = self._candidates(case, [s[row] for s in source_scores], catalog)
             cached = self._scored.get(case_key(case))
             if cached is not None and cached[0] == items:
                 continue
