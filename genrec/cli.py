@@ -231,17 +231,22 @@ DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (ge
                                                                       "titles) or scored (the LLM ranks popular "
                                                                       "and profile-near candidates) [default: the "
                                                                       "adapter's, else free]")]
+CalibrationOption = Annotated[float | None, typer.Option("--calibration", min=0.0, max=1.0,
+                                                        help="scored decoding: subtract this share of each "
+                                                             "title's likelihood with no profile (0 = raw "
+                                                             "likelihood) [default: the adapter's tuned value, "
+                                                             "else 0]")]
 TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folder of Jinja2 templates that "
                                                                             "override the packaged ones.")]
 
 
-def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None):
+def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None, calibration=None):
     from genrec.llm import LLMConfig
     from genrec.prompts import PromptTemplates
     from genrec.recommender import Recommender, RecommenderConfig
 
     config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit)
-    settings = RecommenderConfig.for_adapter(adapter, decoding=decoding)
+    settings = RecommenderConfig.for_adapter(adapter, decoding=decoding, calibration=calibration)
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 
@@ -258,7 +263,7 @@ def recommend(
     data_dir: DataDirOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
-    decoding: DecodingOption = None,
+    decoding: DecodingOption = None, calibration: CalibrationOption = None,
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -266,7 +271,8 @@ def recommend(
     with _store(db) as store:
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
-        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding)
+        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
+                                   calibration)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
@@ -412,7 +418,7 @@ def serve(
                                                                     "only.")] = False,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = None,
     device: DeviceOption = None, four_bit: FourBitOption = False, templates: TemplatesOption = None,
-    decoding: DecodingOption = None,
+    decoding: DecodingOption = None, calibration: CalibrationOption = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
@@ -424,7 +430,7 @@ def serve(
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
-                                   templates=templates, decoding=decoding)
+                                   templates=templates, decoding=decoding, calibration=calibration)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

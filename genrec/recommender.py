@@ -47,7 +47,9 @@ class RecommenderConfig:
     items ranked by the model's likelihood (best with a tuned adapter, which learned to answer with a title), or
     ``"scored"``: the LLM scores a candidate set instead of searching the catalog (``score_candidates``: the
     ``n_candidates`` most popular items and the ``n_candidates`` nearest the profile, or the request's own
-    ``candidates``), each by the likelihood of the first ``score_tokens`` tokens of its answer line.
+    ``candidates``), each by the likelihood of the first ``score_tokens`` tokens of its answer line, less
+    ``calibration`` times that line's likelihood after the same prompt with no profile (``title_priors``: what the
+    model expects of any user; 0 ranks by the raw likelihood, 1 by how much this user's history raises it).
     """
 
     n_generate: int = 5
@@ -64,6 +66,7 @@ class RecommenderConfig:
     beams: int = 10
     n_candidates: int = 50
     score_tokens: int = 16
+    calibration: float = 0.0
 
     def __post_init__(self) -> None:
         if self.decoding not in ("free", "catalog", "scored"):
@@ -71,6 +74,8 @@ class RecommenderConfig:
         for name in ("beams", "n_candidates", "score_tokens"):
             if getattr(self, name) < 1:
                 raise GenrecError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.calibration <= 1.0:
+            raise GenrecError(f"calibration must be between 0 and 1, got {self.calibration}")
 
     @classmethod
     def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
@@ -78,9 +83,13 @@ class RecommenderConfig:
         (``None`` values are ignored: the option was not given).
 
         An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
-        for); inference should build the same prompts. Without an adapter, or without metadata: the defaults.
+        for); inference should build the same prompts. The ``calibration`` that evaluation's re-ranker tuned for it
+        (metadata key ``rerank``) applies too. Without an adapter, or without metadata: the defaults.
         """
-        trained = read_adapter_metadata(adapter).get("recommender", {}) if adapter else {}
+        metadata = read_adapter_metadata(adapter) if adapter else {}
+        trained = dict(metadata.get("recommender", {}))
+        if "calibration" in metadata.get("rerank", {}):
+            trained["calibration"] = metadata["rerank"]["calibration"]
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**{k: v for k, v in trained.items() if k in known}, **given})
@@ -170,6 +179,7 @@ class Recommender:
         self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
         self._popularity: dict[str, tuple[int, dict[str, float]]] = {}
         self._tries: dict[str, tuple[int, TitleTrie]] = {}
+        self._priors: dict[str, tuple[int, dict[str, float]]] = {}
         self._fixed_popularity = popularity
         self._profiles: ProfileBuilder | None = None
 
@@ -307,22 +317,46 @@ class Recommender:
                          prepared: Sequence[tuple[list[HistoryItem], Profile, str]] | None = None,
                          progress: bool = False) -> list[tuple[list[str], np.ndarray]]:
         """Per request, its candidate item ids and the LLM's log-likelihood of each one's answer line
-        (``1. "Title"``, first ``score_tokens`` tokens) after the recommendation prompt. Candidates are the
-        request's ``candidates`` (unknown ids are an error), else the platform's ``n_candidates`` most popular
-        items and the ``n_candidates`` nearest the history's profile vector; the user's own items never are."""
+        (``1. "Title"``, first ``score_tokens`` tokens) after the recommendation prompt, less ``calibration`` times
+        its ``title_priors``. Candidates are the request's ``candidates`` (unknown ids are an error), else the
+        platform's ``n_candidates`` most popular items and the ``n_candidates`` nearest the history's profile
+        vector; the user's own items never are."""
         from tqdm.auto import tqdm
 
         prepared = prepared or [self._prepare(r) for r in requests]
         out = []
         for request, (history, _, prompt) in tqdm(list(zip(requests, prepared, strict=True)), desc="scoring",
                                                   unit="request", disable=not progress):
-            index = self.index(request.platform)
-            items = self._candidates(request, history, index)
-            head, bodies = answer_tokens([index.title(item_id) for item_id in items], self.llm.tokenizer)
-            prompt_ids = self.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"] + head
-            logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies])
-            out.append((items, np.array([sum(lp) for lp in logprobs], dtype=np.float64)))
+            items = self._candidates(request, history, self.index(request.platform))
+            scores = self._answer_logprobs(prompt, request.platform, items)
+            if self.config.calibration:
+                scores -= self.config.calibration * self.title_priors(request.platform, items)
+            out.append((items, scores))
         return out
+
+    def title_priors(self, platform: str, item_ids: Sequence[str]) -> np.ndarray:
+        """The log-likelihood of each item's answer line after the recommendation prompt with an empty profile:
+        how likely the model finds the title for anybody (short, famous titles score high). Cached per item until
+        the store changes."""
+        cached = self._priors.get(platform)
+        if cached is None or cached[0] != self.store.version:
+            cached = (self.store.version, {})
+            self._priors[platform] = cached
+        priors = cached[1]
+        missing = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in priors]
+        if missing:
+            prompt = self._prompt_text("", platform, self._platforms())
+            priors.update(zip(missing, self._answer_logprobs(prompt, platform, missing).tolist(), strict=True))
+        return np.array([priors[item_id] for item_id in item_ids], dtype=np.float64)
+
+    def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str]) -> np.ndarray:
+        """Summed log-probabilities of the first ``score_tokens`` tokens of each item's answer line after
+        ``prompt`` (the prompt is run once, see ``LLM.continuation_logprobs``)."""
+        index = self.index(platform)
+        head, bodies = answer_tokens([index.title(item_id) for item_id in items], self.llm.tokenizer)
+        prompt_ids = self.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"] + head
+        logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies])
+        return np.array([sum(lp) for lp in logprobs], dtype=np.float64)
 
     def _candidates(self, request: Request, history: Sequence[HistoryItem], index: CatalogIndex) -> list[str]:
         owned = _owned(request, history)
@@ -394,12 +428,16 @@ class Recommender:
         """
         platforms = platforms or self._platforms()
         profile = self.profiles.build(history, platforms)
+        return profile, self._prompt_text(profile.text, platform, platforms, explain=explain, instruction=instruction)
+
+    def _prompt_text(self, profile: str, platform: str, platforms: dict[str, Platform], *, explain: bool = False,
+                     instruction: str | None = None) -> str:
         target = platforms[platform]
         # the platform's description is left out: the small default model copies it as an item title
-        prompt = RecommendPrompt(profile=profile.text, platform=target.name, n=self.config.n_generate,
+        prompt = RecommendPrompt(profile=profile, platform=target.name, n=self.config.n_generate,
                                  verb=self.profiles.verb(target.name, platforms), rationale=explain)
         messages = self.templates.messages(self._recommend_template(target.name), prompt, instruction=instruction)
-        return profile, self.llm.format_chat(messages)
+        return self.llm.format_chat(messages)
 
     def _recommend_template(self, platform: str) -> str:
         """The platform's own recommend prompt (registered when it was onboarded), else the packaged one."""

@@ -41,11 +41,15 @@ def test_a_label_picks_one_method_and_a_name_picks_every_method_of_its_kind():
 def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path):
     raw = _config(protocol={"targets": "last-per-platform", "users": "all"}, bootstrap=50,
                   methods=["mostpop", "itemknn", {"name": "genrec", "sample_users": 3},
-                           {"name": "mostpop", "label": "MostPop-2", "sample_users": 2}])
+                           {"name": "mostpop", "label": "MostPop-2", "sample_users": 2},
+                           {"name": "rerank", "label": "rerank-calibrated", "sample_users": 2,
+                            "options": {"sources": ["mostpop"], "per_source": 4, "calibrations": [0.0, 1.0],
+                                        "tune_users": 2, "llm": {"dtype": "bfloat16"}}}])
     document = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
     out = tmp_path / "tiny"
     assert json.loads((out / "metrics.json").read_text())["results"] == json.loads(json.dumps(document["results"]))
-    assert "| MostPop | cross | 12 |" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "| MostPop | cross | 12 |" in report
     assert (out / "ndcg_at_k.png").stat().st_size > 10_000
     rows = {r["method"]: r for r in document["results"]}
     assert rows["ItemKNN"]["cases"] == 12 and rows["genrec"]["cases"] == 3
@@ -54,6 +58,9 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     # a smaller seeded sample lies inside the larger one: it is compared with every method covering its users
     assert set(rows["MostPop-2"]["same_sample"]) == {"MostPop (cross)", "ItemKNN (cross)", "genrec (cross)"}
     assert rows["MostPop-2"]["same_sample"]["MostPop (cross)"] == rows["MostPop-2"]["metrics"]["all"]
+    calibrated = rows["rerank-calibrated"]["info"]  # the re-ranker's calibration, chosen on 2 users' validation
+    assert set(calibrated["by_calibration"]) == {"0.0", "1.0"} and calibrated["tuning_users"] == 2
+    assert f"rerank-calibrated (cross): calibration a = {calibrated['calibration']} " in report
     ndcg = rows["genrec"]["metrics"]["all"]["NDCG@10"]
     assert ndcg["low"] <= ndcg["mean"] <= ndcg["high"]
     assert 0.0 <= rows["genrec"]["generation"]["validity_rate"]["mean"] <= 1.0

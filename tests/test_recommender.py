@@ -141,6 +141,30 @@ def test_scored_decoding_takes_the_requests_candidates(real_store, llm, embedder
         recommender.score_candidates([Request("movies", user_id="1", candidates=("nope",))])
 
 
+def test_scored_decoding_calibration_takes_out_the_title_prior(real_store, llm, embedder, monkeypatch):
+    """``calibration=a``: each candidate's score is its raw likelihood less ``a`` times its title prior (the same
+    answer line after the prompt with an empty profile), computed once per item."""
+    request = Request("movies", user_id="1")
+    raw = Recommender(real_store, llm=llm, embedder=embedder, config=RecommenderConfig(decoding="scored",
+                                                                                        n_candidates=5))
+    [(items, raw_scores)] = raw.score_candidates([request])
+    calibrated = Recommender(real_store, llm=llm, embedder=embedder,
+                             config=RecommenderConfig(decoding="scored", n_candidates=5, calibration=0.5))
+    [(same, scores)] = calibrated.score_candidates([request])
+    calls = []
+    monkeypatch.setattr(llm, "continuation_logprobs", lambda *a, **k: calls.append(a) or [])
+    priors = calibrated.title_priors("movies", items)
+    assert calls == [], "the priors were computed with the scores and kept"
+    assert same == items and np.isfinite(priors).all() and (priors < 0).all()
+    assert np.allclose(scores, raw_scores - 0.5 * priors, atol=1e-4)
+    assert not np.allclose(priors, raw_scores, atol=0.1), "the prior does not read the user's history"
+    monkeypatch.undo()
+    _, prompt = raw.prompt(real_store.history("1"), "movies")
+    empty = calibrated._prompt_text("", "movies", calibrated._platforms())
+    ask = prompt.index("Recommend 5 items")
+    assert empty.endswith(prompt[ask:]) and len(empty) < len(prompt) / 2, "the same request, no profile before it"
+
+
 def test_decoding_settings_are_checked():
     # an option left unset (None, e.g. no --decoding) keeps the adapter's or the default setting
     assert RecommenderConfig.for_adapter(None, decoding=None).decoding == "free"
@@ -151,6 +175,8 @@ def test_decoding_settings_are_checked():
         RecommenderConfig(beams=0)
     with pytest.raises(GenrecError, match="n_candidates must be at least 1"):
         RecommenderConfig(n_candidates=0)
+    with pytest.raises(GenrecError, match="calibration must be between 0 and 1"):
+        RecommenderConfig(calibration=1.5)
 
 
 def test_cli_recommend_with_catalog_decoding(tmp_path):
@@ -164,3 +190,17 @@ def test_cli_recommend_with_catalog_decoding(tmp_path):
     assert answer["generation"]["validity"] == 1.0 and answer["generation"]["n_generated"] >= 1
     bad = subprocess.run([*base, "--decoding", "nucleus"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "decoding must be 'free', 'catalog' or 'scored'" in bad.stderr
+
+
+def test_cli_recommend_with_calibrated_scored_decoding(tmp_path):
+    """`genrec recommend --decoding scored --calibration 0.5`: k distinct catalog items; a calibration outside
+    [0, 1] exits with a message naming the option."""
+    base = [sys.executable, "-m", "genrec.cli", "recommend", "--dataset", "movielens-latest-small",
+            "--db", str(tmp_path / "cli.duckdb"), "--user", "1", "--platform", "movies", "-k", "3",
+            "--decoding", "scored"]
+    done = subprocess.run([*base, "--calibration", "0.5", "--json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert len({item["item_id"] for item in answer["items"]}) == 3 and answer["generation"]["validity"] == 1.0
+    bad = subprocess.run([*base, "--calibration", "2"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--calibration" in bad.stderr

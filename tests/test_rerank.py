@@ -1,4 +1,5 @@
-"""The LLM as a re-ranker of classic models' candidates: candidate sets, ordering, fusion weight, score cache."""
+"""The LLM as a re-ranker of classic models' candidates: candidate sets, ordering, calibration, fusion weight, score
+and title-prior caches."""
 
 from __future__ import annotations
 
@@ -34,15 +35,17 @@ class Source:
 
 
 class FakeLLM:
-    """The GenerativeMethod surface the re-ranker uses; its recommender scores ``liked`` items highest."""
+    """The GenerativeMethod surface the re-ranker uses; its recommender scores ``liked`` items highest, and its
+    title prior is ``famous`` (item -> log-likelihood with an empty profile; 0 for the others)."""
 
-    def __init__(self, liked: str, adapter: str | None = None) -> None:
+    def __init__(self, liked: str, adapter: str | None = None, famous: dict[str, float] | None = None) -> None:
         self.name, self.history_scope = "llm", "cross"
         self.llm_config = SimpleNamespace(adapter=adapter, dtype="float32")
-        self.config = SimpleNamespace(score_tokens=16)
+        self.config = SimpleNamespace(score_tokens=16, calibration=0.0)
         self.scored: list[tuple[str, ...]] = []
-        self.recommender = SimpleNamespace(score_candidates=self._score)
-        self.liked = liked
+        self.priors_asked: list[str] = []
+        self.recommender = SimpleNamespace(score_candidates=self._score, title_priors=self._priors)
+        self.liked, self.famous = liked, famous or {}
 
     def fit(self, train, valid_cases=None) -> None:
         pass
@@ -57,6 +60,10 @@ class FakeLLM:
             items = list(request.candidates)
             out.append((items, np.array([10.0 - self.liked.index(i) if i in self.liked else 0.0 for i in items])))
         return out
+
+    def _priors(self, platform, items):
+        self.priors_asked += items
+        return np.array([self.famous.get(i, 0.0) for i in items])
 
 
 def _cases(target: str, split: str, n: int = 4, owned: str = "") -> list[EvalCase]:
@@ -158,3 +165,42 @@ def test_bad_settings_are_refused():
         RerankMethod([Source("a")], FakeLLM(liked=""), name="r", per_source=0)
     with pytest.raises(ValueError, match="validation cases"):
         RerankMethod([Source("a")], FakeLLM(liked=""), name="r", prior=Source("a")).fit(TRAIN, [])
+    with pytest.raises(ValueError, match="validation cases"):
+        RerankMethod([Source("a")], FakeLLM(liked=""), name="r", calibrations=(0.0, 1.0)).fit(TRAIN, [])
+    with pytest.raises(ValueError, match="calibrations must lie"):
+        RerankMethod([Source("a")], FakeLLM(liked=""), name="r", calibrations=(1.5,))
+    calibrated = FakeLLM(liked="")
+    calibrated.config.calibration = 0.5
+    with pytest.raises(ValueError, match="raw ones"):
+        RerankMethod([Source("a")], calibrated, name="r")
+
+
+def test_the_calibration_takes_out_the_title_prior_when_validation_asks_for_it(tmp_path):
+    """Raw likelihoods put the famous item ``a`` first for everyone; less its title prior, ``c`` leads.
+    Validation targets ``c``: a calibration above 0 is chosen, stored with the adapter (and read back as the
+    scored-decoding setting) and applied to test cases."""
+    from genrec.recommender import RecommenderConfig
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / ADAPTER_METADATA).write_text(json.dumps({"recommender": {"n_generate": 3}}))
+    (adapter / "adapter_config.json").write_text("{}")
+    llm = FakeLLM(liked="acb", adapter=str(adapter), famous={"a": 4.0, "b": -0.5})
+    method = RerankMethod([Source("abc")], llm, name="r", per_source=3, calibrations=(0.0, 0.5, 1.0), tune_users=4,
+                          cache_dir=tmp_path / "cache")
+    method.fit(TRAIN, _cases("c", "valid"))
+    assert method.calibration == 0.5 and method.weight == 0.0  # 0.5 and 1.0 tie: the smaller
+    assert method.info["by_calibration"] == {"0.0": 1 / np.log2(3), "0.5": 1.0, "1.0": 1.0}
+    assert method.info["llm_raw"] == 1 / np.log2(3) and method.info["llm_alone"] == 1.0
+    assert "a * title prior" in method.info["rule"] and "prior" not in method.info
+    assert _top(method, _cases("x", "test", 1), 3) == [["c", "b", "a"]]  # 9 - 0, 8 + 0.25, 10 - 2
+    assert RecommenderConfig.for_adapter(str(adapter)).calibration == 0.5
+    assert RecommenderConfig.for_adapter(str(adapter), calibration=0.25).calibration == 0.25
+    assert sorted(llm.priors_asked) == ["a", "b", "c"], "one title prior per item, asked once"
+    again = FakeLLM(liked="acb", adapter=str(adapter), famous={"a": 4.0})
+    reloaded = RerankMethod([Source("abc")], again, name="r", per_source=3, calibrations=(1.0,),
+                            cache_dir=tmp_path / "cache")
+    reloaded.fit(TRAIN)
+    assert reloaded.calibration == 1.0 and reloaded.info == {}
+    assert _top(reloaded, _cases("x", "test", 1), 3) == [["c", "b", "a"]]  # 9 - 0, 8 + 0.5, 10 - 4
+    assert again.priors_asked == [] and again.scored == [], "title priors and scores come from the cache files"

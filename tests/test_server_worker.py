@@ -129,3 +129,8 @@ def test_settings_merge_file_environment_and_overrides(tmp_path: Path, monkeypat
     with pytest.raises(GenrecError, match="max_batch") as error:
         ServerSettings.load(config)
     assert "mystery" in str(error.value)
+    config.write_text("decoding: scored\ncalibration: 0.5\n")
+    assert ServerSettings.load(config).calibration == 0.5 and ServerSettings.load().calibration is None
+    config.write_text("calibration: 1.5\n")
+    with pytest.raises(GenrecError, match="calibration"):
+        ServerSettings.load(config)

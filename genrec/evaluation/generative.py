@@ -30,6 +30,7 @@ from genrec.recommender import RecommendationList, Recommender, RecommenderConfi
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity
 SAVE_EVERY = 32  # cases generated between cache writes
 GROUNDING_ONLY = ("popularity_weight", "min_similarity")  # settings that do not change what the LLM writes
+SCORING_ONLY = ("n_candidates", "score_tokens", "calibration")  # settings of "scored" decoding alone
 
 
 class GenerativeMethod:
@@ -46,7 +47,8 @@ class GenerativeMethod:
         self.config = config or RecommenderConfig()
         self.embedder = embedder
         self.list_length = list_length
-        generation = {k: v for k, v in vars(self.config).items() if k not in GROUNDING_ONLY}
+        ignored = GROUNDING_ONLY + (SCORING_ONLY if self.config.decoding != "scored" else ())
+        generation = {k: v for k, v in vars(self.config).items() if k not in ignored}
         shape = [vars(self.llm_config), generation]
         if self.llm_config.adapter:  # the adapter's content, not only its folder: a retrained one answers anew
             shape.append(adapter_digest(self.llm_config.adapter))

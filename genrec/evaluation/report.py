@@ -55,6 +55,12 @@ def write_markdown(document: dict, path: Path) -> None:
             g = r["generation"]
             lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
                          f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
+        for r in (r for r in rows if "by_calibration" in r.get("info", {})):
+            f = r["info"]
+            grid = ", ".join(f"{a}: {v:.4f}" for a, v in f["by_calibration"].items())
+            lines.append(f"- {r['method']} ({r['history']}): calibration a = {f['calibration']} (LLM score less a "
+                         f"times the title prior), chosen on {f['tuning_cases']} validation cases of "
+                         f"{f['tuning_users']} users by {f['tuning_metric']} (LLM alone by a: {grid})")
         for r in (r for r in rows if "weight" in r.get("info", {})):
             f = r["info"]
             rule = f" in {f['rule']}" if "rule" in f else ""  # outcomes cached before the rule was recorded

@@ -7,10 +7,16 @@ which of a few dozen plausible items it finds most likely. Per case:
    harness on the same training data), minus the user's own items on the target platform;
 2. ``llm``: the (zero-shot or tuned) LLM's log-likelihood of each candidate's answer line (its first
    ``score_tokens`` tokens) after the usual recommendation prompt (``Recommender.score_candidates``), cached per
-   case (JSON lines, resumable; a case whose candidates changed is scored again);
+   case (JSON lines, resumable; a case whose candidates changed is scored again), less ``a`` times the line's
+   likelihood after the prompt with an empty profile (``Recommender.title_priors``, cached per item): a small
+   model finds short famous titles likely whoever asks, and ``a`` (the ``calibration``) takes that share out;
 3. optionally fused with a ``prior`` classic model: ``z(llm) + w * z(prior)`` over the case's candidates (``z``:
-   standardised within the case), ``w`` chosen on validation cases of a seeded sample of users by NDCG@10
-   (``w = 0``: the LLM alone) and, for a tuned adapter, written into its metadata (key ``rerank``).
+   standardised within the case).
+
+``a`` is chosen on validation cases of a seeded sample of users by NDCG@10 (the LLM alone; ``a = 0``: raw
+likelihoods), then ``w`` with that ``a`` (``w = 0``: the LLM alone). For a tuned adapter both are written into its
+metadata (key ``rerank``); ``RecommenderConfig.for_adapter`` reads the calibration from there, so scored decoding
+(``genrec recommend --decoding scored``) uses it too.
 
 The candidates lead the ranking in that order; every other catalog item follows in the first source's order, so
 full-catalog metrics are defined for every K.
@@ -34,22 +40,29 @@ from genrec.llm import adapter_digest
 from genrec.recommender import Request
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+CALIBRATIONS = (0.0,)  # raw likelihoods unless a grid is given (configs give one)
 TUNING_METRIC = "NDCG@10"
 METADATA_KEY = "rerank"
 
 
 class RerankMethod:
-    """Candidates from classic models, ranked by the LLM's likelihood (and a tuned share of a prior's scores)."""
+    """Candidates from classic models, ranked by the LLM's calibrated likelihood (and a tuned share of a prior's
+    scores)."""
 
     def __init__(self, sources: Sequence[Method], llm: GenerativeMethod, *, name: str, per_source: int = 50,
-                 prior: Method | None = None, weights: Sequence[float] = WEIGHTS, tune_users: int = 50,
-                 seed: int = 0, cache_dir: Path | None = None) -> None:
+                 prior: Method | None = None, weights: Sequence[float] = WEIGHTS,
+                 calibrations: Sequence[float] = CALIBRATIONS, tune_users: int = 50, seed: int = 0,
+                 cache_dir: Path | None = None) -> None:
         if not sources:
             raise ValueError("re-ranking needs at least one candidate source")
         if per_source < 1:
             raise ValueError(f"per_source must be at least 1, got {per_source}")
         if not weights or any(w < 0 for w in weights):
             raise ValueError(f"fusion weights must be non-negative: {list(weights)}")
+        if not calibrations or any(not 0.0 <= a <= 1.0 for a in calibrations):
+            raise ValueError(f"calibrations must lie in [0, 1]: {list(calibrations)}")
+        if llm.config.calibration:
+            raise ValueError("the re-ranker calibrates the LLM's scores itself: give it raw ones (calibration 0)")
         scopes = {m.history_scope for m in [*sources, llm, *([prior] if prior else [])]}
         if len(scopes) != 1:
             raise ValueError("the candidate sources, the prior and the LLM must read the same history scope")
@@ -58,15 +71,21 @@ class RerankMethod:
         self.sources, self.llm, self.prior = list(sources), llm, prior
         self.per_source = per_source
         self.weights = sorted(set(weights)) if prior is not None else [0.0]
+        self.calibrations = sorted(set(calibrations))
         self.tune_users, self.seed = tune_users, seed
         self.weight: float | None = None
+        self.calibration: float | None = None
         self.info: dict = {}
-        setup = {"llm": vars(llm.llm_config), "recommender": vars(llm.config)}
+        # raw scores do not depend on the calibration: keyed without it
+        recommender = {k: v for k, v in vars(llm.config).items() if k != "calibration"}
+        setup = {"llm": vars(llm.llm_config), "recommender": recommender}
         if llm.llm_config.adapter:
             setup["adapter"] = adapter_digest(llm.llm_config.adapter)
         digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.cache_path = cache_dir / f"scores__{self.history_scope}__{digest}.jsonl" if cache_dir else None
-        self._scored: dict[str, tuple[list[str], list[float]]] = {}  # case key -> candidates, LLM scores
+        self.priors_path = cache_dir / f"priors__{digest}.jsonl" if cache_dir else None
+        self._scored: dict[str, tuple[list[str], list[float]]] = {}  # case key -> candidates, raw LLM scores
+        self._priors: dict[tuple[str, str], float] = {}  # (platform, item) -> title prior
         self._train: TrainData | None = None
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
@@ -75,30 +94,45 @@ class RerankMethod:
             method.fit(train, valid_cases)
         self.llm.fit(train, valid_cases)
         self._scored = self._load_cache()
-        if self.prior is None:
-            self.weight = 0.0
+        self._priors = {(r["platform"], r["item"]): r["score"] for r in read_records(self.priors_path)}
+        self.weight = 0.0
+        if self.prior is None and len(self.calibrations) == 1:
+            self.calibration = self.calibrations[0]
             return
         tune = tuning_cases(valid_cases or [], self.tune_users, self.seed)
         if not tune:
-            raise ValueError("fusing a prior needs validation cases to choose its weight")
-        by_weight = {}
-        for w in self.weights:
-            self.weight = w
-            by_weight[w] = float(metrics.case_metrics(rank_cases(self, tune, train.catalogs))[TUNING_METRIC].mean())
-        self.weight = max(self.weights, key=lambda w: (by_weight[w], -w))  # ties: the smaller weight
-        self.info = {"prior": self.prior.name, "rule": "z(LLM) + w * z(prior) over the candidates",
-                     "sources": [s.name for s in self.sources],
-                     "per_source": self.per_source, "weight": self.weight, "tuning_metric": TUNING_METRIC,
-                     "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune}),
-                     "fused": by_weight[self.weight], "by_weight": {str(w): v for w, v in by_weight.items()},
-                     "llm_alone": by_weight[0.0],
-                     "prior_alone": float(metrics.case_metrics(rank_cases(self.prior, tune, train.catalogs))[
-                         TUNING_METRIC].mean())}
+            raise ValueError("choosing a calibration or a fusion weight needs validation cases")
+        by_calibration = self._grid("calibration", self.calibrations, tune)
+        by_weight = self._grid("weight", self.weights, tune)
+        self.info = {"rule": "z(LLM - a * title prior)" + (" + w * z(prior)" if self.prior else "")
+                     + " over the candidates", "sources": [s.name for s in self.sources],
+                     "per_source": self.per_source, "calibration": self.calibration,
+                     "by_calibration": {str(a): v for a, v in by_calibration.items()},
+                     "llm_raw": by_calibration[0.0] if 0.0 in by_calibration else None,
+                     "llm_alone": by_weight[0.0], "tuning_metric": TUNING_METRIC,
+                     "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune})}
+        if self.prior is not None:
+            self.info.update(prior=self.prior.name, weight=self.weight, fused=by_weight[self.weight],
+                             by_weight={str(w): v for w, v in by_weight.items()},
+                             prior_alone=self._metric(self.prior, tune))
         if self.llm.llm_config.adapter:
             store_in_adapter(Path(self.llm.llm_config.adapter), self.info, key=METADATA_KEY)
 
+    def _grid(self, setting: str, values: Sequence[float], tune: Sequence[EvalCase]) -> dict[float, float]:
+        """NDCG@10 on ``tune`` for each value of ``setting`` (the others as set); keeps the best (ties: the
+        smaller value)."""
+        scores = {}
+        for value in values:
+            setattr(self, setting, value)
+            scores[value] = self._metric(self, tune)
+        setattr(self, setting, max(values, key=lambda v: (scores[v], -v)))
+        return scores
+
+    def _metric(self, method: Method, cases: Sequence[EvalCase]) -> float:
+        return float(metrics.case_metrics(rank_cases(method, cases, self._train.catalogs))[TUNING_METRIC].mean())
+
     def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
-        if self._train is None or self.weight is None:
+        if self._train is None or self.weight is None or self.calibration is None:
             raise RuntimeError("fit() first")
         catalog = self._train.catalogs[platform]
         position = {item: j for j, item in enumerate(catalog)}
@@ -108,11 +142,16 @@ class RerankMethod:
             shared = [s for source, s in zip(self.sources, source_scores, strict=True) if source is self.prior]
             prior = shared[0] if shared else self.prior.score(cases, platform)
         self._score_missing(cases, platform, source_scores, catalog)
+        if self.calibration:  # every title prior these cases need, in one pass
+            self._title_priors(platform, [item for case in cases for item in self._scored[case_key(case)][0]])
         out = scale_rows(source_scores[0].astype(np.float64))  # non-candidates: the first source's order
         for row, case in enumerate(cases):
             items, llm = self._scored[case_key(case)]
             columns = np.array([position[item] for item in items], dtype=int)
-            fused = _standardise(np.asarray(llm))
+            llm = np.asarray(llm)
+            if self.calibration:
+                llm = llm - self.calibration * self._title_priors(platform, items)
+            fused = _standardise(llm)
             if prior is not None:
                 fused = fused + self.weight * _standardise(prior[row, columns])
             order = np.argsort(-fused, kind="stable")
@@ -140,6 +179,15 @@ class RerankMethod:
             request = Request(platform, history=self.llm.history(case), candidates=tuple(items))
             [(scored_items, llm)] = self.llm.recommender.score_candidates([request])
             self._remember(case_key(case), scored_items, llm.tolist())
+
+    def _title_priors(self, platform: str, items: Sequence[str]) -> np.ndarray:
+        """``Recommender.title_priors`` of ``items``, through a per-item cache file."""
+        missing = [item for item in dict.fromkeys(items) if (platform, item) not in self._priors]
+        if missing:
+            for item, score in zip(missing, self.llm.recommender.title_priors(platform, missing), strict=True):
+                self._priors[platform, item] = float(score)
+                append_record(self.priors_path, {"platform": platform, "item": item, "score": float(score)})
+        return np.array([self._priors[platform, item] for item in items])
 
     def _remember(self, key: str, items: list[str], scores: list[float]) -> None:
         self._scored[key] = (items, scores)

@@ -100,7 +100,8 @@ class Service:
         templates = PromptTemplates(settings.templates)
         llm_config = LLMConfig(model=settings.model, adapter=settings.adapter, dtype=settings.dtype,
                                device=settings.device, load_in_4bit=settings.load_in_4bit)
-        config = RecommenderConfig.for_adapter(settings.adapter, decoding=settings.decoding)
+        config = RecommenderConfig.for_adapter(settings.adapter, decoding=settings.decoding,
+                                                calibration=settings.calibration)
         recommender = Recommender(store, llm_config=llm_config, templates=templates, config=config)
         worker = BatchWorker(recommender, max_batch=settings.max_batch, max_queue=settings.max_queue,
                              wait_s=settings.batch_wait_ms / 1000)

@@ -50,6 +50,7 @@ class ServerSettings(BaseModel):
     device: Device = "auto"
     load_in_4bit: bool = False
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
+    calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
 
     @classmethod
