@@ -4,6 +4,7 @@ and title-prior caches."""
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,7 +135,7 @@ def test_the_config_factory_shares_a_prior_with_its_source_and_gives_the_llm_no_
         create(MethodSpec("rerank", options={"per_sauce": 7}), "cross", resources)
 
 
-def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_path):
+def test_scores_are_cached_per_case_and_candidate_list(tmp_path):
     first = FakeLLM(liked="c")
     method = RerankMethod([Source("abc")], first, name="r", per_source=2, cache_dir=tmp_path)
     method.fit(TRAIN)
@@ -152,9 +153,10 @@ def test_scores_are_cached_per_case_and_rescored_when_the_candidates_change(tmp_
     wider.score(_cases("c", "test", 2), "p")
     assert again.scored == [("a", "b", "c")] * 2, "other candidates are scored anew"
     last = FakeLLM(liked="c")
-    reread = RerankMethod([Source("abc")], last, name="r", per_source=3, cache_dir=tmp_path)
-    reread.fit(TRAIN)
-    reread.score(_cases("c", "test", 2), "p")
+    for per_source, best in ((3, "c"), (2, "a")):  # methods with other candidates alternate: both lists are kept
+        reread = RerankMethod([Source("abc")], last, name="r", per_source=per_source, cache_dir=tmp_path)
+        reread.fit(TRAIN)
+        assert _top(reread, _cases("c", "test", 2), 1) == [[best]] * 2
     assert last.scored == [], "records appended after the cut line are intact"
 
 
@@ -204,3 +206,29 @@ def test_the_calibration_takes_out_the_title_prior_when_validation_asks_for_it(t
     assert reloaded.calibration == 1.0 and reloaded.info == {}
     assert _top(reloaded, _cases("x", "test", 1), 3) == [["c", "b", "a"]]  # 9 - 0, 8 + 0.5, 10 - 4
     assert again.priors_asked == [] and again.scored == [], "title priors and scores come from the cache files"
+
+
+def test_a_target_only_history_row_leaves_the_adapters_setting_alone(tmp_path):
+    """The library reads every platform's history: only a cross-platform row's tuning is stored with the adapter."""
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"rerank": {"calibration": 0.25}}))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    source, llm = Source("abc"), FakeLLM(liked="acb", adapter=str(tmp_path), famous={"a": 4.0})
+    source.history_scope = llm.history_scope = "target"
+    method = RerankMethod([source], llm, name="r", per_source=3, calibrations=(0.0, 1.0), tune_users=4)
+    method.fit(TRAIN, _cases("c", "valid"))
+    assert method.calibration == 1.0 and method.history_scope == "target"
+    assert json.loads((tmp_path / ADAPTER_METADATA).read_text()) == {"rerank": {"calibration": 0.25}}
+
+
+def test_an_infinite_weight_is_the_priors_order_with_the_llm_breaking_its_ties(tmp_path):
+    """``w = inf``: the prior ranks (``b``, then ``c``), the LLM orders what the prior ties (``d`` before ``a``);
+    chosen when validation favours the prior, and written as "inf" (JSON has no infinity)."""
+    (tmp_path / ADAPTER_METADATA).write_text("{}")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    prior = Source("bc")
+    method = RerankMethod([Source("abcd")], FakeLLM(liked="d", adapter=str(tmp_path)), name="r", per_source=4,
+                          prior=prior, weights=(0.0, math.inf), tune_users=4)
+    method.fit(TRAIN, _cases("b", "valid"))
+    assert method.weight == math.inf and method.info["weight"] == "inf" and method.info["by_weight"]["inf"] == 1.0
+    assert _top(method, _cases("x", "test", 1), 4) == [["b", "c", "d", "a"]]
+    assert json.loads((tmp_path / ADAPTER_METADATA).read_text())["rerank"]["weight"] == "inf"

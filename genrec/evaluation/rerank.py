@@ -7,15 +7,18 @@ which of a few dozen plausible items it finds most likely. Per case:
    harness on the same training data), minus the user's own items on the target platform;
 2. ``llm``: the (zero-shot or tuned) LLM's log-likelihood of each candidate's answer line (its first
    ``score_tokens`` tokens) after the usual recommendation prompt (``Recommender.score_candidates``), cached per
-   case (JSON lines, resumable; a case whose candidates changed is scored again), less ``a`` times the line's
-   likelihood after the prompt with an empty profile (``Recommender.title_priors``, cached per item): a small
-   model finds short famous titles likely whoever asks, and ``a`` (the ``calibration``) takes that share out;
+   case and candidate list (JSON lines, resumable; other candidates for a case are scored and kept too), less
+   ``a`` times the line's likelihood after the prompt with an empty profile (``Recommender.title_priors``, cached
+   per item): a small model finds short famous titles likely whoever asks, and ``a`` (the ``calibration``) takes
+   that share out;
 3. optionally fused with a ``prior`` classic model: ``z(llm) + w * z(prior)`` over the case's candidates (``z``:
-   standardised within the case).
+   standardised within the case); ``w = inf`` is the prior's order with the LLM breaking its ties, so validation
+   can also say that the LLM adds nothing to the prior.
 
 ``a`` is chosen on validation cases of a seeded sample of users by NDCG@10 (the LLM alone; ``a = 0``: raw
 likelihoods), then ``w`` with that ``a`` (``w = 0``: the LLM alone). For a tuned adapter both are written into its
-metadata (key ``rerank``); ``RecommenderConfig.for_adapter`` reads the calibration from there, so scored decoding
+metadata (key ``rerank``; rows of cross-platform history only, as the library reads every platform's history);
+``RecommenderConfig.for_adapter`` reads the calibration from there, so scored decoding
 (``genrec recommend --decoding scored``) uses it too.
 
 The candidates lead the ranking in that order; every other catalog item follows in the first source's order, so
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +43,7 @@ from genrec.evaluation.types import EvalCase, TrainData
 from genrec.llm import adapter_digest
 from genrec.recommender import Request
 
-WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)  # inf: the prior's order, the LLM only breaks its ties
 CALIBRATIONS = (0.0,)  # raw likelihoods unless a grid is given (configs give one)
 TUNING_METRIC = "NDCG@10"
 METADATA_KEY = "rerank"
@@ -84,7 +88,7 @@ class RerankMethod:
         digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.cache_path = cache_dir / f"scores__{self.history_scope}__{digest}.jsonl" if cache_dir else None
         self.priors_path = cache_dir / f"priors__{digest}.jsonl" if cache_dir else None
-        self._scored: dict[str, tuple[list[str], list[float]]] = {}  # case key -> candidates, raw LLM scores
+        self._scored: dict[tuple[str, tuple[str, ...]], list[float]] = {}  # (case key, candidates) -> raw scores
         self._priors: dict[tuple[str, str], float] = {}  # (platform, item) -> title prior
         self._train: TrainData | None = None
 
@@ -112,10 +116,11 @@ class RerankMethod:
                      "llm_alone": by_weight[0.0], "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune})}
         if self.prior is not None:
-            self.info.update(prior=self.prior.name, weight=self.weight, fused=by_weight[self.weight],
+            self.info.update(prior=self.prior.name, fused=by_weight[self.weight],
+                             weight=self.weight if math.isfinite(self.weight) else "inf",  # JSON has no inf
                              by_weight={str(w): v for w, v in by_weight.items()},
                              prior_alone=self._metric(self.prior, tune))
-        if self.llm.llm_config.adapter:
+        if self.llm.llm_config.adapter and self.history_scope == "cross":  # what the library reads: every platform
             store_in_adapter(Path(self.llm.llm_config.adapter), self.info, key=METADATA_KEY)
 
     def _grid(self, setting: str, values: Sequence[float], tune: Sequence[EvalCase]) -> dict[float, float]:
@@ -141,19 +146,19 @@ class RerankMethod:
         if self.prior is not None and self.weight > 0:  # a prior that is also a source has scored these cases
             shared = [s for source, s in zip(self.sources, source_scores, strict=True) if source is self.prior]
             prior = shared[0] if shared else self.prior.score(cases, platform)
-        self._score_missing(cases, platform, source_scores, catalog)
+        scored = self._score_missing(cases, platform, source_scores, catalog)
         if self.calibration:  # every title prior these cases need, in one pass
-            self._title_priors(platform, [item for case in cases for item in self._scored[case_key(case)][0]])
+            self._title_priors(platform, [item for items, _ in scored for item in items])
         out = scale_rows(source_scores[0].astype(np.float64))  # non-candidates: the first source's order
-        for row, case in enumerate(cases):
-            items, llm = self._scored[case_key(case)]
+        for row, (items, llm) in enumerate(scored):
             columns = np.array([position[item] for item in items], dtype=int)
             llm = np.asarray(llm)
             if self.calibration:
                 llm = llm - self.calibration * self._title_priors(platform, items)
             fused = _standardise(llm)
             if prior is not None:
-                fused = fused + self.weight * _standardise(prior[row, columns])
+                prior_z = _standardise(prior[row, columns])
+                fused = prior_z + 1e-6 * fused if math.isinf(self.weight) else fused + self.weight * prior_z
             order = np.argsort(-fused, kind="stable")
             out[row, columns[order]] = LEAD - np.arange(len(order)) / len(order)
         return out.astype(np.float32)
@@ -169,16 +174,20 @@ class RerankMethod:
         return list(dict.fromkeys(items))
 
     def _score_missing(self, cases: Sequence[EvalCase], platform: str, source_scores: Sequence[np.ndarray],
-                       catalog: Sequence[str]) -> None:
-        """LLM scores for every case not in the cache, or cached for other candidates (the sources changed)."""
+                       catalog: Sequence[str]) -> list[tuple[tuple[str, ...], list[float]]]:
+        """Per case, its candidates and their LLM scores: from the cache when this case was scored for these
+        candidates (another method's sources give other candidates: both are kept), else scored now."""
+        out = []
         for row, case in enumerate(cases):  # one at a time: each case reaches the cache as soon as it is scored
-            items = self._candidates(case, [s[row] for s in source_scores], catalog)
-            cached = self._scored.get(case_key(case))
-            if cached is not None and cached[0] == items:
-                continue
-            request = Request(platform, history=self.llm.history(case), candidates=tuple(items))
-            [(scored_items, llm)] = self.llm.recommender.score_candidates([request])
-            self._remember(case_key(case), scored_items, llm.tolist())
+            items = tuple(self._candidates(case, [s[row] for s in source_scores], catalog))
+            if (case_key(case), items) not in self._scored:
+                request = Request(platform, history=self.llm.history(case), candidates=items)
+                [(scored_items, llm)] = self.llm.recommender.score_candidates([request])
+                if tuple(scored_items) != items:  # both leave the user's own items out: they must agree
+                    raise RuntimeError(f"the recommender scored other candidates than asked for {case_key(case)}")
+                self._remember(case_key(case), items, llm.tolist())
+            out.append((items, self._scored[case_key(case), items]))
+        return out
 
     def _title_priors(self, platform: str, items: Sequence[str]) -> np.ndarray:
         """``Recommender.title_priors`` of ``items``, through a per-item cache file."""
@@ -189,12 +198,12 @@ class RerankMethod:
                 append_record(self.priors_path, {"platform": platform, "item": item, "score": float(score)})
         return np.array([self._priors[platform, item] for item in items])
 
-    def _remember(self, key: str, items: list[str], scores: list[float]) -> None:
-        self._scored[key] = (items, scores)
-        append_record(self.cache_path, {"key": key, "items": items, "scores": scores})
+    def _remember(self, key: str, items: Sequence[str], scores: list[float]) -> None:
+        self._scored[key, tuple(items)] = scores
+        append_record(self.cache_path, {"key": key, "items": list(items), "scores": scores})
 
-    def _load_cache(self) -> dict[str, tuple[list[str], list[float]]]:
-        return {record["key"]: (record["items"], record["scores"]) for record in read_records(self.cache_path)}
+    def _load_cache(self) -> dict[tuple[str, tuple[str, ...]], list[float]]:
+        return {(record["key"], tuple(record["items"])): record["scores"] for record in read_records(self.cache_path)}
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
