@@ -204,3 +204,19 @@ def test_cli_recommend_with_calibrated_scored_decoding(tmp_path):
     assert len({item["item_id"] for item in answer["items"]}) == 3 and answer["generation"]["validity"] == 1.0
     bad = subprocess.run([*base, "--calibration", "2"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "--calibration" in bad.stderr
+
+
+def test_the_cli_passes_calibration_over_the_adapters_value(tmp_path, real_store):
+    """`--calibration` reaches the recommender's settings and wins over the adapter's tuned value; unset, the
+    adapter's value applies (no model is loaded: the LLM loads on first use)."""
+    from genrec.cli import _recommender
+    from genrec.llm import ADAPTER_METADATA
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / ADAPTER_METADATA).write_text(json.dumps({"rerank": {"calibration": 0.75}}))
+    assert _recommender(real_store, None, str(adapter), "auto", "auto", False, None, "scored",
+                        None).config.calibration == 0.75
+    assert _recommender(real_store, None, str(adapter), "auto", "auto", False, None, "scored",
+                        0.25).config.calibration == 0.25
+    assert _recommender(real_store, None, None, "auto", "auto", False, None, None, None).config.calibration == 0.0

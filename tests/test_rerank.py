@@ -193,7 +193,7 @@ def test_the_calibration_takes_out_the_title_prior_when_validation_asks_for_it(t
     method.fit(TRAIN, _cases("c", "valid"))
     assert method.calibration == 0.5 and method.weight == 0.0  # 0.5 and 1.0 tie: the smaller
     assert method.info["by_calibration"] == {"0.0": 1 / np.log2(3), "0.5": 1.0, "1.0": 1.0}
-    assert method.info["llm_raw"] == 1 / np.log2(3) and method.info["llm_alone"] == 1.0
+    assert method.info["llm_alone"] == 1.0
     assert "a * title prior" in method.info["rule"] and "prior" not in method.info
     assert _top(method, _cases("x", "test", 1), 3) == [["c", "b", "a"]]  # 9 - 0, 8 + 0.25, 10 - 2
     assert RecommenderConfig.for_adapter(str(adapter)).calibration == 0.5

@@ -62,3 +62,9 @@ def test_bodies_over_the_limit_get_413_declared_or_chunked(client_for) -> None:
         small = client.post("/v1/recommend", content=b'{"platform": "movies"}',
                             headers={"Content-Type": "application/json"})
         assert small.status_code == 422  # under the limit: reaches validation
+
+
+def test_the_scoring_settings_reach_the_recommender(client_for) -> None:
+    with client_for(decoding="scored", calibration=0.5) as client:
+        config = client.app.state.service.recommender.config
+        assert config.decoding == "scored" and config.calibration == 0.5

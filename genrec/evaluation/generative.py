@@ -137,15 +137,15 @@ class GenerativeMethod:
 
     def _remember(self, key: str, output: str) -> None:
         self._outputs[key] = output
-        append_record(self.cache_path, {"key": key, "raw_output": output})
+        append_records(self.cache_path, [{"key": key, "raw_output": output}])
 
     def _load_cache(self) -> dict[str, str]:
         return {record["key"]: record["raw_output"] for record in read_records(self.cache_path)}
 
 
-def append_record(path: Path | None, record: dict) -> None:
-    """Append one JSON line to a per-case cache (nothing without a path), on a line of its own even after a line
-    that an interrupted run cut short."""
+def append_records(path: Path | None, records: Sequence[dict]) -> None:
+    """Append JSON lines to a per-case cache in one write (nothing without a path), on lines of their own even after
+    a line that an interrupted run cut short."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def append_record(path: Path | None, record: dict) -> None:
             fh.seek(-1, 2)
             if fh.read(1) != b"\n":
                 fh.write(b"\n")
-        fh.write((json.dumps(record) + "\n").encode())
+        fh.write("".join(json.dumps(record) + "\n" for record in records).encode())
 
 
 def read_records(path: Path | None) -> list[dict]:

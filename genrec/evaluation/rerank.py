@@ -38,7 +38,7 @@ import numpy as np
 from genrec.evaluation import metrics
 from genrec.evaluation.baselines.base import Method, rank_cases
 from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
-from genrec.evaluation.generative import LEAD, GenerativeMethod, append_record, case_key, read_records
+from genrec.evaluation.generative import LEAD, GenerativeMethod, append_records, case_key, read_records
 from genrec.evaluation.types import EvalCase, TrainData
 from genrec.llm import adapter_digest
 from genrec.recommender import Request
@@ -112,7 +112,6 @@ class RerankMethod:
                      + " over the candidates", "sources": [s.name for s in self.sources],
                      "per_source": self.per_source, "calibration": self.calibration,
                      "by_calibration": {str(a): v for a, v in by_calibration.items()},
-                     "llm_raw": by_calibration[0.0] if 0.0 in by_calibration else None,
                      "llm_alone": by_weight[0.0], "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune})}
         if self.prior is not None:
@@ -147,14 +146,14 @@ class RerankMethod:
             shared = [s for source, s in zip(self.sources, source_scores, strict=True) if source is self.prior]
             prior = shared[0] if shared else self.prior.score(cases, platform)
         scored = self._score_missing(cases, platform, source_scores, catalog)
-        if self.calibration:  # every title prior these cases need, in one pass
-            self._title_priors(platform, [item for items, _ in scored for item in items])
+        priors = self._title_priors(platform, [item for items, _ in scored for item in items]) \
+            if self.calibration else {}
         out = scale_rows(source_scores[0].astype(np.float64))  # non-candidates: the first source's order
         for row, (items, llm) in enumerate(scored):
             columns = np.array([position[item] for item in items], dtype=int)
             llm = np.asarray(llm)
             if self.calibration:
-                llm = llm - self.calibration * self._title_priors(platform, items)
+                llm = llm - self.calibration * np.array([priors[item] for item in items])
             fused = _standardise(llm)
             if prior is not None:
                 prior_z = _standardise(prior[row, columns])
@@ -189,18 +188,20 @@ class RerankMethod:
             out.append((items, self._scored[case_key(case), items]))
         return out
 
-    def _title_priors(self, platform: str, items: Sequence[str]) -> np.ndarray:
-        """``Recommender.title_priors`` of ``items``, through a per-item cache file."""
+    def _title_priors(self, platform: str, items: Sequence[str]) -> dict[str, float]:
+        """``Recommender.title_priors`` of ``items`` (item -> prior), the missing ones computed in one pass and
+        added to the per-item cache file."""
         missing = [item for item in dict.fromkeys(items) if (platform, item) not in self._priors]
         if missing:
-            for item, score in zip(missing, self.llm.recommender.title_priors(platform, missing), strict=True):
-                self._priors[platform, item] = float(score)
-                append_record(self.priors_path, {"platform": platform, "item": item, "score": float(score)})
-        return np.array([self._priors[platform, item] for item in items])
+            scores = self.llm.recommender.title_priors(platform, missing).tolist()
+            self._priors.update({(platform, item): score for item, score in zip(missing, scores, strict=True)})
+            append_records(self.priors_path, [{"platform": platform, "item": item, "score": score}
+                                              for item, score in zip(missing, scores, strict=True)])
+        return {item: self._priors[platform, item] for item in items}
 
     def _remember(self, key: str, items: Sequence[str], scores: list[float]) -> None:
         self._scored[key, tuple(items)] = scores
-        append_record(self.cache_path, {"key": key, "items": list(items), "scores": scores})
+        append_records(self.cache_path, [{"key": key, "items": list(items), "scores": scores}])
 
     def _load_cache(self) -> dict[tuple[str, tuple[str, ...]], list[float]]:
         return {(record["key"], tuple(record["items"])): record["scores"] for record in read_records(self.cache_path)}
