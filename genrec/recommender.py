@@ -349,6 +349,10 @@ class Recommender:
             priors.update(zip(missing, self._answer_logprobs(prompt, platform, missing).tolist(), strict=True))
         return np.array([priors[item_id] for item_id in item_ids], dtype=np.float64)
 
+    def forget_title_priors(self) -> None:
+        """Drop the cached title priors (after the model's weights change, as in training)."""
+        self._priors.clear()
+
     def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str]) -> np.ndarray:
         """Summed log-probabilities of the first ``score_tokens`` tokens of each item's answer line after
         ``prompt`` (the prompt is run once, see ``LLM.continuation_logprobs``)."""

@@ -25,7 +25,8 @@ from genrec.recommender import Recommender, RecommenderConfig, Request
 from genrec.training import sft
 from genrec.training.config import LoraSettings, parse
 from genrec.training.model import load_for_training
-from genrec.training.trainer import Trainer, response_loss
+from genrec.training.negatives import add_negatives, example_case
+from genrec.training.trainer import Trainer, candidate_logprobs, ranking_loss, response_loss
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -224,6 +225,85 @@ def test_length_buckets_keep_padding_low():
     assert batches != sft.length_batches(lengths, batch_tokens=4096, max_batch_size=16, seed=1)
 
 
+def test_hard_negatives_come_from_the_sources_top_items(store):
+    from genrec.evaluation.baselines.itemknn import ItemKNN
+    from genrec.evaluation.baselines.popularity import MostPop
+
+    data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
+    config = sft.SFTConfig(response_items=2, max_examples_per_user=4, negatives=3, negative_pool=4)
+    examples = sft.build_examples(data.train, _recommender(store), config, seed=0)
+    sources = [MostPop(history_scope="cross"), ItemKNN(history_scope="cross")]
+    made = add_negatives(examples, data.train, sources, config, seed=0)
+    assert made.examples and made.stats["negatives"] == 3
+    assert made.stats["examples"] + made.stats["dropped_few_negatives"] == len(examples.examples)
+    sequences = sft.filter_platforms(data.train, [])
+    for example in made.examples:
+        case = example_case(example, sequences)
+        owned = {x.item_id for x in case.history_on(example.platform)}
+        assert all(x.timestamp < example.cutoff for x in case.history)
+        assert len(set(example.negatives)) == 3 and not set(example.negatives) & (owned | set(example.targets))
+        catalog = data.train.catalogs[example.platform]
+        top = set()
+        for source in sources:
+            row = source.score([case], example.platform)[0]
+            ranked = [catalog[j] for j in (-row).argsort(kind="stable")]
+            top |= set([item for item in ranked if item not in owned | set(example.targets)][:4])
+        assert set(example.negatives) <= top
+        titles = [data.train.titles[(example.platform, i)] for i in (example.targets[0], *example.negatives)]
+        assert list(example.candidate_titles) == titles
+    again = add_negatives(examples, data.train, sources, config, seed=0)
+    assert [e.negatives for e in again.examples] == [e.negatives for e in made.examples]
+    assert sft.SFTExample.from_dict(json.loads(json.dumps(made.examples[0].to_dict()))) == made.examples[0]
+
+
+def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
+    """Left-padded prompts of two lengths, lines of several lengths: the trainer's line scores equal
+    ``LLM.continuation_logprobs`` (what scored decoding ranks by), and the loss trains the true line up."""
+    tokenizer = _tokenizer()
+    llm = LLM.load(LLMConfig(model=str(tiny_model_dir), dtype="float32"))
+    chat = "<|im_start|>user\nwhich {}<|im_end|>\n<|im_start|>assistant\n"
+    examples = [sft.SFTExample("u", "a", 1.0, ("a1",), chat.format(prompt), "", candidate_titles=titles)
+                for prompt, titles in (("thing", ("arts thing 1", "arts thing 10", "office thing 2")),
+                                       ("arts thing please, the one you like", ("arts thing 3", "arts", "thing 7")))]
+    tokens, _ = sft.tokenize(examples, tokenizer, 1024, score_tokens=4)
+    assert all(len(line) <= 4 for item in tokens for line in item.candidates)
+    batch = sft.collate_ranking(tokens, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, mask = candidate_logprobs(llm.model, batch)
+    for row, item in enumerate(tokens):
+        expected = llm.continuation_logprobs(item.input_ids, item.candidates)
+        for j, line in enumerate(expected):
+            got = logprobs[row * 3 + j, : len(line)]
+            torch.testing.assert_close(got, torch.tensor(line), rtol=1e-4, atol=1e-4)
+            assert mask[row * 3 + j].sum() == len(line)
+    model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0),
+                                 device=torch.device("cpu"), dtype=torch.float32)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    margins = []
+    for _ in range(8):
+        with torch.no_grad():
+            logprobs, _ = candidate_logprobs(model, batch)
+        scores = logprobs.sum(dim=1).view(2, 3)
+        margins.append(float((scores[:, 0] - scores[:, 1:].max(dim=1).values).mean()))
+        optimizer.zero_grad()
+        ranking_loss(model, batch, sft_weight=0.0).backward()
+        optimizer.step()
+    assert margins[-1] > margins[0] + 1.0
+    # offsets (the calibration's share of each line's title prior) are taken off the scores before the softmax
+    offsets = ((0.0, -5.0, 2.0), (1.0, 0.0, -3.0))
+    shifted = sft.collate_ranking([sft.TokenizedExample(t.input_ids, t.prompt_length, t.candidates, o)
+                                   for t, o in zip(tokens, offsets, strict=True)], tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, mask = candidate_logprobs(llm.model, shifted)
+        scores = logprobs.sum(dim=1).view(2, 3) - torch.tensor(offsets)
+        expected = torch.nn.functional.cross_entropy(scores, torch.zeros(2, dtype=torch.long))
+        expected += 0.5 * -logprobs[::3].sum() / mask[::3].sum()
+        torch.testing.assert_close(ranking_loss(llm.model, shifted, sft_weight=0.5), expected)
+    with pytest.raises(ValueError, match="same, non-zero number of candidates"):
+        sft.collate_ranking([tokens[0], sft.TokenizedExample(tokens[1].input_ids, len(tokens[1].input_ids),
+                                                             tokens[1].candidates[:2])], 0)
+
+
 # --------------------------------------------------------------------------------------------------- trainer
 
 
@@ -331,6 +411,31 @@ def test_validation_without_the_start_round_still_records_the_baselines(store, t
     assert result.state.baselines["MostPop"]["cases"] == 4
 
 
+@pytest.mark.integration
+def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path / "home"))
+    raw = _config(tmp_path, max_steps=4, checkpoint_every=4, rank_calibration=0.5)
+    raw["sft"] = {"response_items": 1, "max_examples_per_user": 4, "negatives": 3, "negative_pool": 5}
+    raw["validation"] = {"cases": 4, "every": 2, "patience": 0, "mode": "rerank", "per_source": 3,
+                         "calibration": 0.5}
+    result = _train(store, raw, tiny_model_dir)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in log if r["event"] == "start")
+    assert start["examples"] == result.examples > 0
+    header = json.loads((tmp_path / "run" / "sft_examples.jsonl").read_text().splitlines()[0])
+    assert header["stats"]["negatives"] == 3 and header["stats"]["negative_sources"] == ["MostPop", "ItemKNN"]
+    assert all(len(json.loads(line)["negatives"]) == 3
+               for line in (tmp_path / "run" / "sft_examples.jsonl").read_text().splitlines()[1:])
+    rounds = [r for r in log if r["event"] == "valid"]
+    assert [r["step"] for r in rounds] == [0, 2, 4] and all(r["cases"] == 4 for r in rounds)
+    assert "validity" not in rounds[0]  # re-ranking names catalog items only: nothing generated to validate
+    assert result.state.best_step in (2, 4)
+    end = next(r for r in log if r["event"] == "end")
+    assert end["response_tokens"] > 0 and 0 <= end["padding_waste"] < 0.5
+    with pytest.raises(Exception, match="validation.mode"):
+        parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rank"}})
+
+
 def _grads_after_an_eval_pass(model, tokenizer) -> list[torch.Tensor]:
     """LoRA B gradients of one training step taken after a no-grad forward pass in eval mode."""
     ids = tokenizer(['<|im_start|>user\nwhich thing<|im_end|>\n<|im_start|>assistant\n1. "arts thing 3"'],
@@ -384,3 +489,15 @@ def embedder_stub():
             return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
     return Stub()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_training_configs_parse(path):
+    from genrec.evaluation import config as eval_config
+    from genrec.training.config import load
+
+    config = load(path)
+    assert config.name and (Path(__file__).parents[1] / config.eval_config).is_file()
+    eval_config.load(Path(__file__).parents[1] / config.eval_config)
+    RecommenderConfig(**config.prompt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,13 @@ def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     llm = GenerativeMethod.from_options(options, store=resources.store, history_scope=scope,
                                         embedder=resources.embedder, cache_dir=None, name=spec.title)
     return RerankMethod(sources, llm, name=spec.title, prior=prior, cache_dir=resources.cache_dir, **tuning)
+
+
+def create_named(names: Sequence[str], history_scope: str, store: Store,
+                 embedder: object | None = None) -> list[Method]:
+    """Harness methods by name with their default options (e.g. the training's negative and validation sources)."""
+    resources = Resources(store=store, _embedder=embedder)
+    return [create(MethodSpec(name), history_scope, resources) for name in names]
 
 
 FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {

@@ -50,6 +50,10 @@ class OptimSettings:
     and validation together, across resumes) would be exceeded, keeping time for a final validation.
     ``device: auto`` trains on CUDA when present. ``load_in_4bit`` is QLoRA (bitsandbytes NF4, double
     quantisation, bf16 compute); ``dtype`` is the weights' dtype otherwise (bf16 LoRA on CPU by default).
+    With hard negatives (``sft.negatives``) the loss is the ranking one (``trainer.ranking_loss``): the softmax
+    cross-entropy of the true item's answer line against the negatives' lines, plus ``sft_weight`` times the
+    true line's mean token negative log-likelihood. ``rank_calibration`` (0..1) makes the loss rank what the
+    calibrated re-ranker ranks: each line's likelihood less that share of its title prior under the untuned model.
     """
 
     epochs: float = 1.0
@@ -68,6 +72,8 @@ class OptimSettings:
     gradient_checkpointing: bool = False
     time_budget_s: float | None = None
     checkpoint_every: int = 50
+    sft_weight: float = 1.0
+    rank_calibration: float = 0.0
     log_every: int = 5
     threads: int | None = None
 
@@ -82,6 +88,9 @@ class ValidationSettings:
     best ``metric`` is kept; ``patience`` validations without improvement stop the run (0: never).
     ``platforms``: target platforms of the sampled cases (default: all; the zero-shot-platform recipe validates
     on the platforms it trains on). ``baselines``: harness methods scored on the same cases for reference.
+    ``mode``: ``generate`` ranks what the recommender generates (its ``decoding``: free or catalog beams);
+    ``rerank`` ranks the top ``per_source`` items of each of the ``sources`` by the model's likelihood less
+    ``calibration`` times the title prior, as the evaluation's re-ranker does (``genrec.evaluation.rerank``).
     """
 
     cases: int = 64
@@ -92,6 +101,10 @@ class ValidationSettings:
     patience: int = 3
     platforms: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=lambda: ["mostpop"])
+    mode: str = "generate"
+    sources: list[str] = field(default_factory=lambda: ["mostpop", "itemknn"])
+    per_source: int = 50
+    calibration: float = 0.0
 
 
 @dataclass
@@ -192,5 +205,14 @@ def _check(config: TrainConfig, where: str) -> None:
         problems.append("sft.response_items, stride and max_examples_per_user must be positive")
     if not 0 <= sft.rationale_fraction <= 1:
         problems.append("sft.rationale_fraction must be in [0, 1]")
+    if sft.negatives < 0 or sft.negative_pool < 1 or sft.negatives and not sft.negative_sources:
+        problems.append("sft.negatives must not be negative, sft.negative_pool must be positive and hard "
+                        "negatives need sft.negative_sources")
+    if train.sft_weight < 0 or not 0 <= train.rank_calibration <= 1:
+        problems.append("train.sft_weight must not be negative and train.rank_calibration must be in [0, 1]")
+    if valid.mode not in ("generate", "rerank"):
+        problems.append(f"validation.mode = {valid.mode!r}; expected generate or rerank")
+    if valid.mode == "rerank" and (not valid.sources or valid.per_source < 1 or not 0 <= valid.calibration <= 1):
+        problems.append("validation.mode rerank needs sources, a positive per_source and a calibration in [0, 1]")
     if problems:
         raise GenrecError(f"{where}: " + "; ".join(problems))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genrec.decoding import answer_tokens
 from genrec.evaluation.generative import history_items
 from genrec.evaluation.types import Interaction, TrainData
 from genrec.llm import end_of_turn_id
@@ -53,6 +54,11 @@ class SFTConfig:
     ``max_examples``: a seeded sample of this many examples (``None``: all). ``rationale_fraction``: the share of
     examples whose prompt asks for reasons and whose answer gives grounded ones. ``max_length``: longer
     examples (in tokens) are dropped.
+
+    ``negatives``: with ``n > 0``, every example also lists ``n`` hard negatives for a ranking objective (see
+    ``genrec.training.negatives``): items of the target platform that the ``negative_sources`` (harness methods
+    fitted on the same training data, by default the re-ranker's candidate sources) put in their top
+    ``negative_pool`` for that history, the true answer and the user's own items left out.
     """
 
     response_items: int = 1
@@ -63,6 +69,9 @@ class SFTConfig:
     rationale_fraction: float = 0.0
     exclude_platforms: list[str] = field(default_factory=list)
     max_length: int = 1024
+    negatives: int = 0
+    negative_sources: list[str] = field(default_factory=lambda: ["mostpop", "itemknn"])
+    negative_pool: int = 50
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ class SFTExample:
     """One instruction example: ``prompt`` (chat-formatted, ready for the answer) and ``response``.
 
     ``cutoff`` is the timestamp of the first event not in the history; ``targets`` are the answer's item ids.
+    ``negatives`` (item ids) and ``candidate_titles`` (the first target's title, then the negatives') feed the
+    ranking objective when hard negatives are configured.
     """
 
     user_id: str
@@ -79,13 +90,16 @@ class SFTExample:
     prompt: str
     response: str
     rationale: bool = False
+    negatives: tuple[str, ...] = ()
+    candidate_titles: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTExample:
-        return cls(**{**data, "targets": tuple(data["targets"])})
+        return cls(**{**data, **{key: tuple(data.get(key, ())) for key in ("targets", "negatives",
+                                                                            "candidate_titles")}})
 
 
 @dataclass(frozen=True)
@@ -225,29 +239,48 @@ def load_examples(path: Path, fingerprint: str) -> SFTData | None:
 
 @dataclass(frozen=True)
 class TokenizedExample:
-    """Prompt then response token ids; the first ``prompt_length`` ids are not trained on."""
+    """Prompt then response token ids; the first ``prompt_length`` ids are not trained on.
+
+    A ranking example (hard negatives configured) holds the prompt and the shared opening of an answer line
+    (``1. "``) in ``input_ids`` (all of it prompt) and, in ``candidates``, the rest of the answer line of the true
+    next item and then of each negative, cut to the tokens that scored decoding reads.
+    """
 
     input_ids: tuple[int, ...]
     prompt_length: int
+    candidates: tuple[tuple[int, ...], ...] = ()
+    offsets: tuple[float, ...] = ()  # per candidate, subtracted from its score (the calibration's share of its prior)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.input_ids) + sum(len(c) for c in self.candidates)
 
     @property
     def response_length(self) -> int:
-        return len(self.input_ids) - self.prompt_length
+        return len(self) - self.prompt_length
 
 
-def tokenize(examples: Sequence[SFTExample], tokenizer: Any, max_length: int) -> tuple[list[TokenizedExample], int]:
-    """Token ids of every example no longer than ``max_length``; returns them and how many were dropped."""
+def tokenize(examples: Sequence[SFTExample], tokenizer: Any, max_length: int, score_tokens: int = 16,
+             offsets: Sequence[tuple[float, ...]] | None = None) -> tuple[list[TokenizedExample], int]:
+    """Token ids of every example no longer than ``max_length``; returns them and how many were dropped.
+
+    Examples with ``candidate_titles`` become ranking examples whose answer lines are cut to ``score_tokens``
+    tokens, as ``Recommender.score_candidates`` reads them; ``offsets`` (one tuple per example, one value per
+    candidate) are subtracted from the lines' scores by the ranking loss.
+    """
     stop = end_of_turn_id(tokenizer)
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     responses = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        ids = (*prompt, *response, stop)
-        if len(ids) <= max_length:
-            out.append(TokenizedExample(ids, len(prompt)))
+    offsets = offsets or [()] * len(examples)
+    for example, prompt, response, offset in zip(examples, prompts, responses, offsets, strict=True):
+        if example.candidate_titles:
+            head, bodies = answer_tokens(list(example.candidate_titles), tokenizer)
+            ids = (*prompt, *head)
+            item = TokenizedExample(ids, len(ids), tuple(tuple(b[:score_tokens]) for b in bodies), tuple(offset))
+        else:
+            item = TokenizedExample((*prompt, *response, stop), len(prompt))
+        if len(item) <= max_length:
+            out.append(item)
     return out, len(examples) - len(out)
 
 
@@ -298,4 +331,32 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     span = max(e.response_length for e in examples)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-            "response_span": torch.tensor(span)}
+            "response_span": torch.tensor(span), "padded_tokens": torch.tensor(ids.numel())}
+
+
+def collate_ranking(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """A batch of ranking examples: the prompts left-padded as in ``collate`` (``input_ids``, ``attention_mask``,
+    ``position_ids``) and every example's candidate lines, right-padded, one row each, example by example
+    (``candidate_ids``, ``candidate_mask``: the prompt's mask then the line's, ``candidate_positions``: positions
+    that continue each prompt). Every example must have the same number of candidates."""
+    counts = {len(e.candidates) for e in examples}
+    if len(counts) != 1 or 0 in counts:
+        raise ValueError(f"ranking examples need the same, non-zero number of candidates; got {sorted(counts)}")
+    prompts = [TokenizedExample(e.input_ids, e.prompt_length) for e in examples]
+    batch = collate(prompts, pad_id)
+    lines = [line for e in examples for line in e.candidates]
+    width = max(len(line) for line in lines)
+    ids = torch.full((len(lines), width), pad_id, dtype=torch.long)
+    line_mask = torch.zeros((len(lines), width), dtype=torch.long)
+    for row, line in enumerate(lines):
+        ids[row, : len(line)] = torch.tensor(line)
+        line_mask[row, : len(line)] = 1
+    copies = counts.pop()
+    prompt_mask = batch["attention_mask"].repeat_interleave(copies, dim=0)
+    lengths = torch.tensor([len(e.input_ids) for e in examples]).repeat_interleave(copies)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+            "position_ids": batch["position_ids"], "candidate_ids": ids,
+            "candidate_mask": torch.cat([prompt_mask, line_mask], dim=1),
+            "candidate_positions": lengths[:, None] + torch.arange(width)[None, :],
+            "offsets": torch.tensor([e.offsets or (0.0,) * copies for e in examples], dtype=torch.float32),
+            "padded_tokens": torch.tensor(batch["input_ids"].numel() + ids.numel())}

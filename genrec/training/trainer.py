@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from genrec.data.loading import ensure_dataset
 from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.evaluation import config as eval_config
+from genrec.evaluation.methods import create_named
 from genrec.evaluation.protocol import EvalData, build
 from genrec.llm import LLM, LLMConfig, resolve_device
 from genrec.recommender import Recommender, RecommenderConfig
@@ -46,6 +47,7 @@ from genrec.training import sft
 from genrec.training.adapter import save_adapter
 from genrec.training.config import TrainConfig
 from genrec.training.model import base_model_path, load_for_training, trainable_parameters
+from genrec.training.negatives import add_negatives
 from genrec.training.validation import Validator
 
 CHECKPOINT = "last"
@@ -107,6 +109,44 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=sft.IGNORE_INDEX)
 
 
+def candidate_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token log-probabilities of every candidate line of a ``sft.collate_ranking`` batch after its prompt, and
+    the mask of the lines' real tokens (both ``lines x width``), as ``LLM.continuation_logprobs`` computes them at
+    inference.
+
+    The prompts run once; their KV cache is repeated for every candidate line of the example (with gradients), so
+    a candidate costs its line's tokens, not another prompt.
+    """
+    head = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"], use_cache=True, logits_to_keep=1)
+    ids, mask = batch["candidate_ids"], batch["candidate_mask"]
+    copies = ids.shape[0] // batch["input_ids"].shape[0]
+    cache = head.cache
+    cache.batch_repeat_interleave(copies)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=batch["candidate_positions"],
+                   cache=cache).logits.float()
+    # the first token of each line is predicted by the prompt's last position, the others by the line itself
+    logits = torch.cat([head.logits[:, -1:].float().repeat_interleave(copies, dim=0), logits[:, :-1]], dim=1)
+    token_logprobs = logits.gather(-1, ids[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+    line_mask = mask[:, -ids.shape[1]:].to(token_logprobs.dtype)
+    return token_logprobs * line_mask, line_mask
+
+
+def ranking_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], sft_weight: float = 1.0) -> torch.Tensor:
+    """The ranking objective on a ``sft.collate_ranking`` batch: each example's candidate lines (the true next
+    item's first) are scored as scored decoding scores them, by their summed token log-likelihood after the
+    prompt, less the batch's ``offsets`` (``train.rank_calibration`` times each line's title prior); the loss is the
+    softmax cross-entropy of the true line against the others, plus ``sft_weight`` times the true line's mean token
+    negative log-likelihood."""
+    token_logprobs, line_mask = candidate_logprobs(model, batch)
+    examples = batch["input_ids"].shape[0]
+    scores = token_logprobs.sum(dim=1).view(examples, -1) - batch["offsets"]
+    rank = F.cross_entropy(scores, torch.zeros(examples, dtype=torch.long, device=scores.device))
+    positives = slice(None, None, scores.shape[1])
+    nll = -token_logprobs[positives].sum() / line_mask[positives].sum()
+    return rank + sft_weight * nll
+
+
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     """The learning-rate multiplier at each step: linear warm-up, then cosine / linear decay to 0, or constant."""
 
@@ -151,8 +191,13 @@ class Trainer:
         with accelerator.main_process_first():
             data_sft = sft.load_examples(path, fingerprint)
             if data_sft is None:
+                progress = self.progress and accelerator.is_main_process
                 data_sft = sft.build_examples(data.train, recommender, self.config.sft, seed=self.config.seed,
-                                              progress=self.progress and accelerator.is_main_process)
+                                              progress=progress)
+                if self.config.sft.negatives:
+                    sources = create_named(self.config.sft.negative_sources, "cross", self.store, recommender.embedder)
+                    data_sft = add_negatives(data_sft, data.train, sources, self.config.sft, seed=self.config.seed,
+                                             progress=progress)
                 if accelerator.is_main_process:
                     sft.save_examples(data_sft, path, fingerprint)
         return data_sft
@@ -195,7 +240,11 @@ class Trainer:
                                               load_in_4bit=train.load_in_4bit, seed=config.seed))
         recommender = Recommender(self.store, llm=llm, config=RecommenderConfig(**config.prompt))
         sft_data = self._examples(accelerator, data, recommender, evaluation)
-        tokens, too_long = sft.tokenize(sft_data.examples, tokenizer, config.sft.max_length)
+        offsets = None
+        if train.rank_calibration and config.sft.negatives:
+            offsets = prior_offsets(recommender, sft_data.examples, train.rank_calibration, self._log)
+        tokens, too_long = sft.tokenize(sft_data.examples, tokenizer, config.sft.max_length,
+                                        recommender.config.score_tokens, offsets)
         if not tokens:
             raise GenrecError("no SFT example to train on: check the sft settings and the data set")
         lengths = [len(t) for t in tokens]
@@ -235,6 +284,26 @@ class Trainer:
                       f"padding {waste:.1%}, {trainable:,} trainable parameters, {accelerator.device}")
         run.train(total_steps)
         return TrainResult(self.out, self.out / "adapter", state, total_steps, len(tokens), waste)
+
+
+def prior_offsets(recommender: Recommender, examples: Sequence[sft.SFTExample], share: float,
+                  log: Callable[[str], None]) -> list[tuple[float, ...]]:
+    """Per ranking example, ``share`` times each candidate's title prior (``Recommender.title_priors``) under the
+    model as it is now (before training: the untuned model), so that the ranking loss ranks calibrated scores."""
+    by_platform: dict[str, list[str]] = {}
+    for example in examples:
+        by_platform.setdefault(example.platform, []).extend((example.targets[0], *example.negatives))
+    log(f"title priors of {sum(len(set(v)) for v in by_platform.values())} candidates for the calibrated ranking loss")
+    model = recommender.llm.model
+    model.eval()
+    try:
+        priors = {(platform, item): value for platform, items in by_platform.items()
+                  for item, value in zip(dict.fromkeys(items), recommender.title_priors(platform, list(
+                      dict.fromkeys(items))).tolist(), strict=True)}
+    finally:
+        model.train()
+        recommender.forget_title_priors()
+    return [tuple(share * priors[e.platform, item] for item in (e.targets[0], *e.negatives)) for e in examples]
 
 
 def _keep_trainable_weights(models: list, weights: list, output_dir: str) -> None:
@@ -288,9 +357,12 @@ class _Run:
             batches = self.trainer._epoch_batches(self.lengths, state.epoch, self.accelerator)
             for index in range(state.batch, len(batches)):
                 examples = [self.tokens[i] for i in batches[index]]
-                batch = {k: v.to(self.accelerator.device) for k, v in sft.collate(examples, self.pad_id).items()}
+                ranking = bool(examples[0].candidates)
+                collated = (sft.collate_ranking if ranking else sft.collate)(examples, self.pad_id)
+                batch = {k: v.to(self.accelerator.device) for k, v in collated.items()}
                 with self.accelerator.accumulate(self.model):
-                    loss = response_loss(self.model, batch)
+                    loss = ranking_loss(self.model, batch, settings.sft_weight) if ranking \
+                        else response_loss(self.model, batch)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and settings.max_grad_norm:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)
@@ -300,7 +372,7 @@ class _Run:
                 real = sum(len(e) for e in examples)
                 state.tokens += real
                 state.response_tokens += sum(e.response_length for e in examples)
-                state.padded_tokens += batch["input_ids"].numel()
+                state.padded_tokens += int(batch["padded_tokens"])
                 losses.append(loss.item())
                 window_tokens += real
                 if not self.accelerator.sync_gradients:

@@ -1,5 +1,6 @@
 """Validation during training, through the evaluation harness: the model being tuned, as the ``genrec`` method
-sees it at inference (generate, ground, rank the full catalog), on a fixed seeded sample of validation cases."""
+sees it at inference (generate, ground, rank the full catalog) or as the re-ranker uses it (classic models'
+candidates ranked by its calibrated likelihood), on a fixed seeded sample of validation cases."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from genrec.data.store import Store
-from genrec.evaluation.config import MethodSpec
 from genrec.evaluation.generative import GenerativeMethod
-from genrec.evaluation.methods import Resources, create
+from genrec.evaluation.methods import create_named
 from genrec.evaluation.metrics import case_metrics
 from genrec.evaluation.protocol import EvalData
+from genrec.evaluation.rerank import RerankMethod
 from genrec.evaluation.runner import Outcome, evaluate_method
 from genrec.evaluation.types import EvalCase
 from genrec.recommender import Recommender
@@ -57,12 +58,19 @@ class Validator:
         self.recommender = recommender
         self.method = GenerativeMethod(store, history_scope="cross", config=recommender.config,
                                        embedder=recommender.embedder, recommender=recommender, name="genrec")
+        if settings.mode == "rerank":
+            if recommender.config.calibration:
+                raise ValueError("validation by re-ranking calibrates the scores itself: train with calibration 0")
+            sources = create_named(settings.sources, "cross", store, recommender.embedder)
+            self.method = RerankMethod(sources, self.method, name="genrec-rerank", per_source=settings.per_source,
+                                       calibrations=[settings.calibration])
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the current model; it runs in eval mode (no dropout) and returns to train mode."""
         model = self.recommender.llm.model
         started = time.perf_counter()
         model.eval()
+        self.recommender.forget_title_priors()  # the model has changed since they were computed
         try:
             outcome = evaluate_method(self.method, self.data, self.cases, variant="valid", label="genrec")
         finally:
@@ -71,11 +79,8 @@ class Validator:
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The configured harness baselines (e.g. MostPop) on the same cases."""
-        resources = Resources(store=self.store, _embedder=self.recommender.embedder)
         out = {}
-        for name in self.settings.baselines:
-            spec = MethodSpec(name)
-            method = create(spec, "cross", resources)
-            outcome = evaluate_method(method, self.data, self.cases, variant="valid", label=spec.title)
-            out[spec.title] = summarize(outcome)
+        for method in create_named(self.settings.baselines, "cross", self.store, self.recommender.embedder):
+            outcome = evaluate_method(method, self.data, self.cases, variant="valid", label=method.name)
+            out[method.name] = summarize(outcome)
         return out
