@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from genrec.errors import GenrecError
 from genrec.evaluation.config import MethodSpec, parse
-from genrec.evaluation.runner import run, select_methods
+from genrec.evaluation.report import write_markdown
+from genrec.evaluation.runner import Outcome, compare, run, select_methods
 
 
 def _config(**overrides) -> dict:
@@ -21,6 +23,8 @@ def _config(**overrides) -> dict:
     ({"methods": [{"name": "mostpop", "sample": 3}]}, "methods[0]"),
     ({"ablations": ["everything"]}, "unknown ablation(s) everything"),
     ({"protocol": {"ranking": "partial"}}, "protocol"),
+    ({"comparisons": [["MostPop"]]}, "comparisons[0]: expected [method, baseline]"),
+    ({"comparisons": [["MostPop", "SASRec"]]}, "comparisons[0]: SASRec not among the config's methods"),
 ])
 def test_bad_configs_name_the_field(change, message):
     with pytest.raises(GenrecError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -37,6 +41,38 @@ def test_a_label_picks_one_method_and_a_name_picks_every_method_of_its_kind():
         select_methods(specs, ["nope"])
 
 
+def _outcome(method: str, users: list[str], ranks: list[float], scope: str = "cross") -> Outcome:
+    return Outcome("main", method, scope, users, ["p"] * len(users), ranks, [[] for _ in users], 0.0, 0.0)
+
+
+def test_paired_differences_use_the_cases_both_ranked(tmp_path):
+    tuned = _outcome("tuned", ["u1", "u2", "u3", "u4"], [1.0, 3.0, 50.0, 2.0])
+    base = _outcome("base", ["u0", "u2", "u1", "u3", "u4"], [1.0, 1.0, 4.0, 7.0, 2.0])  # another order, one more
+    other_scope = _outcome("base", ["u1"], [1.0], scope="target")
+    [row] = compare([["tuned", "base"]], [tuned, base, other_scope], [10], 200, 0)
+    assert row["cases"] == 4 and row["history"] == "cross"
+    ndcg = lambda r: 1 / np.log2(r + 1) if r <= 10 else 0.0  # noqa: E731
+    expected = np.mean([ndcg(1) - ndcg(4), ndcg(3) - ndcg(1), ndcg(50) - ndcg(7), 0.0])
+    difference = row["difference"]["NDCG@10"]
+    assert difference["mean"] == pytest.approx(expected) and difference["low"] <= expected <= difference["high"]
+    assert row["difference"]["HR@10"]["mean"] == pytest.approx(-0.25)
+    assert row["method_ndcg@10"] - row["baseline_ndcg@10"] == pytest.approx(expected)
+    assert compare([["tuned", "missing"]], [tuned, base], [10], 200, 0) == []
+    document = {"run": "r", "config": {"dataset": "d", "bootstrap": 200}, "variants": {"main": {
+        "description": "x", "protocol": {"seed": 0}, "evaluated_cases": 5, "data": {
+            "test_cases": 5, "test_users": 5, "test_cases_per_platform": {}, "train_users": 1,
+            "train_interactions": 1}}}, "machine": {"cpus": 2, "processor": "x", "torch_threads": 2,
+                                                    "python": "3", "date": "d", "git_commit": None},
+        "results": [{"variant": "main", "method": "tuned", "history": "cross", "sampled_users": None, "cases": 4,
+                     "metrics": {"all": dict.fromkeys(("HR@10", "NDCG@10", "MRR", "NDCG@20"), difference)},
+                     "beyond_accuracy": {}, "fit_seconds": 0, "cases_per_second": None}],
+        "comparisons": [row]}
+    write_markdown(document, tmp_path / "r.md")
+    report = (tmp_path / "r.md").read_text()
+    assert "Paired differences" in report and "| tuned | base | cross | 4 | " in report
+    assert f"{difference['mean']:.4f} [{difference['low']:.4f}, {difference['high']:.4f}]" in report
+
+
 @pytest.mark.integration
 def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path):
     raw = _config(protocol={"targets": "last-per-platform", "users": "all"}, bootstrap=50,
@@ -44,8 +80,11 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
                            {"name": "mostpop", "label": "MostPop-2", "sample_users": 2},
                            {"name": "rerank", "label": "rerank-calibrated", "sample_users": 2,
                             "options": {"sources": ["mostpop"], "per_source": 4, "calibrations": [0.0, 1.0],
-                                        "tune_users": 2, "llm": {"dtype": "bfloat16"}}}])
+                                        "tune_users": 2, "llm": {"dtype": "bfloat16"}}}],
+                  comparisons=[["MostPop-2", "ItemKNN"]])
     document = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
+    [paired] = document["comparisons"]
+    assert paired["method"] == "MostPop-2" and paired["cases"] == 2
     out = tmp_path / "tiny"
     assert json.loads((out / "metrics.json").read_text())["results"] == json.loads(json.dumps(document["results"]))
     report = (out / "results.md").read_text()
@@ -68,6 +107,7 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     assert len(answers) == 1 and len(answers[0].read_text().splitlines()) == 3
 
     # a grounding-only change under another label grounds the saved answers again: no new generation
+    del raw["comparisons"]
     raw["methods"] = ["mostpop", "itemknn", {"name": "genrec", "label": "genrec-popular", "sample_users": 3,
                                              "options": {"recommender": {"popularity_weight": 1.0}}}]
     again = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)

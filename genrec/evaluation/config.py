@@ -38,6 +38,7 @@ class EvalConfig:
     ablations: list[str] = field(default_factory=list)
     zero_shot_platforms: list[str] = field(default_factory=list)
     bootstrap: int = 1000
+    comparisons: list[list[str]] = field(default_factory=list)  # [method, baseline] label pairs: paired differences
     source: str | None = None
 
     def to_dict(self) -> dict:
@@ -54,7 +55,7 @@ def parse(raw: dict, source: str | None = None) -> EvalConfig:
     where = source or "config"
     if not isinstance(raw, dict):
         raise GenrecError(f"{where}: expected a mapping at the top level")
-    known = {"name", "dataset", "protocol", "methods", "ablations", "zero_shot_platforms", "bootstrap"}
+    known = {"name", "dataset", "protocol", "methods", "ablations", "zero_shot_platforms", "bootstrap", "comparisons"}
     unknown = set(raw) - known
     if unknown:
         raise GenrecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
@@ -80,6 +81,15 @@ def parse(raw: dict, source: str | None = None) -> EvalConfig:
     bad = set(ablations) - set(ABLATIONS)
     if bad:
         raise GenrecError(f"{where}: unknown ablation(s) {', '.join(sorted(bad))}; known: {', '.join(ABLATIONS)}")
+    comparisons = [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in raw.get("comparisons") or []]
+    titles = {m.title for m in methods}
+    for i, pair in enumerate(comparisons):
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+            raise GenrecError(f"{where}: comparisons[{i}]: expected [method, baseline] (two method labels), "
+                              f"got {pair!r}")
+        missing = [x for x in pair if x not in titles]
+        if missing:
+            raise GenrecError(f"{where}: comparisons[{i}]: {', '.join(missing)} not among the config's methods")
     return EvalConfig(name=raw["name"], dataset=raw["dataset"], protocol=protocol, methods=methods,
                       ablations=ablations, zero_shot_platforms=list(raw.get("zero_shot_platforms") or []),
-                      bootstrap=int(raw.get("bootstrap", 1000)), source=source)
+                      bootstrap=int(raw.get("bootstrap", 1000)), comparisons=comparisons, source=source)

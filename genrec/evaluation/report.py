@@ -76,6 +76,16 @@ def write_markdown(document: dict, path: Path) -> None:
                          f"{_ci(m['MRR'])} |")
             for name, other in r["same_sample"].items():
                 lines.append(f"| {name} | {_ci(other['HR@10'])} | {_ci(other['NDCG@10'])} | {_ci(other['MRR'])} |")
+        paired = [c for c in document.get("comparisons", []) if c["variant"] == variant]
+        if paired:
+            lines += ["", "Paired differences (method - baseline) on the cases both ranked, 95% bootstrap intervals "
+                      "over those cases:", "", "| method | baseline | history | cases | NDCG@10 (method / baseline) "
+                      "| NDCG@10 difference | HR@10 difference | MRR difference |", "|---|---|---|---|---|---|---|---|"]
+            for c in paired:
+                d = c["difference"]
+                lines.append(f"| {c['method']} | {c['baseline']} | {c['history']} | {c['cases']:,} | "
+                             f"{c['method_ndcg@10']:.4f} / {c['baseline_ndcg@10']:.4f} | {_ci(d.get('NDCG@10'))} | "
+                             f"{_ci(d.get('HR@10'))} | {_ci(d.get('MRR'))} |")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
 

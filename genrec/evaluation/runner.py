@@ -141,6 +141,34 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
     return out
 
 
+def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], ks: Sequence[int], n_boot: int,
+            seed: int) -> list[dict]:
+    """Paired differences ``method - baseline`` of HR@10, NDCG@10 and MRR on the cases both ranked (same user and
+    target platform), per history scope both ran, with percentile-bootstrap intervals over those cases (resampling
+    cases, not each method apart: the comparison the per-row intervals cannot make)."""
+    by_name = {(o.method, o.scope): o for o in outcomes}
+    out = []
+    for method, baseline in pairs:
+        for scope in ("cross", "target"):
+            mine, theirs = by_name.get((method, scope)), by_name.get((baseline, scope))
+            if mine is None or theirs is None:
+                continue
+            position = {key: j for j, key in enumerate(zip(theirs.users, theirs.platforms, strict=True))}
+            rows = [(i, position[key]) for i, key in enumerate(zip(mine.users, mine.platforms, strict=True))
+                    if key in position]
+            if not rows:
+                continue
+            a = metrics.case_metrics(np.array([mine.ranks[i] for i, _ in rows]), ks)
+            b = metrics.case_metrics(np.array([theirs.ranks[j] for _, j in rows]), ks)
+            names = [name for name in ("HR@10", "NDCG@10", "MRR") if name in a]
+            estimates = metrics.bootstrap({name: a[name] - b[name] for name in names}, n_boot, seed)
+            out.append({"variant": mine.variant, "method": method, "baseline": baseline, "history": scope,
+                        "cases": len(rows), "difference": {name: vars(estimates[name]) for name in names},
+                        "method_ndcg@10": float(a["NDCG@10"].mean()) if "NDCG@10" in a else None,
+                        "baseline_ndcg@10": float(b["NDCG@10"].mean()) if "NDCG@10" in b else None})
+    return out
+
+
 def _machine() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -171,7 +199,7 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
     resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},
-                      "results": []}
+                      "results": [], "comparisons": []}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress) as bar:
         population: set[str] = set()
@@ -207,6 +235,8 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
                         for o in (o for _, o in outcomes if o is not outcome)
                         if mine <= set(o.users) and len(set(o.users)) > len(mine)}
                 document["results"].append(row)
+            document["comparisons"] += compare(config.comparisons, [o for _, o in outcomes], protocol.ks,
+                                               config.bootstrap, protocol.seed)
     (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
     from genrec.evaluation.report import plot_ndcg, write_markdown
 

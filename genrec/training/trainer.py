@@ -296,10 +296,12 @@ def prior_offsets(recommender: Recommender, examples: Sequence[sft.SFTExample], 
     log(f"title priors of {sum(len(set(v)) for v in by_platform.values())} candidates for the calibrated ranking loss")
     model = recommender.llm.model
     model.eval()
+    priors: dict[tuple[str, str], float] = {}
     try:
-        priors = {(platform, item): value for platform, items in by_platform.items()
-                  for item, value in zip(dict.fromkeys(items), recommender.title_priors(platform, list(
-                      dict.fromkeys(items))).tolist(), strict=True)}
+        for platform, items in by_platform.items():
+            unique = list(dict.fromkeys(items))
+            values = recommender.title_priors(platform, unique).tolist()
+            priors.update(zip([(platform, item) for item in unique], values, strict=True))
     finally:
         model.train()
         recommender.forget_title_priors()
