@@ -49,7 +49,7 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     tuned = _outcome("tuned", ["u1", "u2", "u3", "u4"], [1.0, 3.0, 50.0, 2.0])
     base = _outcome("base", ["u0", "u2", "u1", "u3", "u4"], [1.0, 1.0, 4.0, 7.0, 2.0])  # another order, one more
     other_scope = _outcome("base", ["u1"], [1.0], scope="target")
-    [row] = compare([["tuned", "base"]], [tuned, base, other_scope], [10], 200, 0)
+    [row] = compare([["tuned", "base"]], [tuned, base, other_scope], 200, 0)
     assert row["cases"] == 4 and row["history"] == "cross"
     ndcg = lambda r: 1 / np.log2(r + 1) if r <= 10 else 0.0  # noqa: E731
     expected = np.mean([ndcg(1) - ndcg(4), ndcg(3) - ndcg(1), ndcg(50) - ndcg(7), 0.0])
@@ -57,7 +57,7 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     assert difference["mean"] == pytest.approx(expected) and difference["low"] <= expected <= difference["high"]
     assert row["difference"]["HR@10"]["mean"] == pytest.approx(-0.25)
     assert row["method_ndcg@10"] - row["baseline_ndcg@10"] == pytest.approx(expected)
-    assert compare([["tuned", "missing"]], [tuned, base], [10], 200, 0) == []
+    assert compare([["tuned", "missing"]], [tuned, base], 200, 0) == []
     document = {"run": "r", "config": {"dataset": "d", "bootstrap": 200}, "variants": {"main": {
         "description": "x", "protocol": {"seed": 0}, "evaluated_cases": 5, "data": {
             "test_cases": 5, "test_users": 5, "test_cases_per_platform": {}, "train_users": 1,

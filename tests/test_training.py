@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -267,6 +268,11 @@ def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
                                        ("arts thing please, the one you like", ("arts thing 3", "arts", "thing 7")))]
     tokens, _ = sft.tokenize(examples, tokenizer, 1024, score_tokens=4)
     assert all(len(line) <= 4 for item in tokens for line in item.candidates)
+    assert all(item.offsets == () for item in tokens)
+    with_priors = [replace(e, candidate_priors=(-1.0, -2.0, -4.0)) for e in examples]
+    calibrated, _ = sft.tokenize(with_priors, tokenizer, 1024, score_tokens=4, rank_calibration=0.5)
+    assert [item.offsets for item in calibrated] == [(-0.5, -1.0, -2.0)] * 2
+    assert [item.candidates for item in calibrated] == [item.candidates for item in tokens]
     batch = sft.collate_ranking(tokens, tokenizer.pad_token_id)
     with torch.no_grad():
         logprobs, mask = candidate_logprobs(llm.model, batch)
@@ -424,8 +430,11 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
     assert start["examples"] == result.examples > 0
     header = json.loads((tmp_path / "run" / "sft_examples.jsonl").read_text().splitlines()[0])
     assert header["stats"]["negatives"] == 3 and header["stats"]["negative_sources"] == ["MostPop", "ItemKNN"]
-    assert all(len(json.loads(line)["negatives"]) == 3
-               for line in (tmp_path / "run" / "sft_examples.jsonl").read_text().splitlines()[1:])
+    saved = [json.loads(line) for line in (tmp_path / "run" / "sft_examples.jsonl").read_text().splitlines()[1:]]
+    assert all(len(e["negatives"]) == 3 for e in saved)
+    # the calibrated loss's title priors (log-likelihoods of each candidate line) are saved with the examples
+    assert all(len(e["candidate_priors"]) == 4 and all(p < 0 for p in e["candidate_priors"]) for e in saved)
+    assert len({p for e in saved for p in e["candidate_priors"]}) > 4
     rounds = [r for r in log if r["event"] == "valid"]
     assert [r["step"] for r in rounds] == [0, 2, 4] and all(r["cases"] == 4 for r in rounds)
     assert "validity" not in rounds[0]  # re-ranking names catalog items only: nothing generated to validate

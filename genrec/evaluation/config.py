@@ -81,7 +81,7 @@ def parse(raw: dict, source: str | None = None) -> EvalConfig:
     bad = set(ablations) - set(ABLATIONS)
     if bad:
         raise GenrecError(f"{where}: unknown ablation(s) {', '.join(sorted(bad))}; known: {', '.join(ABLATIONS)}")
-    comparisons = [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in raw.get("comparisons") or []]
+    comparisons = list(raw.get("comparisons") or [])
     titles = {m.title for m in methods}
     for i, pair in enumerate(comparisons):
         if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):

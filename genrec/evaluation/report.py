@@ -84,8 +84,8 @@ def write_markdown(document: dict, path: Path) -> None:
             for c in paired:
                 d = c["difference"]
                 lines.append(f"| {c['method']} | {c['baseline']} | {c['history']} | {c['cases']:,} | "
-                             f"{c['method_ndcg@10']:.4f} / {c['baseline_ndcg@10']:.4f} | {_ci(d.get('NDCG@10'))} | "
-                             f"{_ci(d.get('HR@10'))} | {_ci(d.get('MRR'))} |")
+                             f"{c['method_ndcg@10']:.4f} / {c['baseline_ndcg@10']:.4f} | {_ci(d['NDCG@10'])} | "
+                             f"{_ci(d['HR@10'])} | {_ci(d['MRR'])} |")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
 

@@ -141,8 +141,7 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
     return out
 
 
-def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], ks: Sequence[int], n_boot: int,
-            seed: int) -> list[dict]:
+def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot: int, seed: int) -> list[dict]:
     """Paired differences ``method - baseline`` of HR@10, NDCG@10 and MRR on the cases both ranked (same user and
     target platform), per history scope both ran, with percentile-bootstrap intervals over those cases (resampling
     cases, not each method apart: the comparison the per-row intervals cannot make)."""
@@ -158,14 +157,12 @@ def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], ks: Seq
                     if key in position]
             if not rows:
                 continue
-            a = metrics.case_metrics(np.array([mine.ranks[i] for i, _ in rows]), ks)
-            b = metrics.case_metrics(np.array([theirs.ranks[j] for _, j in rows]), ks)
-            names = [name for name in ("HR@10", "NDCG@10", "MRR") if name in a]
-            estimates = metrics.bootstrap({name: a[name] - b[name] for name in names}, n_boot, seed)
+            a = metrics.case_metrics(np.array([mine.ranks[i] for i, _ in rows]), (10,))  # HR@10, NDCG@10, MRR
+            b = metrics.case_metrics(np.array([theirs.ranks[j] for _, j in rows]), (10,))
+            estimates = metrics.bootstrap({name: a[name] - b[name] for name in a}, n_boot, seed)
             out.append({"variant": mine.variant, "method": method, "baseline": baseline, "history": scope,
-                        "cases": len(rows), "difference": {name: vars(estimates[name]) for name in names},
-                        "method_ndcg@10": float(a["NDCG@10"].mean()) if "NDCG@10" in a else None,
-                        "baseline_ndcg@10": float(b["NDCG@10"].mean()) if "NDCG@10" in b else None})
+                        "cases": len(rows), "difference": {name: vars(e) for name, e in estimates.items()},
+                        "method_ndcg@10": float(a["NDCG@10"].mean()), "baseline_ndcg@10": float(b["NDCG@10"].mean())})
     return out
 
 
@@ -235,8 +232,8 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
                         for o in (o for _, o in outcomes if o is not outcome)
                         if mine <= set(o.users) and len(set(o.users)) > len(mine)}
                 document["results"].append(row)
-            document["comparisons"] += compare(config.comparisons, [o for _, o in outcomes], protocol.ks,
-                                               config.bootstrap, protocol.seed)
+            document["comparisons"] += compare(config.comparisons, [o for _, o in outcomes], config.bootstrap,
+                                               protocol.seed)
     (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
     from genrec.evaluation.report import plot_ndcg, write_markdown
 

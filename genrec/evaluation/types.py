@@ -27,7 +27,7 @@ class EvalCase:
     platform: str
     target: str
     history: tuple[Interaction, ...]
-    split: str = "test"  # "test" or "valid"
+    split: str = "test"  # "test" or "valid" ("train": a training example seen as a case, e.g. for hard negatives)
     timestamp: float = 0.0
 
     def history_on(self, platform: str) -> tuple[Interaction, ...]:

@@ -80,7 +80,8 @@ class SFTExample:
 
     ``cutoff`` is the timestamp of the first event not in the history; ``targets`` are the answer's item ids.
     ``negatives`` (item ids) and ``candidate_titles`` (the first target's title, then the negatives') feed the
-    ranking objective when hard negatives are configured.
+    ranking objective when hard negatives are configured; ``candidate_priors`` are those lines' title priors under
+    the untuned model when the loss ranks calibrated scores (``train.rank_calibration``).
     """
 
     user_id: str
@@ -92,14 +93,15 @@ class SFTExample:
     rationale: bool = False
     negatives: tuple[str, ...] = ()
     candidate_titles: tuple[str, ...] = ()
+    candidate_priors: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTExample:
-        return cls(**{**data, **{key: tuple(data.get(key, ())) for key in ("targets", "negatives",
-                                                                            "candidate_titles")}})
+        sequences = ("targets", "negatives", "candidate_titles", "candidate_priors")
+        return cls(**{**data, **{key: tuple(data.get(key, ())) for key in sequences}})
 
 
 @dataclass(frozen=True)
@@ -260,23 +262,23 @@ class TokenizedExample:
 
 
 def tokenize(examples: Sequence[SFTExample], tokenizer: Any, max_length: int, score_tokens: int = 16,
-             offsets: Sequence[tuple[float, ...]] | None = None) -> tuple[list[TokenizedExample], int]:
+             rank_calibration: float = 0.0) -> tuple[list[TokenizedExample], int]:
     """Token ids of every example no longer than ``max_length``; returns them and how many were dropped.
 
     Examples with ``candidate_titles`` become ranking examples whose answer lines are cut to ``score_tokens``
-    tokens, as ``Recommender.score_candidates`` reads them; ``offsets`` (one tuple per example, one value per
-    candidate) are subtracted from the lines' scores by the ranking loss.
+    tokens, as ``Recommender.score_candidates`` reads them; with ``rank_calibration``, that share of each line's
+    ``candidate_priors`` becomes its offset (taken off its score by the ranking loss).
     """
     stop = end_of_turn_id(tokenizer)
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     responses = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     out = []
-    offsets = offsets or [()] * len(examples)
-    for example, prompt, response, offset in zip(examples, prompts, responses, offsets, strict=True):
+    for example, prompt, response in zip(examples, prompts, responses, strict=True):
         if example.candidate_titles:
             head, bodies = answer_tokens(list(example.candidate_titles), tokenizer)
             ids = (*prompt, *head)
-            item = TokenizedExample(ids, len(ids), tuple(tuple(b[:score_tokens]) for b in bodies), tuple(offset))
+            offsets = tuple(rank_calibration * p for p in example.candidate_priors) if rank_calibration else ()
+            item = TokenizedExample(ids, len(ids), tuple(tuple(b[:score_tokens]) for b in bodies), offsets)
         else:
             item = TokenizedExample((*prompt, *response, stop), len(prompt))
         if len(item) <= max_length:

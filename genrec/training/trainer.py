@@ -26,8 +26,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +184,10 @@ class Trainer:
 
     def _examples(self, accelerator: Any, data: EvalData, recommender: Recommender, evaluation: Any) -> sft.SFTData:
         """Build the SFT examples once (main process first), or reuse the saved ones made the same way."""
+        calibrated = bool(self.config.sft.negatives and self.config.train.rank_calibration)
         fingerprint = json.dumps([asdict(self.config.sft), self.config.prompt, self.config.seed,
-                                  evaluation.dataset, evaluation.protocol.to_dict(), str(self.config.model)],
-                                 sort_keys=True, default=str)
+                                  evaluation.dataset, evaluation.protocol.to_dict(), str(self.config.model)]
+                                 + (["title priors"] if calibrated else []), sort_keys=True, default=str)
         path = self.out / "sft_examples.jsonl"
         with accelerator.main_process_first():
             data_sft = sft.load_examples(path, fingerprint)
@@ -198,6 +199,8 @@ class Trainer:
                     sources = create_named(self.config.sft.negative_sources, "cross", self.store, recommender.embedder)
                     data_sft = add_negatives(data_sft, data.train, sources, self.config.sft, seed=self.config.seed,
                                              progress=progress)
+                if calibrated:
+                    data_sft = add_title_priors(recommender, data_sft, self._log)
                 if accelerator.is_main_process:
                     sft.save_examples(data_sft, path, fingerprint)
         return data_sft
@@ -240,11 +243,8 @@ class Trainer:
                                               load_in_4bit=train.load_in_4bit, seed=config.seed))
         recommender = Recommender(self.store, llm=llm, config=RecommenderConfig(**config.prompt))
         sft_data = self._examples(accelerator, data, recommender, evaluation)
-        offsets = None
-        if train.rank_calibration and config.sft.negatives:
-            offsets = prior_offsets(recommender, sft_data.examples, train.rank_calibration, self._log)
         tokens, too_long = sft.tokenize(sft_data.examples, tokenizer, config.sft.max_length,
-                                        recommender.config.score_tokens, offsets)
+                                        recommender.config.score_tokens, train.rank_calibration)
         if not tokens:
             raise GenrecError("no SFT example to train on: check the sft settings and the data set")
         lengths = [len(t) for t in tokens]
@@ -286,26 +286,27 @@ class Trainer:
         return TrainResult(self.out, self.out / "adapter", state, total_steps, len(tokens), waste)
 
 
-def prior_offsets(recommender: Recommender, examples: Sequence[sft.SFTExample], share: float,
-                  log: Callable[[str], None]) -> list[tuple[float, ...]]:
-    """Per ranking example, ``share`` times each candidate's title prior (``Recommender.title_priors``) under the
-    model as it is now (before training: the untuned model), so that the ranking loss ranks calibrated scores."""
+def add_title_priors(recommender: Recommender, data: sft.SFTData, log: Callable[[str], None]) -> sft.SFTData:
+    """``data`` with each ranking example's ``candidate_priors``: the title prior (``Recommender.title_priors``) of
+    every candidate line under the model as it is now (before training: the untuned model), for the calibrated
+    ranking loss. Saved with the examples, so a resumed run does not compute them again."""
     by_platform: dict[str, list[str]] = {}
-    for example in examples:
+    for example in data.examples:
         by_platform.setdefault(example.platform, []).extend((example.targets[0], *example.negatives))
     log(f"title priors of {sum(len(set(v)) for v in by_platform.values())} candidates for the calibrated ranking loss")
     model = recommender.llm.model
     model.eval()
     priors: dict[tuple[str, str], float] = {}
     try:
-        for platform, items in by_platform.items():
-            unique = list(dict.fromkeys(items))
-            values = recommender.title_priors(platform, unique).tolist()
-            priors.update(zip([(platform, item) for item in unique], values, strict=True))
+        for platform, items in by_platform.items():  # title_priors computes each item once
+            priors.update(zip([(platform, item) for item in items], recommender.title_priors(platform, items).tolist(),
+                              strict=True))
     finally:
         model.train()
         recommender.forget_title_priors()
-    return [tuple(share * priors[e.platform, item] for item in (e.targets[0], *e.negatives)) for e in examples]
+    examples = [replace(e, candidate_priors=tuple(priors[e.platform, item] for item in (e.targets[0], *e.negatives)))
+                for e in data.examples]
+    return sft.SFTData(examples, data.stats)
 
 
 def _keep_trainable_weights(models: list, weights: list, output_dir: str) -> None:
