@@ -223,6 +223,9 @@ def data_export(directory: Annotated[Path, typer.Argument(help="Folder for the P
 ModelOption = Annotated[str | None, typer.Option("--model", help="Local Hugging Face causal-LM directory or "
                                                                    ".gguf file [default: SmolLM2-135M-Instruct]")]
 AdapterOption = Annotated[str | None, typer.Option("--adapter", help="PEFT LoRA adapter directory.")]
+AdapterScaleOption = Annotated[float, typer.Option("--adapter-scale", min=0.0,
+                                                   help="Multiply the adapter's update: 1 = the tuned model, 0 = "
+                                                        "the base model, between = their weights interpolated.")]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
@@ -240,12 +243,14 @@ TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folde
                                                                             "override the packaged ones.")]
 
 
-def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None, calibration=None):
+def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None, calibration=None,
+                 adapter_scale=1.0):
     from genrec.llm import LLMConfig
     from genrec.prompts import PromptTemplates
     from genrec.recommender import Recommender, RecommenderConfig
 
-    config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit)
+    config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit,
+                       adapter_scale=adapter_scale)
     settings = RecommenderConfig.for_adapter(adapter, decoding=decoding, calibration=calibration)
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
@@ -263,7 +268,7 @@ def recommend(
     data_dir: DataDirOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
-    decoding: DecodingOption = None, calibration: CalibrationOption = None,
+    decoding: DecodingOption = None, calibration: CalibrationOption = None, adapter_scale: AdapterScaleOption = 1.0,
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -272,7 +277,7 @@ def recommend(
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
-                                   calibration)
+                                   calibration, adapter_scale)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))
@@ -327,6 +332,7 @@ def report(
     db: DbOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
+    adapter_scale: AdapterScaleOption = 1.0,
 ) -> None:
     """Explainable report: profile, activity charts, recommendations with evidence and a faithfulness check."""
     from genrec.report import FORMATS, build_report, render
@@ -334,7 +340,8 @@ def report(
     if fmt not in FORMATS:
         raise GenrecError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     with _store(db) as store:
-        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates)
+        recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates,
+                                   adapter_scale=adapter_scale)
         text = render(build_report(recommender, user, platform or [], k=k), fmt, recommender.templates)
     if out is None:
         sys.stdout.write(text)
@@ -419,6 +426,8 @@ def serve(
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = None,
     device: DeviceOption = None, four_bit: FourBitOption = False, templates: TemplatesOption = None,
     decoding: DecodingOption = None, calibration: CalibrationOption = None,
+    adapter_scale: Annotated[float | None, typer.Option("--adapter-scale", min=0.0,
+                                                        help="See recommend --adapter-scale [default: 1]")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
@@ -430,7 +439,8 @@ def serve(
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
-                                   templates=templates, decoding=decoding, calibration=calibration)
+                                   templates=templates, decoding=decoding, calibration=calibration,
+                                   adapter_scale=adapter_scale)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

@@ -74,3 +74,9 @@ def test_missing_dataset_message(tmp_path, home):
     assert result.returncode == 2 and "not found at" in result.stderr and "--download" in result.stderr
     unknown = genrec("data", "import", "netflix-prize", home=home)
     assert unknown.returncode == 2 and "unknown data set" in unknown.stderr
+
+
+def test_adapter_scale_without_an_adapter_is_refused(home):
+    result = genrec("recommend", "--user", "u1", "--platform", "music", "--adapter-scale", "0.5", home=home)
+    assert result.returncode == 2 and "adapter_scale needs an adapter" in result.stderr
+    assert "Traceback" not in result.stderr

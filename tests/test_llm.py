@@ -328,3 +328,36 @@ def test_lora_adapter_loads(llm: LLM, tmp_path: Path) -> None:
     prompt = [llm.format_chat([{"role": "user", "content": "Name a movie."}])]
     # a fresh LoRA starts as a no-op (B = 0): the same greedy text as the base model
     assert tuned.generate(prompt, max_new_tokens=8) == llm.generate(prompt, max_new_tokens=8)
+
+
+@pytest.mark.integration
+def test_adapter_scale_interpolates_base_and_tuned_weights(llm: LLM, tmp_path: Path) -> None:
+    """``adapter_scale`` s gives W + s B A in every LoRA layer: 0 is the base model, 1 the tuned one, 0.5 midway."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir())
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                                           init_lora_weights=False))  # random B: the adapter changes the model
+    lora.save_pretrained(tmp_path)
+    ids = llm.tokenizer("Name a movie.", return_tensors="pt").input_ids
+    inputs = llm.model.model.embed_tokens(ids)
+
+    def run(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model = LLM.load(LLMConfig(adapter=str(tmp_path), adapter_scale=scale)).model
+        with torch.no_grad():  # the first block's value projection, and the whole model's logits
+            return model.base_model.model.model.layers[0].self_attn.v_proj(inputs), model(ids).logits
+
+    with torch.no_grad():
+        base_logits = llm.model(ids).logits
+    (v0, logits0), (v_half, _), (v1, logits1) = run(0.0), run(0.5), run(1.0)
+    torch.testing.assert_close(logits0, base_logits)
+    assert not torch.allclose(logits1, base_logits, atol=1e-3)
+    torch.testing.assert_close(v_half, (v0 + v1) / 2)
+    # an unscaled adapter keeps the cache keys it had before the option existed; a scaled one gets its own
+    assert "adapter_scale" not in LLMConfig(adapter=str(tmp_path)).identity()
+    assert LLMConfig(adapter=str(tmp_path), adapter_scale=0.5).identity()["adapter_scale"] == 0.5
+    with pytest.raises(GenrecError, match="needs an adapter"):
+        LLMConfig(adapter_scale=0.5)
+    with pytest.raises(GenrecError, match=">= 0"):
+        LLMConfig(adapter=str(tmp_path), adapter_scale=-1.0)

@@ -12,7 +12,7 @@ import pytest
 
 from genrec.evaluation.rerank import RerankMethod
 from genrec.evaluation.types import EvalCase, Interaction, TrainData
-from genrec.llm import ADAPTER_METADATA
+from genrec.llm import ADAPTER_METADATA, LLMConfig
 
 CATALOG = ["a", "b", "c", "d", "e", "f"]
 TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})
@@ -41,7 +41,7 @@ class FakeLLM:
 
     def __init__(self, liked: str, adapter: str | None = None, famous: dict[str, float] | None = None) -> None:
         self.name, self.history_scope = "llm", "cross"
-        self.llm_config = SimpleNamespace(adapter=adapter, dtype="float32")
+        self.llm_config = LLMConfig(adapter=adapter, dtype="float32")
         self.config = SimpleNamespace(score_tokens=16, calibration=0.0)
         self.scored: list[tuple[str, ...]] = []
         self.priors_asked: list[str] = []
@@ -232,3 +232,13 @@ def test_an_infinite_weight_is_the_priors_order_with_the_llm_breaking_its_ties(t
     assert method.weight == math.inf and method.info["weight"] == "inf" and method.info["by_weight"]["inf"] == 1.0
     assert _top(method, _cases("x", "test", 1), 4) == [["b", "c", "d", "a"]]
     assert json.loads((tmp_path / ADAPTER_METADATA).read_text())["rerank"]["weight"] == "inf"
+
+
+def test_a_fixed_weight_without_zero_still_records_the_llm_alone(tmp_path):
+    """``weights: [inf]`` (a grid without 0) fixes the weight; the LLM alone is still measured for the record."""
+    method = RerankMethod([Source("abcd")], FakeLLM(liked="d"), name="r", per_source=4, prior=Source("bc"),
+                          weights=(math.inf,), tune_users=4)
+    method.fit(TRAIN, _cases("d", "valid"))
+    # the prior's order puts d third (b, c, then d before a by the LLM): NDCG@10 1 / log2(4); the LLM ranks d first
+    assert method.weight == math.inf and method.info["by_weight"] == {"inf": 0.5}
+    assert method.info["llm_alone"] == 1.0

@@ -134,3 +134,7 @@ def test_settings_merge_file_environment_and_overrides(tmp_path: Path, monkeypat
     config.write_text("calibration: 1.5\n")
     with pytest.raises(GenrecError, match="calibration"):
         ServerSettings.load(config)
+    config.write_text("adapter_scale: 0.5\n")
+    with pytest.raises(GenrecError, match="adapter_scale needs an adapter"):
+        ServerSettings.load(config)
+    assert ServerSettings.load(config, adapter="runs/adapter").adapter_scale == 0.5

@@ -49,7 +49,7 @@ class GenerativeMethod:
         self.list_length = list_length
         ignored = GROUNDING_ONLY + (SCORING_ONLY if self.config.decoding != "scored" else ())
         generation = {k: v for k, v in vars(self.config).items() if k not in ignored}
-        shape = [vars(self.llm_config), generation]
+        shape = [self.llm_config.identity(), generation]
         if self.llm_config.adapter:  # the adapter's content, not only its folder: a retrained one answers anew
             shape.append(adapter_digest(self.llm_config.adapter))
         setup = json.dumps(shape, sort_keys=True, default=str)

@@ -82,7 +82,7 @@ class RerankMethod:
         self.info: dict = {}
         # raw scores do not depend on the calibration: keyed without it
         recommender = {k: v for k, v in vars(llm.config).items() if k != "calibration"}
-        setup = {"llm": vars(llm.llm_config), "recommender": recommender}
+        setup = {"llm": llm.llm_config.identity(), "recommender": recommender}
         if llm.llm_config.adapter:
             setup["adapter"] = adapter_digest(llm.llm_config.adapter)
         digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -108,11 +108,15 @@ class RerankMethod:
             raise ValueError("choosing a calibration or a fusion weight needs validation cases")
         by_calibration = self._grid("calibration", self.calibrations, tune)
         by_weight = self._grid("weight", self.weights, tune)
+        llm_alone = by_weight.get(0.0)
+        if llm_alone is None:  # a grid without 0: measure the LLM alone too, for the record
+            chosen, self.weight = self.weight, 0.0
+            llm_alone, self.weight = self._metric(self, tune), chosen
         self.info = {"rule": "z(LLM - a * title prior)" + (" + w * z(prior)" if self.prior else "")
                      + " over the candidates", "sources": [s.name for s in self.sources],
                      "per_source": self.per_source, "calibration": self.calibration,
                      "by_calibration": {str(a): v for a, v in by_calibration.items()},
-                     "llm_alone": by_weight[0.0], "tuning_metric": TUNING_METRIC,
+                     "llm_alone": llm_alone, "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune})}
         if self.prior is not None:
             self.info.update(prior=self.prior.name, fused=by_weight[self.weight],

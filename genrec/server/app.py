@@ -99,7 +99,8 @@ class Service:
         store = Store(settings.db)
         templates = PromptTemplates(settings.templates)
         llm_config = LLMConfig(model=settings.model, adapter=settings.adapter, dtype=settings.dtype,
-                               device=settings.device, load_in_4bit=settings.load_in_4bit)
+                               device=settings.device, load_in_4bit=settings.load_in_4bit,
+                               adapter_scale=settings.adapter_scale)
         config = RecommenderConfig.for_adapter(settings.adapter, decoding=settings.decoding,
                                                 calibration=settings.calibration)
         recommender = Recommender(store, llm_config=llm_config, templates=templates, config=config)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from genrec.config import read_yaml
 from genrec.errors import GenrecError
@@ -46,12 +46,19 @@ class ServerSettings(BaseModel):
     # models
     model: str | None = None
     adapter: str | None = None
+    adapter_scale: float = Field(1.0, ge=0.0)  # LLMConfig.adapter_scale
     dtype: DType = "auto"
     device: Device = "auto"
     load_in_4bit: bool = False
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
+
+    @model_validator(mode="after")
+    def _scale_needs_an_adapter(self) -> ServerSettings:
+        if self.adapter_scale != 1.0 and self.adapter is None:
+            raise ValueError("adapter_scale needs an adapter to scale")
+        return self
 
     @classmethod
     def load(cls, config: Path | None = None, **overrides: Any) -> ServerSettings:
