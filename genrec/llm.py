@@ -53,7 +53,7 @@ class LLMConfig:
     with double quantization and bf16 compute, meant for CUDA (it works on CPU, slowly). ``seed`` makes
     sampling reproducible. ``adapter_scale`` multiplies the adapter's update (LoRA's ``B A``): 1 is the tuned
     model, 0 the base model, and values between interpolate their weights linearly (WiSE-FT, Wortsman et al.
-    2022: the interpolated model often ranks better than either end).
+    2022).
     """
 
     model: str | None = None
@@ -109,17 +109,15 @@ def four_bit_config() -> Any:
     )
 
 
-def scale_adapter(model: torch.nn.Module, scale: float) -> int:
-    """Multiply every LoRA layer's update by ``scale`` (see ``LLMConfig.adapter_scale``); returns the layers
-    scaled."""
+def scale_adapter(model: torch.nn.Module, scale: float) -> None:
+    """Multiply every LoRA layer's update by ``scale`` (see ``LLMConfig.adapter_scale``)."""
     from peft.tuners.lora import LoraLayer
 
     layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
-    for layer in layers:
-        layer.scale_layer(scale)
     if not layers:
         raise GenrecError("adapter_scale: the adapter has no LoRA layer to scale")
-    return len(layers)
+    for layer in layers:
+        layer.scale_layer(scale)
 
 
 def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
