@@ -235,7 +235,8 @@ def test_an_infinite_weight_is_the_priors_order_with_the_llm_breaking_its_ties(t
 
 
 def test_a_fixed_weight_without_zero_still_records_the_llm_alone(tmp_path):
-    """``weights: [inf]`` (a grid without 0) fixes the weight; the LLM alone is still measured for the record."""
+    """``weights: [inf]`` (a grid without 0) fixes the weight; the LLM alone is still recorded (the calibration grid
+    runs at w = 0)."""
     method = RerankMethod([Source("abcd")], FakeLLM(liked="d"), name="r", per_source=4, prior=Source("bc"),
                           weights=(math.inf,), tune_users=4)
     method.fit(TRAIN, _cases("d", "valid"))

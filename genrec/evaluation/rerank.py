@@ -107,11 +107,8 @@ class RerankMethod:
         if not tune:
             raise ValueError("choosing a calibration or a fusion weight needs validation cases")
         by_calibration = self._grid("calibration", self.calibrations, tune)
+        llm_alone = by_calibration[self.calibration]  # the calibration grid runs at w = 0: the LLM alone
         by_weight = self._grid("weight", self.weights, tune)
-        llm_alone = by_weight.get(0.0)
-        if llm_alone is None:  # a grid without 0: measure the LLM alone too, for the record
-            chosen, self.weight = self.weight, 0.0
-            llm_alone, self.weight = self._metric(self, tune), chosen
         self.info = {"rule": "z(LLM - a * title prior)" + (" + w * z(prior)" if self.prior else "")
                      + " over the candidates", "sources": [s.name for s in self.sources],
                      "per_source": self.per_source, "calibration": self.calibration,
