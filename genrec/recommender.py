@@ -84,12 +84,14 @@ class RecommenderConfig:
 
         An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
         for); inference should build the same prompts. The ``calibration`` that evaluation's re-ranker tuned for it
-        (metadata key ``rerank``) applies too. Without an adapter, or without metadata: the defaults.
+        (metadata key ``rerank``) applies too; before any evaluation, the one the training's re-ranking validation
+        chose for the kept adapter. Without an adapter, or without metadata: the defaults.
         """
         metadata = read_adapter_metadata(adapter) if adapter else {}
         trained = dict(metadata.get("recommender", {}))
-        if "calibration" in metadata.get("rerank", {}):
-            trained["calibration"] = metadata["rerank"]["calibration"]
+        chosen = metadata.get("rerank") or (metadata.get("metrics") or {}).get("adapter") or {}
+        if "calibration" in chosen:
+            trained["calibration"] = chosen["calibration"]
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**{k: v for k, v in trained.items() if k in known}, **given})

@@ -177,6 +177,20 @@ def test_bad_settings_are_refused():
         RerankMethod([Source("a")], calibrated, name="r")
 
 
+def test_scored_decoding_reads_the_evaluations_calibration_before_the_trainings(tmp_path):
+    """An adapter's calibration: the evaluation's (key ``rerank``) when it has run, else the one training's
+    re-ranking validation chose for the kept adapter (``metrics.adapter``), else the default."""
+    from genrec.recommender import RecommenderConfig
+
+    metadata = {"recommender": {"n_generate": 3}, "metrics": {"adapter": {"NDCG@10": 0.1, "calibration": 0.25}}}
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps(metadata))
+    assert RecommenderConfig.for_adapter(str(tmp_path)).calibration == 0.25
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps({**metadata, "rerank": {"calibration": 0.75}}))
+    assert RecommenderConfig.for_adapter(str(tmp_path)).calibration == 0.75
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"metrics": {"adapter": {"NDCG@10": 0.1}}}))
+    assert RecommenderConfig.for_adapter(str(tmp_path)).calibration == RecommenderConfig().calibration
+
+
 def test_the_calibration_takes_out_the_title_prior_when_validation_asks_for_it(tmp_path):
     """Raw likelihoods put the famous item ``a`` first for everyone; less its title prior, ``c`` leads.
     Validation targets ``c``: a calibration above 0 is chosen, stored with the adapter (and read back as the

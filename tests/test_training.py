@@ -19,6 +19,7 @@ import yaml
 from genrec.data.importers import ImportBatch
 from genrec.data.schema import Platform
 from genrec.data.store import Store
+from genrec.errors import GenrecError
 from genrec.evaluation.generative import history_items
 from genrec.evaluation.protocol import Protocol, build
 from genrec.llm import LLM, LLMConfig, read_adapter_metadata
@@ -423,7 +424,7 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
     raw = _config(tmp_path, max_steps=4, checkpoint_every=4, rank_calibration=0.5)
     raw["sft"] = {"response_items": 1, "max_examples_per_user": 4, "negatives": 3, "negative_pool": 5}
     raw["validation"] = {"cases": 4, "every": 2, "patience": 0, "mode": "rerank", "per_source": 3,
-                         "calibration": 0.5}
+                         "calibration": [0.0, 0.5, 1.0]}
     result = _train(store, raw, tiny_model_dir)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in log if r["event"] == "start")
@@ -438,11 +439,21 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
     rounds = [r for r in log if r["event"] == "valid"]
     assert [r["step"] for r in rounds] == [0, 2, 4] and all(r["cases"] == 4 for r in rounds)
     assert "validity" not in rounds[0]  # re-ranking names catalog items only: nothing generated to validate
+    for r in rounds:  # each round chooses its calibration on its cases: the best of the grid (ties: the smaller)
+        grid = r["by_calibration"]
+        assert sorted(grid) == ["0.0", "0.5", "1.0"] and r["NDCG@10"] == max(grid.values())
+        assert r["calibration"] == min(float(a) for a, v in grid.items() if v == max(grid.values()))
     assert result.state.best_step in (2, 4)
+    kept = next(r for r in rounds if r["step"] == result.state.best_step)
+    # until an evaluation tunes it, scored decoding with the adapter uses the calibration its validation chose
+    assert RecommenderConfig.for_adapter(str(result.adapter_dir)).calibration == kept["calibration"]
     end = next(r for r in log if r["event"] == "end")
     assert end["response_tokens"] > 0 and 0 <= end["padding_waste"] < 0.5
     with pytest.raises(Exception, match="validation.mode"):
         parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rank"}})
+    for bad in ([], [0.5, 1.5], "high"):
+        with pytest.raises(GenrecError, match=r"calibration in \[0, 1\].*got calibration = "):
+            parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rerank", "calibration": bad}})
 
 
 def _grads_after_an_eval_pass(model, tokenizer) -> list[torch.Tensor]:

@@ -91,6 +91,9 @@ class ValidationSettings:
     ``mode``: ``generate`` ranks what the recommender generates (its ``decoding``: free or catalog beams);
     ``rerank`` ranks the top ``per_source`` items of each of the ``sources`` by the model's likelihood less
     ``calibration`` times the title prior, as the evaluation's re-ranker does (``genrec.evaluation.rerank``).
+    ``calibration`` may be a list: each round then scores every value on the validation cases and reports the
+    best (the evaluation chooses it on validation cases too), so a model whose title prior has moved with tuning
+    is not judged at the untuned model's calibration.
     """
 
     cases: int = 64
@@ -104,7 +107,12 @@ class ValidationSettings:
     mode: str = "generate"
     sources: list[str] = field(default_factory=lambda: ["mostpop", "itemknn"])
     per_source: int = 50
-    calibration: float = 0.0
+    calibration: float | list[float] = 0.0
+
+    @property
+    def calibrations(self) -> list[float]:
+        """The calibration grid (one value when ``calibration`` is a number)."""
+        return list(self.calibration) if isinstance(self.calibration, list) else [self.calibration]
 
 
 @dataclass
@@ -212,7 +220,14 @@ def _check(config: TrainConfig, where: str) -> None:
         problems.append("train.sft_weight must not be negative and train.rank_calibration must be in [0, 1]")
     if valid.mode not in ("generate", "rerank"):
         problems.append(f"validation.mode = {valid.mode!r}; expected generate or rerank")
-    if valid.mode == "rerank" and (not valid.sources or valid.per_source < 1 or not 0 <= valid.calibration <= 1):
-        problems.append("validation.mode rerank needs sources, a positive per_source and a calibration in [0, 1]")
+    if valid.mode == "rerank" and (not valid.sources or valid.per_source < 1 or not _calibrations_ok(valid)):
+        problems.append("validation.mode rerank needs sources, a positive per_source and a calibration in [0, 1] "
+                        f"(a number or a non-empty list of them), got calibration = {valid.calibration!r}")
     if problems:
         raise GenrecError(f"{where}: " + "; ".join(problems))
+
+
+def _calibrations_ok(valid: ValidationSettings) -> bool:
+    values = valid.calibrations
+    return bool(values) and all(isinstance(a, int | float) and not isinstance(a, bool) and 0 <= a <= 1
+                                for a in values)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -62,8 +63,10 @@ class Validator:
             if recommender.config.calibration:
                 raise ValueError("validation by re-ranking calibrates the scores itself: train with calibration 0")
             sources = create_named(settings.sources, "cross", store, recommender.embedder)
+            # a calibration grid is chosen on the validation cases themselves (every user of the sample)
             self.method = RerankMethod(sources, self.method, name="genrec-rerank", per_source=settings.per_source,
-                                       calibrations=[settings.calibration])
+                                       calibrations=settings.calibrations,
+                                       tune_users=len({c.user_id for c in self.cases}), seed=settings.seed)
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the current model; it runs in eval mode (no dropout) and returns to train mode."""
@@ -71,11 +74,15 @@ class Validator:
         started = time.perf_counter()
         model.eval()
         self.recommender.forget_title_priors()  # the model has changed since they were computed
+        grid = self.settings.mode == "rerank" and len(self.settings.calibrations) > 1
+        data = replace(self.data, valid=self.cases) if grid else self.data  # the grid is chosen on these cases
         try:
-            outcome = evaluate_method(self.method, self.data, self.cases, variant="valid", label="genrec")
+            outcome = evaluate_method(self.method, data, self.cases, variant="valid", label="genrec")
         finally:
             model.train()
-        return {**summarize(outcome), "seconds": round(time.perf_counter() - started, 1)}
+        chosen = {"calibration": self.method.calibration, "by_calibration": self.method.info["by_calibration"]} \
+            if grid else {}
+        return {**summarize(outcome), **chosen, "seconds": round(time.perf_counter() - started, 1)}
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The configured harness baselines (e.g. MostPop) on the same cases."""
