@@ -25,7 +25,7 @@ from genrec.evaluation.protocol import Protocol, build
 from genrec.llm import LLM, LLMConfig, read_adapter_metadata
 from genrec.recommender import Recommender, RecommenderConfig, Request
 from genrec.training import sft
-from genrec.training.config import LoraSettings, parse
+from genrec.training.config import LoraSettings, load, parse
 from genrec.training.model import load_for_training
 from genrec.training.negatives import add_negatives, example_case
 from genrec.training.trainer import Trainer, candidate_logprobs, ranking_loss, response_loss
@@ -306,6 +306,11 @@ def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
         expected = torch.nn.functional.cross_entropy(scores, torch.zeros(2, dtype=torch.long))
         expected += 0.5 * -logprobs[::3].sum() / mask[::3].sum()
         torch.testing.assert_close(ranking_loss(llm.model, shifted, sft_weight=0.5), expected)
+        # a temperature T: T x the cross-entropy of scores / T (a softer softmax, the same gradient scale)
+        tempered = 8.0 * torch.nn.functional.cross_entropy(scores / 8.0, torch.zeros(2, dtype=torch.long))
+        tempered += 0.5 * -logprobs[::3].sum() / mask[::3].sum()
+        torch.testing.assert_close(ranking_loss(llm.model, shifted, sft_weight=0.5, temperature=8.0), tempered)
+        assert not torch.isclose(tempered, expected)
     with pytest.raises(ValueError, match="same, non-zero number of candidates"):
         sft.collate_ranking([tokens[0], sft.TokenizedExample(tokens[1].input_ids, len(tokens[1].input_ids),
                                                              tokens[1].candidates[:2])], 0)
@@ -451,6 +456,13 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
     assert end["response_tokens"] > 0 and 0 <= end["padding_waste"] < 0.5
     with pytest.raises(Exception, match="validation.mode"):
         parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rank"}})
+    with pytest.raises(GenrecError, match="rank_temperature must be positive"):
+        parse({**raw, "model": str(tiny_model_dir), "train": {**raw["train"], "rank_temperature": 0}})
+    # a setting added after adapters were recorded leaves their recipes' digests unchanged at its default: this
+    # recipe's adapter was recorded with digest 56d964ea91408b97 before rank_temperature existed
+    recipe = load(Path(__file__).parents[1] / "training" / "configs" / "amazon-arts-office-rank-calibrated.yaml")
+    assert recipe.train.rank_temperature == 1.0 and recipe.hash() == "56d964ea91408b97"
+    assert replace(recipe, train=replace(recipe.train, rank_temperature=4.0)).hash() != recipe.hash()
     for bad in ([], [0.5, 1.5], "high"):
         with pytest.raises(GenrecError, match=r"calibration in \[0, 1\].*got calibration = "):
             parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rerank", "calibration": bad}})

@@ -54,6 +54,10 @@ class OptimSettings:
     cross-entropy of the true item's answer line against the negatives' lines, plus ``sft_weight`` times the
     true line's mean token negative log-likelihood. ``rank_calibration`` (0..1) makes the loss rank what the
     calibrated re-ranker ranks: each line's likelihood less that share of its title prior under the untuned model.
+    ``rank_temperature`` T divides the lines' scores before the softmax (the term is T times that cross-entropy,
+    so its gradient keeps its scale): at T = 1 summed log-likelihoods that differ by several nats make the softmax
+    nearly one-hot and the loss a margin against the single strongest negative; T near the scores' spread within
+    a case spreads it over every negative, closer to what NDCG@10 rewards (the true item above most candidates).
     """
 
     epochs: float = 1.0
@@ -74,6 +78,7 @@ class OptimSettings:
     checkpoint_every: int = 50
     sft_weight: float = 1.0
     rank_calibration: float = 0.0
+    rank_temperature: float = 1.0
     log_every: int = 5
     threads: int | None = None
 
@@ -142,9 +147,14 @@ class TrainConfig:
         """A digest of everything that shapes the adapter (not where it is written nor where the config came from)."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("output_dir", "source")}
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("log_every", "checkpoint_every")}
+        for key, default in ADDED_LATER.items():  # at their defaults, settings added later leave digests unchanged
+            if data["train"].get(key) == default:
+                del data["train"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# train settings added after adapters were recorded: at these values they are left out of ``TrainConfig.hash``
+ADDED_LATER = {"rank_temperature": 1.0}
 _SECTIONS = {"sft": SFTConfig, "lora": LoraSettings, "train": OptimSettings, "validation": ValidationSettings}
 
 
@@ -216,8 +226,9 @@ def _check(config: TrainConfig, where: str) -> None:
     if sft.negatives < 0 or sft.negative_pool < 1 or sft.negatives and not sft.negative_sources:
         problems.append("sft.negatives must not be negative, sft.negative_pool must be positive and hard "
                         "negatives need sft.negative_sources")
-    if train.sft_weight < 0 or not 0 <= train.rank_calibration <= 1:
-        problems.append("train.sft_weight must not be negative and train.rank_calibration must be in [0, 1]")
+    if train.sft_weight < 0 or not 0 <= train.rank_calibration <= 1 or not train.rank_temperature > 0:
+        problems.append("train.sft_weight must not be negative, train.rank_calibration must be in [0, 1] and "
+                        "train.rank_temperature must be positive")
     if valid.mode not in ("generate", "rerank"):
         problems.append(f"validation.mode = {valid.mode!r}; expected generate or rerank")
     if valid.mode == "rerank" and (not valid.sources or valid.per_source < 1 or not _calibrations_ok(valid)):

@@ -132,16 +132,19 @@ def candidate_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     return token_logprobs * line_mask, line_mask
 
 
-def ranking_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], sft_weight: float = 1.0) -> torch.Tensor:
+def ranking_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], sft_weight: float = 1.0,
+                 temperature: float = 1.0) -> torch.Tensor:
     """The ranking objective on a ``sft.collate_ranking`` batch: each example's candidate lines (the true next
     item's first) are scored as scored decoding scores them, by their summed token log-likelihood after the
     prompt, less the batch's ``offsets`` (``train.rank_calibration`` times each line's title prior); the loss is the
-    softmax cross-entropy of the true line against the others, plus ``sft_weight`` times the true line's mean token
-    negative log-likelihood."""
+    softmax cross-entropy of the true line against the others at ``temperature`` T (scores / T; the term is scaled
+    by T, so its gradient keeps its scale), plus ``sft_weight`` times the true line's mean token negative
+    log-likelihood."""
     token_logprobs, line_mask = candidate_logprobs(model, batch)
     examples = batch["input_ids"].shape[0]
     scores = token_logprobs.sum(dim=1).view(examples, -1) - batch["offsets"]
-    rank = F.cross_entropy(scores, torch.zeros(examples, dtype=torch.long, device=scores.device))
+    rank = temperature * F.cross_entropy(scores / temperature,
+                                         torch.zeros(examples, dtype=torch.long, device=scores.device))
     positives = slice(None, None, scores.shape[1])
     nll = -token_logprobs[positives].sum() / line_mask[positives].sum()
     return rank + sft_weight * nll
@@ -364,7 +367,7 @@ class _Run:
                 collated = (sft.collate_ranking if ranking else sft.collate)(examples, self.pad_id)
                 batch = {k: v.to(self.accelerator.device) for k, v in collated.items()}
                 with self.accelerator.accumulate(self.model):
-                    loss = ranking_loss(self.model, batch, settings.sft_weight) if ranking \
+                    loss = ranking_loss(self.model, batch, settings.sft_weight, settings.rank_temperature) if ranking \
                         else response_loss(self.model, batch)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and settings.max_grad_norm:
