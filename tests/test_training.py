@@ -450,6 +450,7 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
         assert r["calibration"] == min(float(a) for a, v in grid.items() if v == max(grid.values()))
     assert result.state.best_step in (2, 4)
     kept = next(r for r in rounds if r["step"] == result.state.best_step)
+    assert kept["calibration"] != RecommenderConfig().calibration  # else the read-back below proves nothing
     # until an evaluation tunes it, scored decoding with the adapter uses the calibration its validation chose
     assert RecommenderConfig.for_adapter(str(result.adapter_dir)).calibration == kept["calibration"]
     end = next(r for r in log if r["event"] == "end")

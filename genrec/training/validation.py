@@ -63,7 +63,7 @@ class Validator:
             if recommender.config.calibration:
                 raise ValueError("validation by re-ranking calibrates the scores itself: train with calibration 0")
             sources = create_named(settings.sources, "cross", store, recommender.embedder)
-            # a calibration grid is chosen on the validation cases themselves (every user of the sample)
+            # a calibration grid is chosen on every user of the validation sample
             self.method = RerankMethod(sources, self.method, name="genrec-rerank", per_source=settings.per_source,
                                        calibrations=settings.calibrations,
                                        tune_users=len({c.user_id for c in self.cases}), seed=settings.seed)
@@ -74,14 +74,13 @@ class Validator:
         started = time.perf_counter()
         model.eval()
         self.recommender.forget_title_priors()  # the model has changed since they were computed
-        grid = self.settings.mode == "rerank" and len(self.settings.calibrations) > 1
-        data = replace(self.data, valid=self.cases) if grid else self.data  # the grid is chosen on these cases
+        # the re-ranker chooses its calibration (when given a grid) on the validation cases themselves
+        data = replace(self.data, valid=self.cases) if isinstance(self.method, RerankMethod) else self.data
         try:
             outcome = evaluate_method(self.method, data, self.cases, variant="valid", label="genrec")
         finally:
             model.train()
-        chosen = {"calibration": self.method.calibration, "by_calibration": self.method.info["by_calibration"]} \
-            if grid else {}
+        chosen = {k: v for k, v in outcome.info.items() if k in ("calibration", "by_calibration")}
         return {**summarize(outcome), **chosen, "seconds": round(time.perf_counter() - started, 1)}
 
     def baselines(self) -> dict[str, dict[str, Any]]:
