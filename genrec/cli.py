@@ -301,13 +301,15 @@ def _show_recommendations(result, explain: bool) -> None:
 @app.command("eval")
 def evaluate(
     config: Annotated[Path, typer.Option("--config", help="Evaluation config (eval/configs/*.yaml).")],
-    methods: Annotated[list[str] | None, typer.Option("--methods", help="Only these methods (repeatable; "
-                                                                          "names or labels).")] = None,
+    methods: Annotated[list[str] | None, typer.Option("--methods", help="Run only these methods (repeatable; "
+                                                                          "names or labels); the others' recorded "
+                                                                          "outcomes are still reported.")] = None,
     limit_users: Annotated[int | None, typer.Option("--limit-users", help="Evaluate a seeded sample of this "
                                                                              "many test users.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Results root; the run writes <out>/<name>/.")] = Path(
         "eval/results"),
-    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached per-method results.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Re-run the chosen methods even where a recorded "
+                                                        "outcome matches.")] = False,
     db: DbOption = None,
 ) -> None:
     """Evaluate methods under a declared protocol; writes metrics.json, results.md and a plot."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from genrec.errors import GenrecError
 from genrec.evaluation.config import MethodSpec, parse
 from genrec.evaluation.report import write_markdown
-from genrec.evaluation.runner import Outcome, compare, run, select_methods
+from genrec.evaluation.runner import Outcome, _recorded, compare, outcome_fingerprint, run, select_methods
 
 
 def _config(**overrides) -> dict:
@@ -73,6 +75,25 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     assert f"{difference['mean']:.4f} [{difference['low']:.4f}, {difference['high']:.4f}]" in report
 
 
+def test_a_recorded_tuned_outcome_is_reused_unless_the_adapter_here_differs(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"first weights")
+    spec = MethodSpec("rerank", label="tuned", options={"llm": {"adapter": str(adapter)}})
+    data = SimpleNamespace(protocol=SimpleNamespace(to_dict=lambda: {"seed": 0}))
+    outcome = _outcome("tuned", ["u1", "u2"], [1.0, 3.0])
+    record = {"fingerprint": outcome_fingerprint(spec, 2, {"seed": 0}), "outcome": vars(outcome)}
+    assert "adapter" in record["fingerprint"]
+    (tmp_path / f"{outcome.key}.json").write_text(json.dumps(record))
+    two_cases = [None, None]
+    assert _recorded(spec, "cross", "main", data, two_cases, tmp_path) == outcome  # the weights it was made with
+    assert _recorded(spec, "cross", "main", data, [None], tmp_path) is None  # other cases
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    assert _recorded(spec, "cross", "main", data, two_cases, tmp_path) is None
+    shutil.rmtree(adapter)  # a fresh clone: the adapter is not here to contradict the record
+    assert _recorded(spec, "cross", "main", data, two_cases, tmp_path) == outcome
+
 @pytest.mark.integration
 def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path):
     raw = _config(protocol={"targets": "last-per-platform", "users": "all"}, bootstrap=50,
@@ -82,6 +103,7 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
                             "options": {"sources": ["mostpop"], "per_source": 4, "calibrations": [0.0, 1.0],
                                         "tune_users": 2, "llm": {"dtype": "bfloat16"}}}],
                   comparisons=[["MostPop-2", "ItemKNN"]])
+    first_methods = raw["methods"]
     document = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
     [paired] = document["comparisons"]
     assert paired["method"] == "MostPop-2" and paired["cases"] == 2
@@ -113,5 +135,14 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     again = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
     assert len(answers[0].read_text().splitlines()) == 3
     rows_again = {r["method"]: r for r in again["results"]}
-    assert rows_again["ItemKNN"]["metrics"] == rows["ItemKNN"]["metrics"]  # loaded from the per-method cache
+    assert rows_again["ItemKNN"]["metrics"] == rows["ItemKNN"]["metrics"]  # loaded from its recorded outcome
     assert rows_again["genrec-popular"]["cases"] == 3
+
+    # a clean clone holds the recorded outcomes but no LLM cache: a run of one method re-aggregates every recorded
+    # one with it, without running a model
+    clone = tmp_path / "clone"
+    shutil.copytree(out / "outcomes", clone / "tiny" / "outcomes")
+    raw["methods"] = first_methods
+    replayed = run(parse(raw), real_store, clone, methods=["MostPop"], limit_users=12, progress=False)
+    assert {r["method"]: r["metrics"] for r in replayed["results"]} == {m: r["metrics"] for m, r in rows.items()}
+    assert not list((clone / "tiny" / "cache").iterdir())

@@ -1,9 +1,10 @@
 """Run an evaluation config: every method through the same protocol, candidate sets and metrics.
 
 Results go to ``<out>/<run name>/``: ``metrics.json`` (config, protocol, data summary, machine, per-method metrics
-with bootstrap intervals and per-platform breakdowns), ``results.md`` (tables) and ``ndcg_at_k.png``. Per-method
-outcomes are cached under ``cache/`` so an interrupted run resumes where it stopped (the generative method also
-caches per case).
+with bootstrap intervals and per-platform breakdowns), ``results.md`` (tables), ``ndcg_at_k.png`` and, per method,
+its per-case outcome under ``outcomes/`` (small, meant to be committed: any later run re-aggregates it and compares
+new methods with it case by case instead of re-running it). A run resumes from them; the LLM methods' per-case
+answers and scores are cached under ``cache/`` (large, not committed), so an interrupted run also resumes mid-method.
 """
 
 from __future__ import annotations
@@ -187,12 +188,16 @@ def _torch_threads() -> int | None:
 
 def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] | None = None,
         limit_users: int | None = None, resume: bool = True, progress: bool = True) -> dict:
-    """Run ``config`` and write its results; returns the metrics document."""
+    """Run ``config`` and write its results; returns the metrics document.
+
+    ``methods`` (labels or registry names) limits what runs; the results still hold every other method of the
+    config whose recorded outcome matches it, so a run of one new method is compared with everything recorded."""
     out = out_root / config.name
-    cache = out / "cache"
+    cache, recorded = out / "cache", out / "outcomes"
     cache.mkdir(parents=True, exist_ok=True)
+    recorded.mkdir(exist_ok=True)
     platforms = ensure_dataset(store, config.dataset)
-    specs = select_methods(config.methods, methods)
+    chosen = {id(spec) for spec in select_methods(config.methods, methods)}
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
     resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},
@@ -211,14 +216,18 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
             document["variants"][variant] = {"protocol": protocol.to_dict(), "description": protocol.describe(),
                                              "data": data.summary(), "evaluated_cases": len(cases)}
             outcomes: list[tuple[MethodSpec, Outcome]] = []
-            for spec in specs:
+            for spec in config.methods:
                 if spec.variants is not None and variant not in spec.variants:
                     continue
                 sample = _sample_users(population, spec.sample_users, protocol.seed)
                 method_cases = [c for c in cases if sample is None or c.user_id in sample]
                 for scope in spec.scopes or scopes:
-                    outcome = _load_or_run(spec, scope, variant, data, method_cases, cache, resources, resume, bar)
-                    outcomes.append((spec, outcome))
+                    outcome = _recorded(spec, scope, variant, data, method_cases, recorded) \
+                        if resume or id(spec) not in chosen else None
+                    if outcome is None and id(spec) in chosen:
+                        outcome = _run(spec, scope, variant, data, method_cases, recorded, resources, bar)
+                    if outcome is not None:
+                        outcomes.append((spec, outcome))
             for spec, outcome in outcomes:
                 sample = _sample_users(population, spec.sample_users, protocol.seed)
                 row = {"variant": variant, "method": outcome.method, "history": outcome.scope,
@@ -255,27 +264,41 @@ def select_methods(specs: Sequence[MethodSpec], wanted: Sequence[str] | None) ->
 
 
 def outcome_fingerprint(spec: MethodSpec, cases: int, protocol: dict) -> dict:
-    """What a cached outcome must match to be reused: the method's options, the case count, the protocol and, for a
-    tuned LLM, its adapter's weights (a retrained adapter in the same folder is a different method)."""
+    """What a recorded outcome must match to be reused: the method's options, the case count, the protocol and, for
+    a tuned LLM whose adapter is here, its adapter's weights (a retrained adapter in the same folder is a different
+    method; an adapter that is not here, as in a fresh clone, cannot contradict its record)."""
     fingerprint = {"options": spec.options, "cases": cases, "protocol": protocol}
     adapter = (spec.options.get("llm") or {}).get("adapter")
-    if adapter:
+    if adapter and (Path(adapter).expanduser() / "adapter_config.json").is_file():
         fingerprint["adapter"] = adapter_digest(adapter)
     return fingerprint
 
 
-def _load_or_run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], cache: Path,
-                 resources: Resources, resume: bool, bar: Progress) -> Outcome:
-    probe = Outcome(variant, spec.title, scope, [], [], [], [], 0.0, 0.0)
-    path = cache / f"{probe.key}.json"
+def _outcome_path(recorded: Path, spec: MethodSpec, scope: str, variant: str) -> Path:
+    return recorded / f"{Outcome(variant, spec.title, scope, [], [], [], [], 0.0, 0.0).key}.json"
+
+
+def _recorded(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase],
+              recorded: Path) -> Outcome | None:
+    """The method's recorded outcome on ``cases``, if there is one that matches it (see ``outcome_fingerprint``)."""
+    path = _outcome_path(recorded, spec, scope, variant)
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
     fingerprint = outcome_fingerprint(spec, len(cases), data.protocol.to_dict())
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            return Outcome(**saved["outcome"])
+    if "adapter" not in fingerprint:
+        saved["fingerprint"].pop("adapter", None)
+    return Outcome(**saved["outcome"]) if saved["fingerprint"] == fingerprint else None
+
+
+def _run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], recorded: Path,
+         resources: Resources, bar: Progress) -> Outcome:
+    """Run the method on ``cases`` and record its outcome (written whole, or not at all)."""
     method = create(spec, scope, resources)
     outcome = evaluate_method(method, data, cases, variant=variant, label=spec.title, progress=bar)
+    path = _outcome_path(recorded, spec, scope, variant)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "outcome": vars(outcome)}, default=float))
+    tmp.write_text(json.dumps({"fingerprint": outcome_fingerprint(spec, len(cases), data.protocol.to_dict()),
+                               "outcome": vars(outcome)}, default=float))
     tmp.replace(path)
     return outcome
