@@ -93,6 +93,9 @@ def test_a_recorded_tuned_outcome_is_reused_unless_the_adapter_here_differs(tmp_
     assert _recorded(spec, "cross", "main", data, two_cases, tmp_path) is None
     shutil.rmtree(adapter)  # a fresh clone: the adapter is not here to contradict the record
     assert _recorded(spec, "cross", "main", data, two_cases, tmp_path) == outcome
+    (tmp_path / f"{outcome.key}.json").write_text('{"outcome": {"ranks": []}}')  # a broken record: named, not skipped
+    with pytest.raises(GenrecError, match=f"{outcome.key}.json: not a recorded outcome"):
+        _recorded(spec, "cross", "main", data, two_cases, tmp_path)
 
 @pytest.mark.integration
 def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path):

@@ -9,6 +9,7 @@ answers and scores are cached under ``cache/`` (large, not committed), so an int
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform as host
@@ -33,7 +34,7 @@ from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
 from genrec.evaluation.protocol import EvalData, build
 from genrec.evaluation.types import EvalCase
-from genrec.llm import adapter_digest
+from genrec.llm import ModelNotFoundError, adapter_digest
 
 TOP_K = 10  # list length for coverage and popularity bias
 
@@ -221,10 +222,11 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
                     continue
                 sample = _sample_users(population, spec.sample_users, protocol.seed)
                 method_cases = [c for c in cases if sample is None or c.user_id in sample]
+                runs = id(spec) in chosen
                 for scope in spec.scopes or scopes:
-                    outcome = _recorded(spec, scope, variant, data, method_cases, recorded) \
-                        if resume or id(spec) not in chosen else None
-                    if outcome is None and id(spec) in chosen:
+                    outcome = None if runs and not resume else _recorded(spec, scope, variant, data, method_cases,
+                                                                         recorded)
+                    if outcome is None and runs:
                         outcome = _run(spec, scope, variant, data, method_cases, recorded, resources, bar)
                     if outcome is not None:
                         outcomes.append((spec, outcome))
@@ -269,8 +271,9 @@ def outcome_fingerprint(spec: MethodSpec, cases: int, protocol: dict) -> dict:
     method; an adapter that is not here, as in a fresh clone, cannot contradict its record)."""
     fingerprint = {"options": spec.options, "cases": cases, "protocol": protocol}
     adapter = (spec.options.get("llm") or {}).get("adapter")
-    if adapter and (Path(adapter).expanduser() / "adapter_config.json").is_file():
-        fingerprint["adapter"] = adapter_digest(adapter)
+    if adapter:
+        with contextlib.suppress(ModelNotFoundError):  # not here
+            fingerprint["adapter"] = adapter_digest(adapter)
     return fingerprint
 
 
@@ -284,11 +287,16 @@ def _recorded(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases:
     path = _outcome_path(recorded, spec, scope, variant)
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+        outcome = Outcome(**saved["outcome"])
+        recorded_for = dict(saved["fingerprint"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise GenrecError(f"{path}: not a recorded outcome ({error}); delete it to run the method again") from None
     fingerprint = outcome_fingerprint(spec, len(cases), data.protocol.to_dict())
     if "adapter" not in fingerprint:
-        saved["fingerprint"].pop("adapter", None)
-    return Outcome(**saved["outcome"]) if saved["fingerprint"] == fingerprint else None
+        recorded_for.pop("adapter", None)
+    return outcome if recorded_for == fingerprint else None
 
 
 def _run(spec: MethodSpec, scope: str, variant: str, data: EvalData, cases: list[EvalCase], recorded: Path,
