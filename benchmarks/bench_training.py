@@ -7,7 +7,10 @@ loss and AdamW steps:
 - trained tokens/s (prompt + response tokens, padding excluded) and padded tokens/s, per LoRA layout: the
   recipes' (the last 10 of 30 blocks adapted, so backward stops there) and every block;
 - padding waste of the bucketed batches over the whole example set (target < 10%);
-- peak resident memory of the process.
+- peak resident memory of the process;
+- the ceiling this machine puts on the target: the bf16 matrix-product rate it reaches at the model's largest
+  shape (one MLP projection of a full batch), divided by the matrix-product FLOPs a trained token costs in each
+  layout (``flops_per_trained_token``). No implementation of the same training does better than that ceiling.
 
 Targets (issue 5): >= 1,000 trained tokens/s on 2 cores, padding waste < 10%. The machine this project runs on is
 shared: the load average before and after is recorded (``busy_at_start``), and numbers from a busy machine are
@@ -61,6 +64,34 @@ def examples(n: int, tokenizer: Any) -> tuple[list[sft.SFTExample], Any]:
         return sft.build_examples(data.train, recommender, settings, seed=recipe.seed).examples, recipe
 
 
+def matmul_flops_per_s(rows: int, inner: int, cols: int, seconds: float = 5.0) -> float:
+    """The bf16 matrix-product rate (FLOP/s) of this machine, on all of torch's threads, for a ``rows x inner``
+    by ``inner x cols`` product (measured for ``seconds`` after three warm-up products)."""
+    a, b = torch.randn(rows, inner, dtype=torch.bfloat16), torch.randn(inner, cols, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    products, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        products += 1
+    return 2 * rows * inner * cols * products / (time.perf_counter() - started)
+
+
+def flops_per_trained_token(config: Any, adapted_layers: int, mean_tokens: float, response_share: float) -> float:
+    """Matrix-product FLOPs one trained token costs in a LoRA step: the forward pass through every block; the
+    backward pass through the ``adapted_layers`` top blocks (gradients of the activations only: the base weights are
+    frozen, and LoRA's rank-r products are left out, about 1% of a block's); the LM head forward and backward on the
+    response positions alone (``response_share`` of the tokens: the loss's only positions); causal attention's two
+    products at ``mean_tokens``, twice as many backward."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    kv = hidden // config.num_attention_heads * config.num_key_value_heads
+    block = 2 * (hidden * (2 * hidden + 2 * kv) + 3 * hidden * config.intermediate_size)  # q, o; k, v; MLP
+    attention = 2 * 2 * (mean_tokens / 2) * hidden  # QK^T and AV over half the sequence on average
+    head = 2 * hidden * config.vocab_size
+    return (layers * (block + attention) + adapted_layers * (block + 2 * attention)
+            + response_share * 2 * head)
+
+
 def measure(tokens: list[sft.TokenizedExample], lora: LoraSettings, batch_tokens: int, steps: int) -> dict[str, Any]:
     """Tokens/s of ``steps`` optimiser steps (after one warm-up step) with this LoRA layout."""
     model, tokenizer = load_for_training(base_model_path(None), lora, device=torch.device("cpu"),
@@ -95,7 +126,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training.json"))
     args = parser.parse_args()
     load_start = list(os.getloadavg())
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path(None), local_files_only=True)
     items, recipe = examples(args.examples, tokenizer)
@@ -103,9 +134,20 @@ def main() -> None:
     lengths = [len(t) for t in tokens]
     batch_tokens = recipe.train.batch_tokens
     waste = sft.padding_waste(lengths, sft.length_batches(lengths, batch_tokens, recipe.train.max_batch_size, 0))
-    runs = [measure(tokens, recipe.lora, batch_tokens, args.steps),
-            measure(tokens, LoraSettings(**{**vars(recipe.lora), "top_layers": None}), batch_tokens, args.steps)]
+    layouts = [recipe.lora, LoraSettings(**{**vars(recipe.lora), "top_layers": None})]
+    runs = [measure(tokens, lora, batch_tokens, args.steps) for lora in layouts]
     best = max(r["trained_tokens_per_s"] for r in runs)
+    config = AutoConfig.from_pretrained(base_model_path(None), local_files_only=True)
+    shape = (batch_tokens, config.hidden_size, config.intermediate_size)
+    rate = matmul_flops_per_s(*shape)
+    mean_tokens = sum(lengths) / len(lengths)
+    response_share = sum(t.response_length for t in tokens) / sum(lengths)
+    for run, lora in zip(runs, layouts, strict=True):
+        flops = flops_per_trained_token(config, lora.top_layers or config.num_hidden_layers, mean_tokens,
+                                        response_share)
+        run["ceiling"] = {"matmul_gflops_per_trained_token": round(flops / 1e9, 3),
+                          "trained_tokens_per_s": round(rate / flops, 1),
+                          "share_reached": round(run["trained_tokens_per_s"] * flops / rate, 3)}
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -120,6 +162,7 @@ def main() -> None:
                  "mean_response_tokens": round(sum(t.response_length for t in tokens) / len(tokens), 1),
                  "batch_tokens": batch_tokens},
         "padding_waste": round(waste, 4),
+        "bf16_matmul": {"shape": list(shape), "gflops_per_s": round(rate / 1e9, 1)},
         "runs": runs,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "targets": {"trained_tokens_per_s": TARGET_TOKENS_PER_S, "padding_waste": TARGET_PADDING_WASTE,

@@ -8,6 +8,7 @@ directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -294,6 +295,12 @@ class LLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def without_adapter(self) -> contextlib.AbstractContextManager:
+        """A context in which the model runs as its base model, every LoRA adapter off (PEFT's
+        ``disable_adapter``); the model itself without an adapter."""
+        disable = getattr(self.model, "disable_adapter", None)
+        return disable() if disable is not None else contextlib.nullcontext()
 
     def count_tokens(self, text: str) -> int:
         """The number of tokens of ``text`` (no special tokens added)."""

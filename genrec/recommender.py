@@ -7,6 +7,7 @@ explained recommendations. Each step is its own small object (``ProfileBuilder``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,8 @@ class RecommenderConfig:
     ``candidates``), each by the likelihood of the first ``score_tokens`` tokens of its answer line, less
     ``calibration`` times that line's likelihood after the same prompt with no profile (``title_priors``: what the
     model expects of any user; 0 ranks by the raw likelihood, 1 by how much this user's history raises it).
+    ``title_prior``: whose expectation that is, the ``"model"`` that scores (with its adapter) or its ``"base"``
+    model (the adapter off: the prior a calibrated ranking loss trains against, ``train.rank_calibration``).
     """
 
     n_generate: int = 5
@@ -67,6 +70,7 @@ class RecommenderConfig:
     n_candidates: int = 50
     score_tokens: int = 16
     calibration: float = 0.0
+    title_prior: Literal["model", "base"] = "model"
 
     def __post_init__(self) -> None:
         if self.decoding not in ("free", "catalog", "scored"):
@@ -76,6 +80,8 @@ class RecommenderConfig:
                 raise GenrecError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.calibration <= 1.0:
             raise GenrecError(f"calibration must be between 0 and 1, got {self.calibration}")
+        if self.title_prior not in ("model", "base"):
+            raise GenrecError(f"title_prior must be 'model' or 'base', got {self.title_prior!r}")
 
     @classmethod
     def for_adapter(cls, adapter: str | None, **overrides: Any) -> RecommenderConfig:
@@ -83,15 +89,14 @@ class RecommenderConfig:
         (``None`` values are ignored: the option was not given).
 
         An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
-        for); inference should build the same prompts. The ``calibration`` that evaluation's re-ranker tuned for it
-        (metadata key ``rerank``) applies too; before any evaluation, the one the training's re-ranking validation
-        chose for the kept adapter. Without an adapter, or without metadata: the defaults.
+        for); inference should build the same prompts. The ``calibration`` (and ``title_prior``) that evaluation's
+        re-ranker tuned for it (metadata key ``rerank``) apply too; before any evaluation, the ones the training's
+        re-ranking validation chose for the kept adapter. Without an adapter, or without metadata: the defaults.
         """
         metadata = read_adapter_metadata(adapter) if adapter else {}
         trained = dict(metadata.get("recommender", {}))
         chosen = metadata.get("rerank") or (metadata.get("metrics") or {}).get("adapter") or {}
-        if "calibration" in chosen:
-            trained["calibration"] = chosen["calibration"]
+        trained.update({k: chosen[k] for k in ("calibration", "title_prior") if k in chosen})
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**{k: v for k, v in trained.items() if k in known}, **given})
@@ -338,8 +343,8 @@ class Recommender:
 
     def title_priors(self, platform: str, item_ids: Sequence[str]) -> np.ndarray:
         """The log-likelihood of each item's answer line after the recommendation prompt with an empty profile:
-        how likely the model finds the title for anybody (short, famous titles score high). Cached per item until
-        the store changes."""
+        how likely the model (or its base model, see ``title_prior``) finds the title for anybody (short, famous
+        titles score high). Cached per item until the store changes."""
         cached = self._priors.get(platform)
         if cached is None or cached[0] != self.store.version:
             cached = (self.store.version, {})
@@ -348,7 +353,9 @@ class Recommender:
         missing = [item_id for item_id in dict.fromkeys(item_ids) if item_id not in priors]
         if missing:
             prompt = self._prompt_text("", platform, self._platforms())
-            priors.update(zip(missing, self._answer_logprobs(prompt, platform, missing).tolist(), strict=True))
+            with self.llm.without_adapter() if self.config.title_prior == "base" else contextlib.nullcontext():
+                scores = self._answer_logprobs(prompt, platform, missing)
+            priors.update(zip(missing, scores.tolist(), strict=True))
         return np.array([priors[item_id] for item_id in item_ids], dtype=np.float64)
 
     def forget_title_priors(self) -> None:

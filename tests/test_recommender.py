@@ -165,6 +165,30 @@ def test_scored_decoding_calibration_takes_out_the_title_prior(real_store, llm, 
     assert empty.endswith(prompt[ask:]) and len(empty) < len(prompt) / 2, "the same request, no profile before it"
 
 
+def test_title_priors_of_the_base_model_leave_the_adapter_out(real_store, llm, embedder, tmp_path):
+    """``title_prior="base"``: a tuned model's title priors are its base model's (the adapter off while they are
+    computed, and back on afterwards); ``"model"``: its own."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from genrec.llm import LLM, LLMConfig, default_model_dir
+
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir())
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                                    init_lora_weights=False)).save_pretrained(tmp_path)  # random B: a change
+    tuned = LLM.load(LLMConfig(adapter=str(tmp_path)))
+    items = list(real_store.catalog("movies")["item_id"][:4])
+
+    def priors(model: LLM, title_prior: str) -> np.ndarray:
+        config = RecommenderConfig(decoding="scored", title_prior=title_prior)
+        return Recommender(real_store, llm=model, embedder=embedder, config=config).title_priors("movies", items)
+
+    zero_shot, own, of_base = priors(llm, "model"), priors(tuned, "model"), priors(tuned, "base")
+    assert np.allclose(of_base, zero_shot, atol=1e-4)
+    assert not np.allclose(own, zero_shot, atol=1e-2), "the adapter changes the model's own priors"
+    assert np.allclose(priors(tuned, "model"), own, atol=1e-4), "the adapter is on again"
+
+
 def test_decoding_settings_are_checked():
     # an option left unset (None, e.g. no --decoding) keeps the adapter's or the default setting
     assert RecommenderConfig.for_adapter(None, decoding=None).decoding == "free"

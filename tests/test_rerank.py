@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from genrec.errors import GenrecError
 from genrec.evaluation.rerank import RerankMethod
 from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import ADAPTER_METADATA, LLMConfig
@@ -39,10 +40,11 @@ class FakeLLM:
     """The GenerativeMethod surface the re-ranker uses; its recommender scores ``liked`` items highest, and its
     title prior is ``famous`` (item -> log-likelihood with an empty profile; 0 for the others)."""
 
-    def __init__(self, liked: str, adapter: str | None = None, famous: dict[str, float] | None = None) -> None:
+    def __init__(self, liked: str, adapter: str | None = None, famous: dict[str, float] | None = None,
+                 title_prior: str = "model") -> None:
         self.name, self.history_scope = "llm", "cross"
         self.llm_config = LLMConfig(adapter=adapter, dtype="float32")
-        self.config = SimpleNamespace(score_tokens=16, calibration=0.0)
+        self.config = SimpleNamespace(score_tokens=16, calibration=0.0, title_prior=title_prior)
         self.scored: list[tuple[str, ...]] = []
         self.priors_asked: list[str] = []
         self.recommender = SimpleNamespace(score_candidates=self._score, title_priors=self._priors)
@@ -120,7 +122,6 @@ def test_a_prior_that_is_also_a_source_is_fitted_and_scored_once():
 
 
 def test_the_config_factory_shares_a_prior_with_its_source_and_gives_the_llm_no_generation_cache(tmp_path):
-    from genrec.errors import GenrecError
     from genrec.evaluation.config import MethodSpec
     from genrec.evaluation.methods import Resources, create
 
@@ -220,6 +221,36 @@ def test_the_calibration_takes_out_the_title_prior_when_validation_asks_for_it(t
     assert reloaded.calibration == 1.0 and reloaded.info == {}
     assert _top(reloaded, _cases("x", "test", 1), 3) == [["c", "b", "a"]]  # 9 - 0, 8 + 0.5, 10 - 4
     assert again.priors_asked == [] and again.scored == [], "title priors and scores come from the cache files"
+
+
+def test_a_tuned_model_calibrated_by_its_base_models_priors_shares_them_with_the_zero_shot_model(tmp_path):
+    """``title_prior: base``: the tuned model's scores are its own, its title priors the base model's. They are
+    cached where the zero-shot model (same prompts) keeps its priors, and the choice is stored with the adapter, so
+    scored decoding takes the same priors out."""
+    from genrec.recommender import RecommenderConfig
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / ADAPTER_METADATA).write_text("{}")
+    (adapter / "adapter_config.json").write_text("{}")
+
+    def method(llm: FakeLLM) -> RerankMethod:
+        return RerankMethod([Source("abc")], llm, name="r", per_source=3, calibrations=(0.0, 1.0), tune_users=4,
+                            cache_dir=tmp_path / "cache")
+
+    zero_shot, own, base = (method(FakeLLM(liked="acb", adapter=a, title_prior=p))
+                            for a, p in ((None, "model"), (str(adapter), "model"), (str(adapter), "base")))
+    assert base.priors_path == zero_shot.priors_path != own.priors_path
+    assert base.cache_path == own.cache_path != zero_shot.cache_path, "the scores are the tuned model's"
+    zero_shot.llm.famous = {"a": 4.0}
+    zero_shot.fit(TRAIN, _cases("c", "valid"))
+    base.fit(TRAIN, _cases("c", "valid"))
+    assert base.llm.priors_asked == [], "the zero-shot model's priors, read from its cache file"
+    assert base.calibration == 1.0 and base.info["title_prior"] == "base"
+    stored = RecommenderConfig.for_adapter(str(adapter))
+    assert (stored.calibration, stored.title_prior) == (1.0, "base")
+    with pytest.raises(GenrecError, match="title_prior must be"):
+        RecommenderConfig(title_prior="tuned")
 
 
 def test_a_target_only_history_row_leaves_the_adapters_setting_alone(tmp_path):

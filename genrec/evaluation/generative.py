@@ -30,7 +30,7 @@ from genrec.recommender import RecommendationList, Recommender, RecommenderConfi
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity
 SAVE_EVERY = 32  # cases generated between cache writes
 GROUNDING_ONLY = ("popularity_weight", "min_similarity")  # settings that do not change what the LLM writes
-SCORING_ONLY = ("n_candidates", "score_tokens", "calibration")  # settings of "scored" decoding alone
+SCORING_ONLY = ("n_candidates", "score_tokens", "calibration", "title_prior")  # settings of "scored" decoding alone
 
 
 class GenerativeMethod:

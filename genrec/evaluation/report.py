@@ -58,8 +58,9 @@ def write_markdown(document: dict, path: Path) -> None:
         for r in (r for r in rows if "by_calibration" in r.get("info", {})):
             f = r["info"]
             grid = ", ".join(f"{a}: {v:.4f}" for a, v in f["by_calibration"].items())
+            whose = " of the base model" if f.get("title_prior") == "base" else ""
             lines.append(f"- {r['method']} ({r['history']}): calibration a = {f['calibration']} (LLM score less a "
-                         f"times the title prior), chosen on {f['tuning_cases']} validation cases of "
+                         f"times the title prior{whose}), chosen on {f['tuning_cases']} validation cases of "
                          f"{f['tuning_users']} users by {f['tuning_metric']} (LLM alone by a: {grid})")
         for r in (r for r in rows if "weight" in r.get("info", {})):
             f = r["info"]

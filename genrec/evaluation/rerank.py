@@ -10,7 +10,8 @@ which of a few dozen plausible items it finds most likely. Per case:
    case and candidate list (JSON lines, resumable; other candidates for a case are scored and kept too), less
    ``a`` times the line's likelihood after the prompt with an empty profile (``Recommender.title_priors``, cached
    per item): a small model finds short famous titles likely whoever asks, and ``a`` (the ``calibration``) takes
-   that share out;
+   that share out. A tuned model's priors are its own, or with ``recommender.title_prior: base`` its base model's
+   (the zero-shot model's, the ones a calibrated ranking loss trains against);
 3. optionally fused with a ``prior`` classic model: ``z(llm) + w * z(prior)`` over the case's candidates (``z``:
    standardised within the case); ``w = inf`` is the prior's order with the LLM breaking its ties, so validation
    can also say that the LLM adds nothing to the prior.
@@ -80,14 +81,16 @@ class RerankMethod:
         self.weight: float | None = None
         self.calibration: float | None = None
         self.info: dict = {}
-        # raw scores do not depend on the calibration: keyed without it
-        recommender = {k: v for k, v in vars(llm.config).items() if k != "calibration"}
+        # raw scores depend on neither the calibration nor whose title prior it takes out: keyed without them
+        recommender = {k: v for k, v in vars(llm.config).items() if k not in ("calibration", "title_prior")}
         setup = {"llm": llm.llm_config.identity(), "recommender": recommender}
         if llm.llm_config.adapter:
             setup["adapter"] = adapter_digest(llm.llm_config.adapter)
-        digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        self.cache_path = cache_dir / f"scores__{self.history_scope}__{digest}.jsonl" if cache_dir else None
-        self.priors_path = cache_dir / f"priors__{digest}.jsonl" if cache_dir else None
+        self.cache_path = cache_dir / f"scores__{self.history_scope}__{_digest(setup)}.jsonl" if cache_dir else None
+        if llm.config.title_prior == "base":  # the base model's: shared by every adapter with the same prompts
+            base = {k: v for k, v in setup["llm"].items() if k not in ("adapter", "adapter_scale")}
+            setup = {"llm": {**base, "adapter": None}, "recommender": recommender}
+        self.priors_path = cache_dir / f"priors__{_digest(setup)}.jsonl" if cache_dir else None
         self._scored: dict[tuple[str, tuple[str, ...]], list[float]] = {}  # (case key, candidates) -> raw scores
         self._priors: dict[tuple[str, str], float] = {}  # (platform, item) -> title prior
         self._train: TrainData | None = None
@@ -112,6 +115,7 @@ class RerankMethod:
         self.info = {"rule": "z(LLM - a * title prior)" + (" + w * z(prior)" if self.prior else "")
                      + " over the candidates", "sources": [s.name for s in self.sources],
                      "per_source": self.per_source, "calibration": self.calibration,
+                     "title_prior": self.llm.config.title_prior,
                      "by_calibration": {str(a): v for a, v in by_calibration.items()},
                      "llm_alone": llm_alone, "tuning_metric": TUNING_METRIC,
                      "tuning_cases": len(tune), "tuning_users": len({c.user_id for c in tune})}
@@ -206,6 +210,10 @@ class RerankMethod:
 
     def _load_cache(self) -> dict[tuple[str, tuple[str, ...]], list[float]]:
         return {(record["key"], tuple(record["items"])): record["scores"] for record in read_records(self.cache_path)}
+
+
+def _digest(setup: dict) -> str:
+    return hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
