@@ -75,6 +75,59 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     assert f"{difference['mean']:.4f} [{difference['low']:.4f}, {difference['high']:.4f}]" in report
 
 
+def _results(methods: dict[str, dict], rows: list[tuple[str, float]], pairs: list[tuple[str, str, float]],
+             commit: str) -> dict:
+    """A metrics document of a config with ``methods`` (label -> options), its cross-platform ``rows`` (method,
+    NDCG@10) and comparisons (method, baseline, difference) on 4 cases."""
+    def estimate(value: float) -> dict:
+        return {"mean": value, "low": value, "high": value, "n": 4}
+
+    return {"run": "r", "machine": {"cpus": 2, "processor": "x", "torch_threads": 2, "python": "3",
+                                    "date": "2026-11-28", "git_commit": commit},
+            "config": {"dataset": "d", "protocol": {"seed": 0}, "bootstrap": 10,
+                       "methods": [{"name": "rerank", "label": label, "options": options, "sample_users": None,
+                                    "scopes": None, "variants": None} for label, options in methods.items()],
+                       "comparisons": [[m, b] for m, b, _ in pairs] or [["b", "a"], ["c", "a"]]},
+            "variants": {"main": {"description": "x", "protocol": {"seed": 0}, "evaluated_cases": 4, "data": {
+                "test_cases": 4, "test_users": 4, "test_cases_per_platform": {}, "train_users": 1,
+                "train_interactions": 1}}},
+            "results": [{"variant": "main", "method": method, "history": "cross", "sampled_users": None, "cases": 4,
+                         "metrics": {"all": dict.fromkeys(("HR@10", "NDCG@10", "MRR", "NDCG@20"), estimate(value))},
+                         "beyond_accuracy": {}, "fit_seconds": 0, "cases_per_second": None} for method, value in rows],
+            "comparisons": [{"variant": "main", "method": m, "baseline": b, "history": "cross", "cases": 4,
+                             "difference": dict.fromkeys(("HR@10", "NDCG@10", "MRR"), estimate(d)),
+                             "method_ndcg@10": 0.0, "baseline_ndcg@10": 0.0} for m, b, d in pairs]}
+
+
+def test_earlier_rows_without_a_record_are_carried_while_their_method_is_unchanged(tmp_path):
+    """A run of some methods keeps the earlier rows of the others (no per-case record to replay), marked with
+    the run they come from, unless the method's settings changed; rows that ran replace their earlier ones."""
+    from genrec.evaluation.runner import carry_earlier
+
+    methods = {"a": {}, "b": {"x": 1}, "c": {"x": 2}}
+    earlier = _results(methods, [("a", 0.1), ("b", 0.2), ("c", 0.3)], [("b", "a", 0.1), ("c", "a", 0.2)], "old")
+    (tmp_path / "metrics.json").write_text(json.dumps(earlier))
+    changed = {**methods, "c": {"x": 3}}  # c's settings changed since: its earlier numbers no longer hold
+    document = _results(changed, [("a", 0.15)], [], "new")
+    document["config"]["comparisons"] = earlier["config"]["comparisons"]
+    carry_earlier(document, tmp_path / "metrics.json")
+    assert [(r["method"], r["metrics"]["all"]["NDCG@10"]["mean"], r.get("carried")) for r in document["results"]] \
+        == [("a", 0.15, None), ("b", 0.2, {"date": "2026-11-28", "git_commit": "old"})]
+    # b - a of the earlier run (its own NDCG of both sides recorded with it); c's changed: c - a is not
+    assert [(c["method"], c["baseline"], "carried" in c) for c in document["comparisons"]] == [("b", "a", True)]
+    write_markdown(document, tmp_path / "r.md")
+    report = (tmp_path / "r.md").read_text()
+    assert "| a | cross |" in report and "| b ‡ | cross |" in report and "| b ‡ | a | cross |" in report
+    assert "‡ carried from the run of 2026-11-28 (commit old)" in report
+    document["variants"]["main"]["evaluated_cases"] = 2  # a run on fewer users (--limit-users): nothing carried
+    document["results"], document["comparisons"] = [], []
+    carry_earlier(document, tmp_path / "metrics.json")
+    assert document["results"] == []
+    (tmp_path / "metrics.json").write_text("{")
+    with pytest.raises(GenrecError, match="metrics.json: unreadable earlier results"):
+        carry_earlier(document, tmp_path / "metrics.json")
+
+
 def test_a_recorded_tuned_outcome_is_reused_unless_the_adapter_here_differs(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -15,6 +15,9 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+CARRIED_MARK = " ‡"
+
+
 def write_markdown(document: dict, path: Path) -> None:
     config, machine = document["config"], document["machine"]
     lines = [f"# {document['run']}: evaluation results", "",
@@ -40,7 +43,8 @@ def write_markdown(document: dict, path: Path) -> None:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             m = r["metrics"]["all"]
-            cells = [r["method"] + (f" (sample of {r['sampled_users']} users)" if r["sampled_users"] else ""),
+            cells = [r["method"] + (f" (sample of {r['sampled_users']} users)" if r["sampled_users"] else "")
+                     + (CARRIED_MARK if "carried" in r else ""),
                      r["history"], f"{r['cases']:,}", _ci(m["HR@10"]), _ci(m["NDCG@10"]), _ci(m["MRR"])]
             if len(platforms) > 1:
                 cells += [_ci(r["metrics"].get(p, {}).get("NDCG@10")) for p in platforms]
@@ -50,7 +54,7 @@ def write_markdown(document: dict, path: Path) -> None:
             cells += [_ci(m.get("NDCG@20")), f"{coverage:.3f}", f"{pct:.3f}", _num(r["fit_seconds"]),
                       _num(r["cases_per_second"], ".2f")]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [*_carried_notes(rows), ""]
         for r in (r for r in rows if r.get("generation")):
             g = r["generation"]
             lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
@@ -84,11 +88,20 @@ def write_markdown(document: dict, path: Path) -> None:
                       "| NDCG@10 difference | HR@10 difference | MRR difference |", "|---|---|---|---|---|---|---|---|"]
             for c in paired:
                 d = c["difference"]
-                lines.append(f"| {c['method']} | {c['baseline']} | {c['history']} | {c['cases']:,} | "
+                lines.append(f"| {c['method']}{CARRIED_MARK if 'carried' in c else ''} | {c['baseline']} | "
+                             f"{c['history']} | {c['cases']:,} | "
                              f"{c['method_ndcg@10']:.4f} / {c['baseline_ndcg@10']:.4f} | {_ci(d['NDCG@10'])} | "
                              f"{_ci(d['HR@10'])} | {_ci(d['MRR'])} |")
+            lines += _carried_notes(paired)
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _carried_notes(entries: list[dict]) -> list[str]:
+    """The footnote of the carried rows of a table (``runner.carry_earlier``), one per run they come from."""
+    runs = sorted({(e["carried"]["date"] or "-", e["carried"]["git_commit"] or "-") for e in entries if "carried" in e})
+    return [f"{CARRIED_MARK.strip()} carried from the run of {day} (commit {commit}): its per-case outcomes were not "
+            "recorded, so it is neither re-run nor paired with rows run since." for day, commit in runs]
 
 
 def plot_ndcg(document: dict, path: Path) -> None:

@@ -192,7 +192,9 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     """Run ``config`` and write its results; returns the metrics document.
 
     ``methods`` (labels or registry names) limits what runs; the results still hold every other method of the
-    config whose recorded outcome matches it, so a run of one new method is compared with everything recorded."""
+    config whose recorded outcome matches it, so a run of one new method is compared with everything recorded.
+    Rows and comparisons of the previous ``metrics.json`` that neither ran nor have a recorded outcome now are
+    carried over (``carry_earlier``)."""
     out = out_root / config.name
     cache, recorded = out / "cache", out / "outcomes"
     cache.mkdir(parents=True, exist_ok=True)
@@ -245,12 +247,57 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
                 document["results"].append(row)
             document["comparisons"] += compare(config.comparisons, [o for _, o in outcomes], config.bootstrap,
                                                protocol.seed)
+    carry_earlier(document, out / "metrics.json")
     (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
     from genrec.evaluation.report import plot_ndcg, write_markdown
 
     write_markdown(document, out / "results.md")
     plot_ndcg(document, out / "ndcg_at_k.png")
     return document
+
+
+def carry_earlier(document: dict, path: Path) -> None:
+    """Add to ``document`` the rows and comparisons of the earlier results at ``path`` that it lacks, where they
+    still hold: same data set and protocol, and a method the config still has with the same settings. They are
+    marked ``carried`` (the run they come from), so a table keeps the rows of methods that ran before their per-case
+    outcomes were recorded. A carried comparison pairs the earlier outcomes of both sides (it records both NDCGs);
+    a carried row cannot be paired with a row run since (no per-case outcome to pair)."""
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+        old_config, machine = earlier["config"], earlier["machine"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise GenrecError(f"{path}: unreadable earlier results ({exc!r}); move it away to write new ones") from exc
+    config = document["config"]
+    if (old_config.get("dataset"), old_config.get("protocol")) != (config["dataset"], config["protocol"]):
+        return
+
+    def title(spec: dict) -> str:
+        return MethodSpec(**spec).title
+
+    current = {title(spec): spec for spec in config["methods"]}
+    unchanged = {title(spec) for spec in old_config["methods"] if current.get(title(spec)) == spec}
+    variants = [v for v, info in document["variants"].items()  # the same cases (no other --limit-users)
+                if (earlier.get("variants", {}).get(v) or {}).get("evaluated_cases") == info["evaluated_cases"]]
+    origin = {"date": machine.get("date"), "git_commit": machine.get("git_commit")}
+    rows = {(r["variant"], r["method"], r["history"]) for r in document["results"]}
+    for row in earlier.get("results", []):
+        if (row["variant"] in variants and row["method"] in unchanged
+                and (row["variant"], row["method"], row["history"]) not in rows):
+            document["results"].append({**row, "carried": row.get("carried", origin)})
+    pairs = {(c["variant"], c["method"], c["baseline"], c["history"]) for c in document["comparisons"]}
+    wanted = [tuple(pair) for pair in config["comparisons"]]
+    for c in earlier.get("comparisons", []):
+        if (c["variant"] in variants and {c["method"], c["baseline"]} <= unchanged
+                and (c["method"], c["baseline"]) in wanted
+                and (c["variant"], c["method"], c["baseline"], c["history"]) not in pairs):
+            document["comparisons"].append({**c, "carried": c.get("carried", origin)})
+    order = list(document["variants"])  # config order: variants, then methods (comparisons) as listed
+    document["results"].sort(key=lambda r: (order.index(r["variant"]), list(current).index(r["method"]),
+                                            r["history"]))
+    document["comparisons"].sort(key=lambda c: (order.index(c["variant"]), wanted.index((c["method"], c["baseline"])),
+                                                c["history"]))
 
 
 def select_methods(specs: Sequence[MethodSpec], wanted: Sequence[str] | None) -> list[MethodSpec]:
