@@ -132,6 +132,14 @@ def test_the_config_factory_shares_a_prior_with_its_source_and_gives_the_llm_no_
     assert [s.name for s in method.sources] == ["MostPop", "ItemKNN"] and method.prior is method.sources[1]
     assert method.per_source == 7 and method.history_scope == "target" and method.llm.llm_config.dtype == "bfloat16"
     assert method.llm.cache_path is None and method.cache_path.parent == tmp_path
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / ADAPTER_METADATA).write_text(json.dumps({"rerank": {"calibration": 0.5, "title_prior": "base"}}))
+    for given, expected in (({}, "model"), ({"recommender": {"title_prior": "base"}}, "base")):
+        tuned = create(MethodSpec("rerank", options={"llm": {"adapter": str(adapter)}, **given}), "cross", resources)
+        # the row's settings, not what another row's tuning stored with the adapter
+        assert (tuned.llm.config.title_prior, tuned.llm.config.calibration) == (expected, 0.0)
     with pytest.raises(GenrecError, match="bad options"):
         create(MethodSpec("rerank", options={"per_sauce": 7}), "cross", resources)
 

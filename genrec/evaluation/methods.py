@@ -66,8 +66,9 @@ def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     prior = method(options.pop("prior")) if "prior" in options else None
     tuning = {k: options.pop(k) for k in ("per_source", "weights", "calibrations", "tune_users", "seed")
               if k in options}
-    # raw scores (the re-ranker tunes its own calibration, whatever the adapter's metadata holds)
-    options["recommender"] = {**options.get("recommender", {}), "calibration": 0.0}
+    # raw scores (the re-ranker tunes its own calibration) and the title prior the row names (default: the model's
+    # own), whatever the adapter's metadata holds
+    options["recommender"] = {"title_prior": "model", **options.get("recommender", {}), "calibration": 0.0}
     # the LLM only scores here: no generation cache to read (the re-ranker keeps its own score cache)
     llm = GenerativeMethod.from_options(options, store=resources.store, history_scope=scope,
                                         embedder=resources.embedder, cache_dir=None, name=spec.title)
