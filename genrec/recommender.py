@@ -344,9 +344,7 @@ class Recommender:
     def title_priors(self, platform: str, item_ids: Sequence[str]) -> np.ndarray:
         """The log-likelihood of each item's answer line after the recommendation prompt with an empty profile:
         how likely the model (or its base model, see ``title_prior``) finds the title for anybody (short, famous
-        titles score high). Cached per item until the store changes. Each line is scored on its own: in a batch,
-        its padding and its neighbours would move a bf16 prior by rounding, so an item's prior would depend on
-        which other items were asked for with it."""
+        titles score high). Cached per item until the store changes."""
         cached = self._priors.get(platform)
         if cached is None or cached[0] != self.store.version:
             cached = (self.store.version, {})
@@ -356,7 +354,7 @@ class Recommender:
         if missing:
             prompt = self._prompt_text("", platform, self._platforms())
             with self.llm.without_adapter() if self.config.title_prior == "base" else contextlib.nullcontext():
-                scores = self._answer_logprobs(prompt, platform, missing, batch_size=1)
+                scores = self._answer_logprobs(prompt, platform, missing)
             priors.update(zip(missing, scores.tolist(), strict=True))
         return np.array([priors[item_id] for item_id in item_ids], dtype=np.float64)
 
@@ -364,14 +362,13 @@ class Recommender:
         """Drop the cached title priors (after the model's weights change, as in training)."""
         self._priors.clear()
 
-    def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str], batch_size: int = 48) -> np.ndarray:
+    def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str]) -> np.ndarray:
         """Summed log-probabilities of the first ``score_tokens`` tokens of each item's answer line after
         ``prompt`` (the prompt is run once, see ``LLM.continuation_logprobs``)."""
         index = self.index(platform)
         head, bodies = answer_tokens([index.title(item_id) for item_id in items], self.llm.tokenizer)
         prompt_ids = self.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"] + head
-        logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies],
-                                                  batch_size=batch_size)
+        logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies])
         return np.array([sum(lp) for lp in logprobs], dtype=np.float64)
 
     def _candidates(self, request: Request, history: Sequence[HistoryItem], index: CatalogIndex) -> list[str]:

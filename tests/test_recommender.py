@@ -189,25 +189,6 @@ def test_title_priors_of_the_base_model_leave_the_adapter_out(real_store, llm, e
     assert np.allclose(priors(tuned, "model"), own, atol=1e-4), "the adapter is on again"
 
 
-def test_a_title_prior_does_not_depend_on_the_items_asked_with_it(real_store, embedder):
-    """In bf16 a batched line's score moves with its padding and neighbours; priors are scored line by line, so an
-    item's prior is the same whichever items it is asked for with (and so are evaluation rows sharing them)."""
-    from genrec.llm import LLM, LLMConfig
-
-    llm = LLM.load(LLMConfig(dtype="bfloat16"))
-    catalog = real_store.catalog("movies")
-    titles = dict(zip(catalog["item_id"], catalog["title"], strict=True))
-    items = sorted(titles, key=lambda i: len(titles[i]))
-    target, mates = items[len(items) // 2], items[:3] + items[-3:]  # a middle-length title, short and long ones
-
-    def prior(asked: list[str]) -> float:
-        recommender = Recommender(real_store, llm=llm, embedder=embedder, config=RecommenderConfig())
-        return float(recommender.title_priors("movies", asked)[asked.index(target)])
-
-    alone = prior([target])
-    assert prior([*mates[:3], target]) == alone and prior([*mates, target]) == alone
-
-
 def test_decoding_settings_are_checked():
     # an option left unset (None, e.g. no --decoding) keeps the adapter's or the default setting
     assert RecommenderConfig.for_adapter(None, decoding=None).decoding == "free"

@@ -90,7 +90,6 @@ class RerankMethod:
         if llm.config.title_prior == "base":  # the base model's: shared by every adapter with the same prompts
             base = {k: v for k, v in setup["llm"].items() if k not in ("adapter", "adapter_scale")}
             setup = {"llm": {**base, "adapter": None}, "recommender": recommender}
-        setup["priors"] = "one line at a time"  # Recommender.title_priors; batched ones (cached before) differ
         self.priors_path = cache_dir / f"priors__{_digest(setup)}.jsonl" if cache_dir else None
         self._scored: dict[tuple[str, tuple[str, ...]], list[float]] = {}  # (case key, candidates) -> raw scores
         self._priors: dict[tuple[str, str], float] = {}  # (platform, item) -> title prior
