@@ -119,6 +119,10 @@ def test_earlier_rows_without_a_record_are_carried_while_their_method_is_unchang
     report = (tmp_path / "r.md").read_text()
     assert "| a | cross |" in report and "| b ‡ | cross |" in report and "| b ‡ | a | cross |" in report
     assert "‡ carried from the run of 2026-11-28 (commit old)" in report
+    document["results"][1]["sampled_users"], document["results"][1]["same_sample"] = 2, {"a (cross)": {
+        k: document["results"][0]["metrics"]["all"][k] for k in ("HR@10", "NDCG@10", "MRR")}}
+    write_markdown(document, tmp_path / "r.md")
+    assert "for comparison with b (cross) ‡, every row as of its run:" in (tmp_path / "r.md").read_text()
     document["variants"]["main"]["evaluated_cases"] = 2  # a run on fewer users (--limit-users): nothing carried
     document["results"], document["comparisons"] = [], []
     carry_earlier(document, tmp_path / "metrics.json")

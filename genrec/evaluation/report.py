@@ -74,8 +74,9 @@ def write_markdown(document: dict, path: Path) -> None:
                          f"users by {f['tuning_metric']} ({f['prior']} alone {f['prior_alone']:.4f}, LLM alone "
                          f"{f['llm_alone']:.4f}, fused {f['fused']:.4f})")
         for r in (r for r in rows if r.get("same_sample")):
+            carried = f"{CARRIED_MARK}, every row as of its run" if "carried" in r else ""
             lines += ["", f"Same {r['sampled_users']} sampled users, for comparison with {r['method']} "
-                      f"({r['history']}):", "", "| method | HR@10 | NDCG@10 | MRR |", "|---|---|---|---|"]
+                      f"({r['history']}){carried}:", "", "| method | HR@10 | NDCG@10 | MRR |", "|---|---|---|---|"]
             m = r["metrics"]["all"]
             lines.append(f"| {r['method']} ({r['history']}) | {_ci(m['HR@10'])} | {_ci(m['NDCG@10'])} | "
                          f"{_ci(m['MRR'])} |")
