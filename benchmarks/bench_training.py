@@ -10,7 +10,7 @@ loss and AdamW steps:
 - peak resident memory of the process;
 - the ceiling this machine puts on the target: the bf16 matrix-product rate it reaches at the model's largest
   shape (one MLP projection of a full batch), divided by the matrix-product FLOPs a trained token costs in each
-  layout (``flops_per_trained_token``). No implementation of the same training does better than that ceiling.
+  layout (``flops_per_trained_token``): the rate a step would reach if it ran matrix products alone, at that speed.
 
 Targets (issue 5): >= 1,000 trained tokens/s on 2 cores, padding waste < 10%. The machine this project runs on is
 shared: the load average before and after is recorded (``busy_at_start``), and numbers from a busy machine are

@@ -359,8 +359,10 @@ class Recommender:
         return np.array([priors[item_id] for item_id in item_ids], dtype=np.float64)
 
     def forget_title_priors(self) -> None:
-        """Drop the cached title priors (after the model's weights change, as in training)."""
-        self._priors.clear()
+        """Drop the cached title priors after the model's weights change, as in training. The base model's
+        (``title_prior="base"``) stay: the adapter, the only part that trains, is off while they are computed."""
+        if self.config.title_prior == "model":
+            self._priors.clear()
 
     def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str]) -> np.ndarray:
         """Summed log-probabilities of the first ``score_tokens`` tokens of each item's answer line after

@@ -165,7 +165,7 @@ def test_scored_decoding_calibration_takes_out_the_title_prior(real_store, llm, 
     assert empty.endswith(prompt[ask:]) and len(empty) < len(prompt) / 2, "the same request, no profile before it"
 
 
-def test_title_priors_of_the_base_model_leave_the_adapter_out(real_store, llm, embedder, tmp_path):
+def test_title_priors_of_the_base_model_leave_the_adapter_out(real_store, llm, embedder, tmp_path, monkeypatch):
     """``title_prior="base"``: a tuned model's title priors are its base model's (the adapter off while they are
     computed, and back on afterwards); ``"model"``: its own."""
     from peft import LoraConfig, get_peft_model
@@ -187,6 +187,18 @@ def test_title_priors_of_the_base_model_leave_the_adapter_out(real_store, llm, e
     assert np.allclose(of_base, zero_shot, atol=1e-4)
     assert not np.allclose(own, zero_shot, atol=1e-2), "the adapter changes the model's own priors"
     assert np.allclose(priors(tuned, "model"), own, atol=1e-4), "the adapter is on again"
+    # training forgets the priors after every update of the adapter; the base model's do not change with it
+    calls = []
+    for title_prior, kept in (("base", True), ("model", False)):
+        recommender = Recommender(real_store, llm=tuned, embedder=embedder,
+                                  config=RecommenderConfig(decoding="scored", title_prior=title_prior))
+        recommender.title_priors("movies", items)
+        recommender.forget_title_priors()
+        calls.clear()
+        monkeypatch.setattr(tuned, "continuation_logprobs", lambda *a, **k: calls.append(a) or [[0.0]] * len(a[1]))
+        recommender.title_priors("movies", items)
+        monkeypatch.undo()
+        assert (calls == []) is kept
 
 
 def test_decoding_settings_are_checked():

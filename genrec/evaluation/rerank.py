@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,8 @@ class RerankMethod:
             setup["adapter"] = adapter_digest(llm.llm_config.adapter)
         self.cache_path = cache_dir / f"scores__{self.history_scope}__{_digest(setup)}.jsonl" if cache_dir else None
         if llm.config.title_prior == "base":  # the base model's: shared by every adapter with the same prompts
-            base = {k: v for k, v in setup["llm"].items() if k not in ("adapter", "adapter_scale")}
-            setup = {"llm": {**base, "adapter": None}, "recommender": recommender}
+            setup = {"llm": replace(llm.llm_config, adapter=None, adapter_scale=1.0).identity(),
+                     "recommender": recommender}
         self.priors_path = cache_dir / f"priors__{_digest(setup)}.jsonl" if cache_dir else None
         self._scored: dict[tuple[str, tuple[str, ...]], list[float]] = {}  # (case key, candidates) -> raw scores
         self._priors: dict[tuple[str, str], float] = {}  # (platform, item) -> title prior
