@@ -4,8 +4,10 @@ Measures, on this machine, with the trainer's own pieces (``genrec.training``): 
 movielens-latest-small recipe (same prompts, same response format), length-bucketed batches, the response-only
 loss and AdamW steps:
 
-- trained tokens/s (prompt + response tokens, padding excluded) and padded tokens/s, per LoRA layout: the
-  recipes' (the last 10 of 30 blocks adapted, so backward stops there) and every block;
+- trained tokens/s (prompt + response tokens, padding excluded) and padded tokens/s, per layout: the recipes'
+  (the last 10 of 30 blocks adapted, so backward stops there; LoRA dropout 0.05, float32 adapter weights), the same
+  with the loss compiled (``train.compile``: the same losses and gradients), the fast layout (compiled, LoRA
+  dropout 0 and the adapter in bf16, ``lora.dtype``: not what the recipes train), and every block adapted;
 - padding waste of the bucketed batches over the whole example set (target < 10%);
 - peak resident memory of the process;
 - the ceiling this machine puts on the target: the bf16 matrix-product rate it reaches at the model's largest
@@ -44,11 +46,12 @@ from genrec.recommender import Recommender, RecommenderConfig
 from genrec.training import sft
 from genrec.training.config import LoraSettings, load
 from genrec.training.model import base_model_path, load_for_training, trainable_parameters
-from genrec.training.trainer import response_loss
+from genrec.training.trainer import compiled, response_loss
 
 RECIPE = Path("training/configs/movielens-latest-small.yaml")
 TARGET_TOKENS_PER_S = 1000
 TARGET_PADDING_WASTE = 0.10
+WARM_UP_STEPS = 2
 BUSY_LOAD = 0.5  # a 1-minute load average above this at start: other work shared the cores (lower bounds)
 
 
@@ -92,28 +95,34 @@ def flops_per_trained_token(config: Any, adapted_layers: int, mean_tokens: float
             + response_share * 2 * head)
 
 
-def measure(tokens: list[sft.TokenizedExample], lora: LoraSettings, batch_tokens: int, steps: int) -> dict[str, Any]:
-    """Tokens/s of ``steps`` optimiser steps (after one warm-up step) with this LoRA layout."""
+def measure(tokens: list[sft.TokenizedExample], lora: LoraSettings, batch_tokens: int, steps: int,
+            compile_loss: bool = False) -> dict[str, Any]:
+    """Tokens/s of ``steps`` optimiser steps with this LoRA layout, after two warm-up steps (kernels; with
+    ``compile_loss`` the compiler, for the first shape and then for dynamic shapes), whose time is reported."""
     model, tokenizer = load_for_training(base_model_path(None), lora, device=torch.device("cpu"),
                                          dtype=torch.bfloat16)
     model.train()
+    loss = compiled(response_loss) if compile_loss else response_loss
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     lengths = [len(t) for t in tokens]
     batches = sft.length_batches(lengths, batch_tokens, 16, seed=0)
     real = padded = 0
-    seconds = 0.0
-    for step, batch_ids in enumerate(batches[: steps + 1]):
+    seconds = warm_up = 0.0
+    for step, batch_ids in enumerate(batches[: steps + WARM_UP_STEPS]):
         batch = sft.collate([tokens[i] for i in batch_ids], tokenizer.pad_token_id)
         started = time.perf_counter()
-        response_loss(model, batch).backward()
+        loss(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step:  # the first step warms up the kernels
-            seconds += time.perf_counter() - started
-            real += sum(lengths[i] for i in batch_ids)
-            padded += batch["input_ids"].numel()
+        if step < WARM_UP_STEPS:
+            warm_up += time.perf_counter() - started
+            continue
+        seconds += time.perf_counter() - started
+        real += sum(lengths[i] for i in batch_ids)
+        padded += batch["input_ids"].numel()
     trainable, total = trainable_parameters(model)
-    return {"lora": vars(lora), "trainable_parameters": trainable, "parameters": total, "steps": steps,
+    return {"lora": vars(lora), "compiled": compile_loss, "trainable_parameters": trainable, "parameters": total,
+            "warm_up_seconds": round(warm_up, 1), "steps": steps,
             "trained_tokens": real, "padded_tokens": padded, "seconds": round(seconds, 2),
             "trained_tokens_per_s": round(real / seconds, 1), "padded_tokens_per_s": round(padded / seconds, 1),
             "seconds_per_step": round(seconds / steps, 2)}
@@ -134,15 +143,18 @@ def main() -> None:
     lengths = [len(t) for t in tokens]
     batch_tokens = recipe.train.batch_tokens
     waste = sft.padding_waste(lengths, sft.length_batches(lengths, batch_tokens, recipe.train.max_batch_size, 0))
-    layouts = [recipe.lora, LoraSettings(**{**vars(recipe.lora), "top_layers": None})]
-    runs = [measure(tokens, lora, batch_tokens, args.steps) for lora in layouts]
+    fast = LoraSettings(**{**vars(recipe.lora), "dropout": 0.0, "dtype": "bfloat16"})
+    layouts = {"recipes": (recipe.lora, False), "recipes, compiled": (recipe.lora, True), "fast": (fast, True),
+               "every block": (LoraSettings(**{**vars(recipe.lora), "top_layers": None}), False)}
+    runs = [{"layout": name} | measure(tokens, lora, batch_tokens, args.steps, compile_loss)
+            for name, (lora, compile_loss) in layouts.items()]
     best = max(r["trained_tokens_per_s"] for r in runs)
     config = AutoConfig.from_pretrained(base_model_path(None), local_files_only=True)
     shape = (batch_tokens, config.hidden_size, config.intermediate_size)
     rate = matmul_flops_per_s(*shape)
     mean_tokens = sum(lengths) / len(lengths)
     response_share = sum(t.response_length for t in tokens) / sum(lengths)
-    for run, lora in zip(runs, layouts, strict=True):
+    for run, (lora, _) in zip(runs, layouts.values(), strict=True):
         flops = flops_per_trained_token(config, lora.top_layers or config.num_hidden_layers, mean_tokens,
                                         response_share)
         run["ceiling"] = {"matmul_gflops_per_trained_token": round(flops / 1e9, 3),
@@ -156,7 +168,7 @@ def main() -> None:
                     "load_average_at_start": [round(x, 2) for x in load_start],
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                     "busy_at_start": load_start[0] > BUSY_LOAD},
-        "model": "SmolLM2-135M-Instruct (bfloat16 weights, float32 LoRA, CPU)",
+        "model": "SmolLM2-135M-Instruct (bfloat16 weights, CPU)",
         "data": {"recipe": str(RECIPE), "examples": len(tokens),
                  "mean_tokens": round(sum(lengths) / len(lengths), 1),
                  "mean_response_tokens": round(sum(t.response_length for t in tokens) / len(tokens), 1),

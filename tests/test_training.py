@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from torch._dynamo.utils import counters
 
 from genrec.data.importers import ImportBatch
 from genrec.data.schema import Platform
@@ -28,7 +29,7 @@ from genrec.training import sft
 from genrec.training.config import LoraSettings, load, parse
 from genrec.training.model import load_for_training
 from genrec.training.negatives import add_negatives, example_case
-from genrec.training.trainer import Trainer, candidate_logprobs, ranking_loss, response_loss
+from genrec.training.trainer import Trainer, candidate_logprobs, compiled, ranking_loss, response_loss
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -316,6 +317,44 @@ def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
                                                              tokens[1].candidates[:2])], 0)
 
 
+@pytest.mark.parametrize("adapter_dtype", ["float32", "bfloat16"])
+def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
+    """``train.compile``: both losses through ``torch.compile`` give the eager losses and gradients, with the
+    adapter in float32 or in the base model's bf16 (``lora.dtype``), for batches of two shapes (dynamic shapes)."""
+    tokenizer = _tokenizer()
+    model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0, dtype=adapter_dtype),
+                                 device=torch.device("cpu"), dtype=torch.bfloat16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {getattr(torch, adapter_dtype)}
+    for p in trainable:  # LoRA B starts at zero: give the adapter a part in the forward pass
+        torch.nn.init.normal_(p, std=0.05)
+    chat = "<|im_start|>user\nwhich {}<|im_end|>\n<|im_start|>assistant\n"
+    prompts = ["thing", "arts thing please, the one you like", "office things for a desk that is rather small"]
+    titles = ("arts thing 1", "arts thing 10", "office thing 2")
+    examples = [sft.SFTExample("u", "a", 1.0, ("a1",), chat.format(p), '1. "arts thing 1"') for p in prompts]
+    answers, _ = sft.tokenize(examples, tokenizer, 1024)
+    lines, _ = sft.tokenize([replace(e, candidate_titles=titles) for e in examples], tokenizer, 1024, score_tokens=4)
+    pad = tokenizer.pad_token_id
+    batches = [(response_loss, sft.collate(answers[:2], pad), ()), (response_loss, sft.collate(answers, pad), ()),
+               (ranking_loss, sft.collate_ranking(lines[:2], pad), (0.25,)),
+               (ranking_loss, sft.collate_ranking(lines, pad), (0.25,))]
+    fast = {response_loss: compiled(response_loss), ranking_loss: compiled(ranking_loss)}
+    graphs = counters["stats"]["unique_graphs"]
+    for loss, batch, args in batches:
+        results = []
+        for fn in (loss, fast[loss]):
+            model.zero_grad()
+            value = fn(model, batch, *args)
+            value.backward()
+            results.append((value.detach(), [p.grad.float().clone() for p in trainable]))
+        (eager, eager_grads), (fused, fused_grads) = results
+        torch.testing.assert_close(fused, eager, rtol=2e-2, atol=2e-2)
+        for got, expected in zip(fused_grads, eager_grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-3)
+        assert any(g.abs().sum() > 0 for g in fused_grads)
+    assert counters["stats"]["unique_graphs"] > graphs  # the compiler ran (dynamo's count of compiled graphs)
+
+
 # --------------------------------------------------------------------------------------------------- trainer
 
 
@@ -360,6 +399,20 @@ def test_training_reduces_the_loss_and_writes_a_loadable_adapter(store, tiny_mod
     assert type(llm.model).__name__ == "PeftModelForCausalLM"
     trained = _lora_weights(result.adapter_dir)
     assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in trained.items())
+
+
+def test_compiled_training_of_a_bf16_adapter(store, tiny_model_dir, tmp_path):
+    """``train.compile`` and ``lora.dtype: bfloat16`` in a run: the loss falls and the adapter is saved in bf16."""
+    raw = _config(tmp_path, max_steps=8, compile=True, dtype="bfloat16")
+    result = _train(store, {**raw, "lora": {**raw["lora"], "dtype": "bfloat16"}}, tiny_model_dir)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "train"]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    trained = _lora_weights(result.adapter_dir)
+    assert {t.dtype for t in trained.values()} == {torch.bfloat16}
+    assert any(name.endswith("lora_B.weight") and t.abs().sum() > 0 for name, t in trained.items())
+    with pytest.raises(GenrecError, match=r"lora.dtype = 'float16'; expected one of float32, bfloat16"):
+        parse({**raw, "model": str(tiny_model_dir), "lora": {"dtype": "float16"}})
 
 
 def test_resume_continues_at_the_same_step(store, tiny_model_dir, tmp_path, monkeypatch):
@@ -464,6 +517,8 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
     recipe = load(Path(__file__).parents[1] / "training" / "configs" / "amazon-arts-office-rank-calibrated.yaml")
     assert recipe.train.rank_temperature == 1.0 and recipe.hash() == "56d964ea91408b97"
     assert replace(recipe, train=replace(recipe.train, rank_temperature=4.0)).hash() != recipe.hash()
+    assert replace(recipe, lora=replace(recipe.lora, dtype="bfloat16")).hash() != recipe.hash()
+    assert replace(recipe, train=replace(recipe.train, compile=True)).hash() == recipe.hash()  # the same losses
     for bad in ([], [0.5, 1.5], "high"):
         with pytest.raises(GenrecError, match=r"calibration in \[0, 1\].*got calibration = "):
             parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rerank", "calibration": bad}})

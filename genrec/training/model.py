@@ -69,6 +69,10 @@ def load_for_training(path: Path, lora: LoraSettings, *, device: torch.device, d
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
     model.config.use_cache = False
     model = get_peft_model(model, lora_config(lora, model.config.num_hidden_layers))
+    adapter_dtype = getattr(torch, lora.dtype)  # PEFT makes the adapter float32; bfloat16 keeps the base's dtype
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(adapter_dtype)
     if load_in_4bit and device.type == "cpu":
         disable_bnb_cpu_repack(model)
     return model, tokenizer

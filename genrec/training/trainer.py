@@ -101,12 +101,27 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
 
     The responses end every row, so the LM head only runs on the last ``response_span + 1`` positions.
     """
-    span = int(batch["response_span"])
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=span + 1, use_cache=False)
+    return _response_loss(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
+                          int(batch["response_span"]))
+
+
+def _response_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor, labels: torch.Tensor, span: int) -> torch.Tensor:
+    output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=span + 1, use_cache=False)
     logits = output.logits[:, :-1].float()
-    labels = batch["labels"][:, -span:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=sft.IGNORE_INDEX)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, -span:].reshape(-1),
+                           ignore_index=sft.IGNORE_INDEX)
+
+
+def compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss`` (``response_loss`` or ``ranking_loss``) run through ``torch.compile`` with dynamic shapes (the
+    batches' lengths vary). ``response_loss`` compiles its model-facing part, after the span is read as an int."""
+    if loss is response_loss:
+        inner = torch.compile(_response_loss, dynamic=True)
+        return lambda model, batch: inner(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                          batch["labels"], int(batch["response_span"]))
+    return torch.compile(loss, dynamic=True)
 
 
 def candidate_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,6 +351,8 @@ class _Run:
         self._validator: Validator | None = None
         self._started = started  # the session's clock starts before the model and the examples load
         self._elapsed_before = state.elapsed_s
+        self.response_loss, self.rank_loss = ((compiled(response_loss), compiled(ranking_loss))
+                                              if self.config.train.compile else (response_loss, ranking_loss))
 
     @property
     def main(self) -> bool:
@@ -367,8 +384,8 @@ class _Run:
                 collated = (sft.collate_ranking if ranking else sft.collate)(examples, self.pad_id)
                 batch = {k: v.to(self.accelerator.device) for k, v in collated.items()}
                 with self.accelerator.accumulate(self.model):
-                    loss = ranking_loss(self.model, batch, settings.sft_weight, settings.rank_temperature) if ranking \
-                        else response_loss(self.model, batch)
+                    loss = self.rank_loss(self.model, batch, settings.sft_weight, settings.rank_temperature) \
+                        if ranking else self.response_loss(self.model, batch)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and settings.max_grad_norm:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), settings.max_grad_norm)
