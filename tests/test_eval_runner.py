@@ -60,6 +60,10 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     assert row["difference"]["HR@10"]["mean"] == pytest.approx(-0.25)
     assert row["method_ndcg@10"] - row["baseline_ndcg@10"] == pytest.approx(expected)
     assert compare([["tuned", "missing"]], [tuned, base], 200, 0) == []
+    # a user with two cases on one platform (final-timestamp targets): each is paired with its own counterpart
+    twice = compare([["tuned", "base"]], [_outcome("tuned", ["u1", "u1"], [1.0, 40.0]),
+                                          _outcome("base", ["u1", "u1"], [40.0, 1.0])], 200, 0)[0]
+    assert twice["cases"] == 2 and twice["method_ndcg@10"] == twice["baseline_ndcg@10"] == pytest.approx(0.5)
     document = {"run": "r", "config": {"dataset": "d", "bootstrap": 200}, "variants": {"main": {
         "description": "x", "protocol": {"seed": 0}, "evaluated_cases": 5, "data": {
             "test_cases": 5, "test_users": 5, "test_cases_per_platform": {}, "train_users": 1,

@@ -154,9 +154,8 @@ def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot:
             mine, theirs = by_name.get((method, scope)), by_name.get((baseline, scope))
             if mine is None or theirs is None:
                 continue
-            position = {key: j for j, key in enumerate(zip(theirs.users, theirs.platforms, strict=True))}
-            rows = [(i, position[key]) for i, key in enumerate(zip(mine.users, mine.platforms, strict=True))
-                    if key in position]
+            position = {key: j for j, key in enumerate(_case_keys(theirs))}
+            rows = [(i, position[key]) for i, key in enumerate(_case_keys(mine)) if key in position]
             if not rows:
                 continue
             a = metrics.case_metrics(np.array([mine.ranks[i] for i, _ in rows]), (10,))  # HR@10, NDCG@10, MRR
@@ -166,6 +165,18 @@ def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot:
                         "cases": len(rows), "difference": {name: vars(e) for name, e in estimates.items()},
                         "method_ndcg@10": float(a["NDCG@10"].mean()), "baseline_ndcg@10": float(b["NDCG@10"].mean())})
     return out
+
+
+def _case_keys(outcome: Outcome) -> list[tuple[str, str, int]]:
+    """Each case's (user, target platform, how many of that user's cases on that platform came before it): a user
+    can have several cases on one platform (``final-timestamp``: every event at the last timestamp), which every
+    method ranks in the protocol's order."""
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    keys = []
+    for key in zip(outcome.users, outcome.platforms, strict=True):
+        keys.append((*key, seen[key]))
+        seen[key] += 1
+    return keys
 
 
 def _machine() -> dict:

@@ -101,8 +101,12 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
 
     The responses end every row, so the LM head only runs on the last ``response_span + 1`` positions.
     """
-    return _response_loss(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
-                          int(batch["response_span"]))
+    return _response_loss(model, *_response_inputs(batch))
+
+
+def _response_inputs(batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    return (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
+            int(batch["response_span"]))
 
 
 def _response_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -119,8 +123,7 @@ def compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     batches' lengths vary). ``response_loss`` compiles its model-facing part, after the span is read as an int."""
     if loss is response_loss:
         inner = torch.compile(_response_loss, dynamic=True)
-        return lambda model, batch: inner(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                                          batch["labels"], int(batch["response_span"]))
+        return lambda model, batch: inner(model, *_response_inputs(batch))
     return torch.compile(loss, dynamic=True)
 
 
