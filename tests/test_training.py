@@ -321,6 +321,7 @@ def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
 def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     """``train.compile``: both losses through ``torch.compile`` give the eager losses and gradients, with the
     adapter in float32 or in the base model's bf16 (``lora.dtype``), for batches of two shapes (dynamic shapes)."""
+    torch._dynamo.reset()  # no graph of another test (nor its recompile budget) carries over
     tokenizer = _tokenizer()
     model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0, dtype=adapter_dtype),
                                  device=torch.device("cpu"), dtype=torch.bfloat16)
@@ -403,8 +404,11 @@ def test_training_reduces_the_loss_and_writes_a_loadable_adapter(store, tiny_mod
 
 def test_compiled_training_of_a_bf16_adapter(store, tiny_model_dir, tmp_path):
     """``train.compile`` and ``lora.dtype: bfloat16`` in a run: the loss falls and the adapter is saved in bf16."""
+    torch._dynamo.reset()
     raw = _config(tmp_path, max_steps=8, compile=True, dtype="bfloat16")
+    frames = counters["stats"]["calls_captured"]
     result = _train(store, {**raw, "lora": {**raw["lora"], "dtype": "bfloat16"}}, tiny_model_dir)
+    assert counters["stats"]["calls_captured"] > frames  # the steps ran through the compiler
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["event"] == "train"]
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3

@@ -65,8 +65,10 @@ class OptimSettings:
     nearly one-hot and the loss a margin against the single strongest negative; T near the scores' spread within
     a case spreads it over every negative, closer to what NDCG@10 rewards (the true item above most candidates).
     ``compile`` runs the loss through ``torch.compile`` (dynamic shapes, so batches of every length share one
-    graph): the first steps wait one to three minutes for the compiler, later steps fuse the many small
+    graph): the first steps wait for the compiler (2-6 minutes on 2 cores), later steps fuse the many small
     element-wise operations that dominate a CPU step (casts, dropout masks, the log-softmax over the vocabulary).
+    The graph is compiled again when a batch's example count changes and after a validation round (about 7
+    minutes each on 2 cores), which can cost more than it saves in a short CPU run (see the README).
     """
 
     epochs: float = 1.0
