@@ -153,8 +153,8 @@ def main() -> None:
     rate = matmul_flops_per_s(*shape)
     mean_tokens = sum(lengths) / len(lengths)
     response_share = sum(t.response_length for t in tokens) / sum(lengths)
-    for run, (lora, _) in zip(runs, layouts.values(), strict=True):
-        flops = flops_per_trained_token(config, lora.top_layers or config.num_hidden_layers, mean_tokens,
+    for run in runs:
+        flops = flops_per_trained_token(config, run["lora"]["top_layers"] or config.num_hidden_layers, mean_tokens,
                                         response_share)
         run["ceiling"] = {"matmul_gflops_per_trained_token": round(flops / 1e9, 3),
                           "trained_tokens_per_s": round(rate / flops, 1),

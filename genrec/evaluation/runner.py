@@ -144,9 +144,10 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
 
 
 def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot: int, seed: int) -> list[dict]:
-    """Paired differences ``method - baseline`` of HR@10, NDCG@10 and MRR on the cases both ranked (same user and
-    target platform), per history scope both ran, with percentile-bootstrap intervals over those cases (resampling
-    cases, not each method apart: the comparison the per-row intervals cannot make)."""
+    """Paired differences ``method - baseline`` of HR@10, NDCG@10 and MRR on the cases both ranked (the same case
+    of the same user on the same target platform, ``_case_keys``), per history scope both ran, with
+    percentile-bootstrap intervals over those cases (resampling cases, not each method apart: the comparison the
+    per-row intervals cannot make)."""
     by_name = {(o.method, o.scope): o for o in outcomes}
     out = []
     for method, baseline in pairs:
