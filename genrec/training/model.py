@@ -14,7 +14,13 @@ from typing import Any
 import torch
 
 from genrec.errors import GenrecError
-from genrec.llm import ModelNotFoundError, default_model_dir, disable_bnb_cpu_repack, four_bit_config
+from genrec.llm import (
+    ModelNotFoundError,
+    contiguous_head_input,
+    default_model_dir,
+    disable_bnb_cpu_repack,
+    four_bit_config,
+)
 from genrec.training.config import LoraSettings
 
 NON_REENTRANT = {"use_reentrant": False}  # activation checkpointing that works under DDP and with frozen inputs
@@ -68,6 +74,7 @@ def load_for_training(path: Path, lora: LoraSettings, *, device: torch.device, d
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
     model.config.use_cache = False
+    contiguous_head_input(model)
     model = get_peft_model(model, lora_config(lora, model.config.num_hidden_layers))
     adapter_dtype = getattr(torch, lora.dtype)  # PEFT makes the adapter float32; bfloat16 keeps the base's dtype
     for parameter in model.parameters():

@@ -120,11 +120,27 @@ def _response_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 def compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``loss`` (``response_loss`` or ``ranking_loss``) run through ``torch.compile`` with dynamic shapes (the
-    batches' lengths vary). ``response_loss`` compiles its model-facing part, after the span is read as an int."""
+    batches' lengths vary). ``response_loss`` compiles its model-facing part, after the span is read as an int.
+
+    Tracing runs without duck sizing: by default the compiler gives two dimensions that happen to be equal in the
+    first batch one symbol (a ranking batch of 8 examples with 8 candidate lines each) and compiles again, minutes on
+    2 cores, when a later batch breaks that equality (9 examples).
+    """
+    from torch.fx.experimental import _config as symbolic_shapes
+
     if loss is response_loss:
         inner = torch.compile(_response_loss, dynamic=True)
-        return lambda model, batch: inner(model, *_response_inputs(batch))
-    return torch.compile(loss, dynamic=True)
+
+        def run(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return inner(model, *_response_inputs(batch))
+    else:
+        run = torch.compile(loss, dynamic=True)
+
+    def call(model: torch.nn.Module, batch: dict[str, torch.Tensor], *args: Any) -> torch.Tensor:
+        with symbolic_shapes.patch(use_duck_shape=False):
+            return run(model, batch, *args)
+
+    return call
 
 
 def candidate_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
