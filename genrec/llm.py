@@ -144,8 +144,8 @@ def contiguous_head_input(model: torch.nn.Module) -> None:
     generation and scoring, the response span in training. For a batch of several rows that slice is not
     contiguous, and torch's matmul then broadcasts the head's vocabulary x hidden weight to every row, copies it and
     multiplies row by row. For SmolLM2's 49,152 x 576 head and 11 rows of 79 positions that took 0.95 s against
-    0.05 s on a contiguous copy (2 CPU cores, bf16), about 40% of a training step. The copy of the slice is small:
-    the kept positions times the hidden size.
+    0.05 s on a contiguous copy (2 CPU cores, bf16); a 4,096-token training step went from 3.8-4.1 s to 3.1-3.4 s on
+    the same batches. The copy of the slice is small: the kept positions times the hidden size.
     """
     head = model.get_output_embeddings()
     if head is not None:
