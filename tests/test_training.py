@@ -211,7 +211,7 @@ def test_labels_cover_the_response_only():
         assert supervised == list(item.input_ids[item.prompt_length :])
         assert tokenizer.decode(supervised) == '1. "arts thing 1"<|im_end|>'
     assert batch["attention_mask"][0, : len(long) - len(short)].sum() == 0  # left padding
-    assert int(batch["response_span"]) == short.response_length
+    assert batch["response_span"] == short.response_length
     _, dropped = sft.tokenize([example], tokenizer, 10)
     assert dropped == 1
 
@@ -320,7 +320,8 @@ def test_ranking_batches_score_lines_as_inference_does(tiny_model_dir):
 @pytest.mark.parametrize("adapter_dtype", ["float32", "bfloat16"])
 def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     """``train.compile``: both losses through ``torch.compile`` give the eager losses and gradients, with the
-    adapter in float32 or in the base model's bf16 (``lora.dtype``), for batches of two shapes (dynamic shapes)."""
+    adapter in float32 or in the base model's bf16 (``lora.dtype``), for batches of two shapes and response spans
+    (dynamic shapes), each loss compiled once."""
     torch._dynamo.reset()  # no graph of another test (nor its recompile budget) carries over
     tokenizer = _tokenizer()
     model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.0, dtype=adapter_dtype),
@@ -332,11 +333,14 @@ def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     chat = "<|im_start|>user\nwhich {}<|im_end|>\n<|im_start|>assistant\n"
     prompts = ["thing", "arts thing please, the one you like", "office things for a desk that is rather small"]
     titles = ("arts thing 1", "arts thing 10", "office thing 2")
-    examples = [sft.SFTExample("u", "a", 1.0, ("a1",), chat.format(p), '1. "arts thing 1"') for p in prompts]
+    responses = ['1. "arts thing 1"', '1. "arts thing 1"', '1. "office thing 2"\n2. "arts thing 10"']
+    examples = [sft.SFTExample("u", "a", 1.0, ("a1",), chat.format(p), r)
+                for p, r in zip(prompts, responses, strict=True)]
     answers, _ = sft.tokenize(examples, tokenizer, 1024)
     lines, _ = sft.tokenize([replace(e, candidate_titles=titles) for e in examples], tokenizer, 1024, score_tokens=4)
     pad = tokenizer.pad_token_id
-    # the first ranking batch has as many examples as candidates (3): one graph must serve the 2-example batch too
+    # the second response batch has a longer response span than the first; the first ranking batch has as many
+    # examples as candidates (3): one graph per loss must serve both of its batches
     batches = [(response_loss, sft.collate(answers[:2], pad), ()), (response_loss, sft.collate(answers, pad), ()),
                (ranking_loss, sft.collate_ranking(lines, pad), (0.25,)),
                (ranking_loss, sft.collate_ranking(lines[:2], pad), (0.25,))]

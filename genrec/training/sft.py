@@ -319,7 +319,8 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
 def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """A left-padded batch: ``input_ids``, ``attention_mask``, ``position_ids`` and ``labels`` (-100 off the response).
 
-    ``response_span`` is the longest response: only the last ``response_span`` positions carry labels.
+    ``response_span`` (a Python int, so a compiled loss reads it without leaving its graph) is the longest response:
+    only the last ``response_span`` positions carry labels.
     """
     width = max(len(e) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -333,7 +334,7 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     span = max(e.response_length for e in examples)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-            "response_span": torch.tensor(span), "padded_tokens": torch.tensor(ids.numel())}
+            "response_span": span, "padded_tokens": torch.tensor(ids.numel())}
 
 
 def collate_ranking(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -96,31 +96,22 @@ class TrainResult:
     padding_waste: float
 
 
-def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def response_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Mean cross-entropy over the response tokens of a left-padded batch (see ``sft.collate``).
 
     The responses end every row, so the LM head only runs on the last ``response_span + 1`` positions.
     """
-    return _response_loss(model, *_response_inputs(batch))
-
-
-def _response_inputs(batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
-    return (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
-            int(batch["response_span"]))
-
-
-def _response_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   position_ids: torch.Tensor, labels: torch.Tensor, span: int) -> torch.Tensor:
-    output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=span + 1, use_cache=False)
+    span = batch["response_span"]
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=span + 1, use_cache=False)
     logits = output.logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, -span:].reshape(-1),
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, -span:].reshape(-1),
                            ignore_index=sft.IGNORE_INDEX)
 
 
 def compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``loss`` (``response_loss`` or ``ranking_loss``) run through ``torch.compile`` with dynamic shapes (the
-    batches' lengths vary). ``response_loss`` compiles its model-facing part, after the span is read as an int.
+    batches' lengths and response spans vary).
 
     Tracing runs without duck sizing: by default the compiler gives two dimensions that happen to be equal in the
     first batch one symbol (a ranking batch of 8 examples with 8 candidate lines each) and compiles again, minutes on
@@ -128,15 +119,9 @@ def compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """
     from torch.fx.experimental import _config as symbolic_shapes
 
-    if loss is response_loss:
-        inner = torch.compile(_response_loss, dynamic=True)
+    run = torch.compile(loss, dynamic=True)
 
-        def run(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return inner(model, *_response_inputs(batch))
-    else:
-        run = torch.compile(loss, dynamic=True)
-
-    def call(model: torch.nn.Module, batch: dict[str, torch.Tensor], *args: Any) -> torch.Tensor:
+    def call(model: torch.nn.Module, batch: dict[str, Any], *args: Any) -> torch.Tensor:
         with symbolic_shapes.patch(use_duck_shape=False):
             return run(model, batch, *args)
 
@@ -401,7 +386,8 @@ class _Run:
                 examples = [self.tokens[i] for i in batches[index]]
                 ranking = bool(examples[0].candidates)
                 collated = (sft.collate_ranking if ranking else sft.collate)(examples, self.pad_id)
-                batch = {k: v.to(self.accelerator.device) for k, v in collated.items()}
+                batch = {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v
+                         for k, v in collated.items()}
                 with self.accelerator.accumulate(self.model):
                     loss = self.rank_loss(self.model, batch, settings.sft_weight, settings.rank_temperature) \
                         if ranking else self.response_loss(self.model, batch)
