@@ -66,10 +66,12 @@ class OptimSettings:
     a case spreads it over every negative, closer to what NDCG@10 rewards (the true item above most candidates).
     ``compile`` runs the loss through ``torch.compile`` (dynamic shapes without duck sizing, so batches of every
     length and example count share one graph; ``trainer.compiled``): the first steps wait for the compiler (about
-    3.5 minutes on 2 cores), later steps fuse the many small element-wise operations of a CPU step (casts, dropout
-    masks, the log-softmax over the vocabulary): 1.2-1.3x on 2 cores (``benchmarks/bench_training.py``). The SFT
-    loss compiled once in a whole movielens run; the ranking loss, in an amazon run before duck sizing was turned
-    off, also compiled again after a validation round (about 7 minutes), for a cause not identified.
+    3.5 minutes on 2 cores for the SFT loss, 10 for the ranking loss), later steps fuse the many small element-wise
+    operations of a CPU step (casts, dropout masks, the log-softmax over the vocabulary): 1.2-1.3x on 2 cores
+    (``benchmarks/bench_training.py``). Each loss
+    compiled once in a whole recipe run (movielens; amazon-arts-office-rank-fast). The ranking loss, in an amazon run
+    before duck sizing was turned off, also compiled again after a validation round (about 7 minutes), for a cause
+    not identified.
     """
 
     epochs: float = 1.0
