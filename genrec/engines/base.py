@@ -35,6 +35,7 @@ class Capabilities:
     constrained: bool
     adapters: bool
     training: bool
+    scoring: bool = True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class TransformersBackend:
     """Runs a (PEFT-wrapped or plain) transformers causal LM in-process."""
 
     name = "transformers"
-    capabilities = Capabilities(beams=True, constrained=True, adapters=True, training=True)
+    capabilities = Capabilities(beams=True, constrained=True, adapters=True, training=True, scoring=True)
 
     def __init__(self, model: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> None:
         self.model = model
@@ -74,9 +74,8 @@ class TransformersBackend:
             stopping = [_LineStop(self.tokenizer, start, r.stop_after_lines)] if r.stop_after_lines else None
             constrain = None
             if r.allowed_tokens is not None:
-                allowed = r.allowed_tokens
-
-                def constrain(row: int, ids: torch.Tensor, start: int = start, batch: list[int] = batch) -> list[int]:
+                def constrain(row: int, ids: torch.Tensor, start: int = start, batch: list[int] = batch,
+                              allowed: Any = r.allowed_tokens) -> list[int]:
                     return allowed(batch[row], ids[start:].tolist())
             with torch.no_grad():
                 shared = self._shared_prefill(inputs, r.num_beams) if r.num_beams > 1 else {}
@@ -139,8 +138,9 @@ class TransformersBackend:
         allowed[:, prompt_length:] = packed.tree_mask()
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         positions = torch.tensor(packed.depths, device=device) + prompt_length
-        hidden = decoder(input_ids=torch.tensor([packed.tokens], device=device), attention_mask=mask[None, None].to(device),
-                         position_ids=positions[None], cache=cache, use_cache=True).last_hidden_state[0]
+        ids = torch.tensor([packed.tokens], device=device)
+        hidden = decoder(input_ids=ids, attention_mask=mask[None, None].to(device), position_ids=positions[None],
+                         cache=cache, use_cache=True).last_hidden_state[0]
         tokens = torch.tensor(packed.tokens, device=device)
         parents = torch.tensor(packed.parents, device=device)
         logprobs = torch.empty(size, device=device)
