@@ -229,6 +229,9 @@ AdapterScaleOption = Annotated[float, typer.Option("--adapter-scale", min=0.0,
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
+EngineOption = Annotated[str, typer.Option("--engine", help="transformers (every feature) or openvino (CPU "
+                                                            "generation from the GGUF file; no scored or catalog "
+                                                            "decoding, no adapters)")]
 DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (generate, then ground), catalog "
                                                                       "(beam search over the target catalog's "
                                                                       "titles) or scored (the LLM ranks popular "
@@ -244,13 +247,13 @@ TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folde
 
 
 def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None, calibration=None,
-                 adapter_scale=1.0):
+                 adapter_scale=1.0, engine="transformers"):
     from genrec.llm import LLMConfig
     from genrec.prompts import PromptTemplates
     from genrec.recommender import Recommender, RecommenderConfig
 
     config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit,
-                       adapter_scale=adapter_scale)
+                       adapter_scale=adapter_scale, engine=engine)
     settings = RecommenderConfig.for_adapter(adapter, decoding=decoding, calibration=calibration)
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
@@ -269,6 +272,7 @@ def recommend(
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
     decoding: DecodingOption = None, calibration: CalibrationOption = None, adapter_scale: AdapterScaleOption = 1.0,
+    engine: EngineOption = "transformers",
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -277,7 +281,7 @@ def recommend(
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
-                                   calibration, adapter_scale)
+                                   calibration, adapter_scale, engine)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))

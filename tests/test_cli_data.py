@@ -80,3 +80,9 @@ def test_adapter_scale_without_an_adapter_is_refused(home):
     result = genrec("recommend", "--user", "u1", "--platform", "music", "--adapter-scale", "0.5", home=home)
     assert result.returncode == 2 and "adapter_scale needs an adapter" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unknown_engine_is_refused(home):
+    result = genrec("recommend", "--user", "u1", "--platform", "music", "--engine", "vllm", home=home)
+    assert result.returncode == 2 and "engine must be one of transformers, openvino" in result.stderr
+    assert "Traceback" not in result.stderr
