@@ -97,10 +97,12 @@ def test_packed_scores_follow_the_adapter(llm: LLM, tmp_path: Path) -> None:
     scored = tuned.continuation_logprobs(prompt, lines)
     for line, row in zip(lines, scored, strict=True):
         assert row == pytest.approx(_full_sequence_logprobs(tuned, prompt, line), abs=1e-4)
-    assert scored != pytest.approx(llm.continuation_logprobs(prompt, lines), abs=1e-2)
+    base = llm.continuation_logprobs(prompt, lines)
+    assert max(abs(a - b) for tuned_row, base_row in zip(scored, base, strict=True)
+               for a, b in zip(tuned_row, base_row, strict=True)) > 1e-2
     with tuned.without_adapter():
-        assert tuned.continuation_logprobs(prompt, lines) == pytest.approx(
-            llm.continuation_logprobs(prompt, lines), abs=1e-4)
+        for off_row, base_row in zip(tuned.continuation_logprobs(prompt, lines), base, strict=True):
+            assert off_row == pytest.approx(base_row, abs=1e-4)
 
 
 # --- conformance: every engine ---------------------------------------------------------------------------------
