@@ -11,7 +11,8 @@ Measures, for the default SmolLM2-135M-Instruct on this machine (2 threads unles
 - install cost: size on disk of each engine's packages and what they require.
 
 Usage: ``python benchmarks/bench_engines.py [--threads 2] [--out benchmarks/results/engines.json]``; it writes the
-JSON and a markdown table beside it (``engines.md``).
+JSON and a markdown table beside it (``engines.md``). ``--scoring-rounds N --out .../scoring.json`` only times the
+padded and packed scorers, alternated N times.
 """
 
 from __future__ import annotations
@@ -211,6 +212,23 @@ def bench_adapter(config: LLMConfig, prompts: list[str], folder: Path) -> dict[s
     return out
 
 
+def scoring_rounds(rounds: int) -> dict[str, Any]:
+    """The transformers scorer before (padded) and after (packed) on the same 100 lines, alternated ``rounds``
+    times so that both see the same machine load; the best of each and their largest difference."""
+    llm = LLM.load(LLMConfig())
+    prompt_ids, lines = candidate_lines(llm, profile_prompts(llm, 1)[0])
+    times: dict[str, list[float]] = {"padded": [], "packed": []}
+    for _ in range(rounds):
+        padded, seconds = timed(lambda: padded_logprobs(llm, prompt_ids, lines))
+        times["padded"].append(round(seconds, 2))
+        packed, seconds = timed(lambda: llm.continuation_logprobs(prompt_ids, lines))
+        times["packed"].append(round(seconds, 2))
+    return {"prompt_tokens": len(prompt_ids), "lines": len(lines), "line_tokens": sum(map(len, lines)),
+            "seconds": times, "speedup_best": round(min(times["padded"]) / min(times["packed"]), 2),
+            "max_abs_diff": max(abs(a - b) for p, q in zip(packed, padded, strict=True)
+                                for a, b in zip(p, q, strict=True))}
+
+
 def agreement(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     """How close an engine's greedy texts and candidate scores are to the reference engine's."""
     same = [a == b for a, b in zip(reference["texts"], other["texts"], strict=True)]
@@ -257,8 +275,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
+    parser.add_argument("--scoring-rounds", type=int, default=0,
+                        help="only compare the padded and packed scorers, alternated this many times")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scoring_rounds:
+        start = [round(x, 2) for x in os.getloadavg()]
+        result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "threads": args.threads,
+                  "load_average_start": start, **scoring_rounds(args.scoring_rounds),
+                  "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+        return
     load_start = [round(x, 2) for x in os.getloadavg()]
     flags = cpu_flags()
     report: dict[str, Any] = {
