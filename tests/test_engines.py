@@ -123,13 +123,26 @@ def _chats(llm: LLM) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("engine", ENGINES)
-def test_greedy_batches_equal_single_prompts_and_stop_at_end_of_turn(engines: dict[str, LLM], engine: str) -> None:
+def test_greedy_generation_stops_at_end_of_turn(engines: dict[str, LLM], engine: str) -> None:
+    llm = engines[engine]
+    texts = llm.generate(_chats(llm), max_new_tokens=24, batch_size=3)
+    assert len(texts) == len(PROMPTS) and all(len(row) == 1 for row in texts)
+    assert all(row[0] and "<|im_end|>" not in row[0] and "<|im_start|>" not in row[0] for row in texts)
+    assert llm.generate([], max_new_tokens=4) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", [
+    "transformers",
+    pytest.param("openvino", marks=pytest.mark.xfail(strict=True, reason=(
+        "openvino-genai's continuous batching is not batch-invariant: a prompt's greedy text changes with the "
+        "prompts batched beside it"))),
+])
+def test_greedy_batches_equal_single_prompts(engines: dict[str, LLM], engine: str) -> None:
     llm = engines[engine]
     prompts = _chats(llm)
     batched = llm.generate(prompts, max_new_tokens=24, batch_size=3)
     assert batched == [llm.generate([prompt], max_new_tokens=24)[0] for prompt in prompts]
-    assert all(texts[0] and "<|im_end|>" not in texts[0] for texts in batched)
-    assert llm.generate([], max_new_tokens=4) == []
 
 
 @pytest.mark.integration
