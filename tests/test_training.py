@@ -229,8 +229,8 @@ def test_length_buckets_keep_padding_low():
 
 
 def test_hard_negatives_come_from_the_sources_top_items(store):
-    from genrec.evaluation.baselines.itemknn import ItemKNN
-    from genrec.evaluation.baselines.popularity import MostPop
+    from genrec.pipeline.sources.itemknn import ItemKNN
+    from genrec.pipeline.sources.popularity import MostPop
 
     data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
     config = sft.SFTConfig(response_items=2, max_examples_per_user=4, negatives=3, negative_pool=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from genrec.data.store import Store
 from genrec.errors import GenrecError
-from genrec.evaluation.baselines import ContentOnly, ItemKNN, Method, MostPop, SASRec
+from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec
 from genrec.evaluation.config import MethodSpec
 
 

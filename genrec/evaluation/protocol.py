@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from genrec.data.store import Store
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 TARGETS = ("last-per-platform", "final-timestamp")
 USERS = ("all", "dataset", "random")
@@ -183,5 +183,6 @@ def _cases(user: str, seq: list[Interaction], times: list[float], indices: list[
         target = seq[i]
         history = tuple(seq[: bisect.bisect_left(times, target.timestamp)])
         if history:
-            cases.append(EvalCase(user, target.platform, target.item_id, history, split, target.timestamp))
+            cases.append(EvalCase(user_id=user, platform=target.platform, history=history, target=target.item_id, split=split,
+                                  timestamp=target.timestamp))
     return cases

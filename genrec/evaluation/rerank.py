@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from genrec.evaluation import metrics
-from genrec.evaluation.baselines.base import Method, rank_cases
+from genrec.pipeline.sources.base import Method, rank_cases
 from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
 from genrec.evaluation.generative import LEAD, GenerativeMethod, append_records, case_key, read_records
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.pipeline.types import EvalCase, TrainData
 from genrec.llm import adapter_digest
 from genrec.recommender import Request
 

@@ -33,7 +33,8 @@ from genrec.evaluation import metrics
 from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
 from genrec.evaluation.protocol import EvalData, build
-from genrec.evaluation.types import EvalCase
+from genrec.pipeline.sources import popularity_counts
+from genrec.pipeline.types import EvalCase
 from genrec.llm import ModelNotFoundError, adapter_digest
 
 TOP_K = 10  # list length for coverage and popularity bias
@@ -124,7 +125,7 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
         catalog = data.train.catalogs[platform]
         index = {item: j for j, item in enumerate(catalog)}
         lists = [[index[x] for x in outcome.tops[i] if x in index] for i in keep if outcome.platforms[i] == platform]
-        counts = metrics.popularity_counts(data.train, platform)
+        counts = popularity_counts(data.train, platform)
         pop = metrics.average_popularity(lists, counts)
         beyond[platform] = {f"coverage@{TOP_K}": metrics.catalog_coverage(lists, len(catalog)),
                             f"popularity_percentile@{TOP_K}": pop.mean_percentile,

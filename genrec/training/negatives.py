@@ -16,15 +16,16 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from genrec.evaluation.baselines.base import Method
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.pipeline.sources.base import Method
+from genrec.pipeline.types import EvalCase, TrainData
 from genrec.training.sft import SFTConfig, SFTData, SFTExample, filter_platforms
 
 
 def example_case(example: SFTExample, sequences: dict) -> EvalCase:
     """The harness case an example stands for: its user's events before the cut-off, its first answer item."""
     history = tuple(x for x in sequences[example.user_id] if x.timestamp < example.cutoff)
-    return EvalCase(example.user_id, example.platform, example.targets[0], history, "train", example.cutoff)
+    return EvalCase(user_id=example.user_id, platform=example.platform, history=history, target=example.targets[0],
+                    split="train", timestamp=example.cutoff)
 
 
 def add_negatives(data: SFTData, train: TrainData, sources: Sequence[Method], config: SFTConfig, *, seed: int = 0,

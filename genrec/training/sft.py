@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from genrec.decoding import answer_tokens
 from genrec.evaluation.generative import history_items
-from genrec.evaluation.types import Interaction, TrainData
+from genrec.pipeline.types import Interaction, TrainData
 from genrec.llm import end_of_turn_id
 from genrec.profile import Profile
 from genrec.prompts import format_answer, quote

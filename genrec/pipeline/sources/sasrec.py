@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, rank_cases, scoped_history
 from genrec.evaluation.metrics import case_metrics
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
 
@@ -103,7 +104,7 @@ class _Network(nn.Module):
         return hidden @ table.T
 
 
-class SASRec:
+class SASRec(CandidateSource):
     """Sequential recommender with self-attention; see the module docstring for the training scheme.
 
     With ``history_scope="target"`` the train sequences are split per platform and a case's input is its
@@ -112,6 +113,10 @@ class SASRec:
     excluded) and stops after ``patience`` epochs without improvement, or once ``time_budget_s`` is spent.
     ``torch.set_num_threads`` is left as the caller set it.
     """
+
+    kind = "sasrec"
+    OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout", "attn_dropout", "lr",
+               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "seed")
 
     def __init__(
         self,
@@ -160,6 +165,7 @@ class SASRec:
     # ------------------------------------------------------------------------------------------- training
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+        self.catalogs = train.catalogs
         self._vocab = vocab = ItemVocabulary(train.catalogs, offset=1)
         inputs, targets = self._windows(
             [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
@@ -253,7 +259,7 @@ class SASRec:
     # -------------------------------------------------------------------------------------------- scoring
 
     @torch.no_grad()
-    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+    def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None or self._net is None:
             raise RuntimeError("fit() first")
         block = self._vocab.block(platform)
@@ -270,3 +276,21 @@ class SASRec:
         scores[[i for i, s in enumerate(seqs) if not s]] = 0.0  # no usable history: no preference
         self._net.train(was_training)
         return scores
+
+    # ------------------------------------------------------------------------------------------ save / load
+
+    def options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.OPTIONS}
+
+    def state(self) -> dict[str, Any]:
+        if self._net is None:
+            raise RuntimeError("fit() first")
+        return {"vocab": self._vocab, "weights": {k: v.clone() for k, v in self._net.state_dict().items()},
+                "log": self.log}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._vocab, self.log = state["vocab"], state["log"]
+        self._net = _Network(self._vocab.size - 1, self.max_len, self.hidden_size, self.n_layers, self.n_heads,
+                             self.inner_size, self.dropout, self.attn_dropout)
+        self._net.load_state_dict(state["weights"])
+        self._net.eval()
