@@ -10,8 +10,8 @@ import pytest
 
 from genrec.evaluation.fusion import FusedMethod, llm_component, scale_rows
 from genrec.evaluation.generative import LEAD
-from genrec.pipeline.types import EvalCase, Interaction, TrainData
 from genrec.llm import ADAPTER_METADATA
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 CATALOG = ["a", "b", "c", "d"]
 TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})

@@ -12,8 +12,8 @@ import pytest
 
 from genrec.errors import GenrecError
 from genrec.evaluation.rerank import RerankMethod
-from genrec.pipeline.types import EvalCase, Interaction, TrainData
 from genrec.llm import ADAPTER_METADATA, LLMConfig
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 CATALOG = ["a", "b", "c", "d", "e", "f"]
 TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})

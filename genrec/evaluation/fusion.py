@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from genrec.evaluation import metrics
-from genrec.pipeline.sources.base import Method, rank_cases
 from genrec.evaluation.generative import LEAD, GenerativeMethod
-from genrec.pipeline.types import EvalCase, TrainData
 from genrec.llm import ADAPTER_METADATA
+from genrec.pipeline.sources.base import Method, rank_cases
+from genrec.pipeline.types import EvalCase, TrainData
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TUNING_METRIC = "NDCG@10"

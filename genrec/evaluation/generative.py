@@ -21,10 +21,9 @@ import numpy as np
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.embedding import Embedder
-from genrec.pipeline.types import HistoryScope, scoped_history
-from genrec.pipeline.sources.popularity import popularity_counts
-from genrec.pipeline.types import EvalCase, Interaction, TrainData
 from genrec.llm import LLMConfig, adapter_digest
+from genrec.pipeline.sources.popularity import popularity_counts
+from genrec.pipeline.types import EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 from genrec.recommender import RecommendationList, Recommender, RecommenderConfig, Request
 
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from genrec.data.store import Store
 from genrec.errors import GenrecError
-from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec
 from genrec.evaluation.config import MethodSpec
+from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec
 
 
 @dataclass

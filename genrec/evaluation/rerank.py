@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 
 from genrec.evaluation import metrics
-from genrec.pipeline.sources.base import Method, rank_cases
 from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
 from genrec.evaluation.generative import LEAD, GenerativeMethod, append_records, case_key, read_records
-from genrec.pipeline.types import EvalCase, TrainData
 from genrec.llm import adapter_digest
+from genrec.pipeline.sources.base import Method, rank_cases
+from genrec.pipeline.types import EvalCase, TrainData
 from genrec.recommender import Request
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)  # inf: the prior's order, the LLM only breaks its ties

@@ -33,9 +33,9 @@ from genrec.evaluation import metrics
 from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
 from genrec.evaluation.protocol import EvalData, build
+from genrec.llm import ModelNotFoundError, adapter_digest
 from genrec.pipeline.sources import popularity_counts
 from genrec.pipeline.types import EvalCase
-from genrec.llm import ModelNotFoundError, adapter_digest
 
 TOP_K = 10  # list length for coverage and popularity bias
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from genrec.decoding import answer_tokens
 from genrec.evaluation.generative import history_items
-from genrec.pipeline.types import Interaction, TrainData
 from genrec.llm import end_of_turn_id
+from genrec.pipeline.types import Interaction, TrainData
 from genrec.profile import Profile
 from genrec.prompts import format_answer, quote
 from genrec.recommender import Recommender
