@@ -38,7 +38,8 @@ class Fixed:
 
 
 def _cases(target: str, split: str, n: int = 6) -> list[EvalCase]:
-    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=(), split=split, timestamp=float(i)) for i in range(n)]
+    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=(), split=split, timestamp=float(i))
+            for i in range(n)]
 
 
 def test_components_are_scaled_to_unit_range():

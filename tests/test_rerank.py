@@ -71,7 +71,8 @@ class FakeLLM:
 
 def _cases(target: str, split: str, n: int = 4, owned: str = "") -> list[EvalCase]:
     history = tuple(Interaction("p", item, 0.5) for item in owned)
-    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=history, split=split, timestamp=float(i)) for i in range(n)]
+    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=history, split=split,
+                     timestamp=float(i)) for i in range(n)]
 
 
 def _top(method: RerankMethod, cases: list[EvalCase], n: int) -> list[list[str]]:

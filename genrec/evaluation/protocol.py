@@ -183,6 +183,6 @@ def _cases(user: str, seq: list[Interaction], times: list[float], indices: list[
         target = seq[i]
         history = tuple(seq[: bisect.bisect_left(times, target.timestamp)])
         if history:
-            cases.append(EvalCase(user_id=user, platform=target.platform, history=history, target=target.item_id, split=split,
-                                  timestamp=target.timestamp))
+            cases.append(EvalCase(user_id=user, platform=target.platform, history=history, target=target.item_id,
+                                  split=split, timestamp=target.timestamp))
     return cases
