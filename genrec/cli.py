@@ -255,6 +255,47 @@ def _recommender(store, model, adapter, dtype, device, four_bit, templates, deco
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 
+PipelineOption = Annotated[Path | None, typer.Option("--pipeline", help="A pipeline folder from `genrec fit`: "
+                                                                      "its sources, LLM scorer and fusion rank "
+                                                                      "the items.")]
+
+
+@app.command()
+def fit(
+    config: Annotated[str, typer.Option("--config", help="Pipeline spec: a YAML file or a shipped spec's name "
+                                                         "(pipelines/*.yaml).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the fitted pipeline to.")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Fit a pipeline (candidate sources, LLM scorer, fusion weights tuned on validation users) and save it."""
+    from genrec.pipeline import PipelineSpec, shipped_spec
+    from genrec.pipeline.fitting import fit_pipeline
+
+    path = Path(config) if Path(config).is_file() else shipped_spec(config)
+    spec = PipelineSpec.from_yaml(path)
+    with _store(db) as store:
+        pipeline = fit_pipeline(store, spec, data_dir=data_dir)
+    pipeline.save(out)
+    _show_fusion(pipeline)
+    console.print(f"pipeline {spec.name!r} fitted in {pipeline.fit_info['fit_seconds']:.1f} s -> {out}  "
+                  f"(use it with --pipeline {out})")
+
+
+def _show_fusion(pipeline) -> None:
+    fusion = pipeline.fusion
+    table = Table("component", "weight", "alone (valid NDCG@10)", title=f"{pipeline.name}: fusion")
+    singles = fusion.report.get("single_components", {})
+    for name, weight in fusion.weights.items():
+        alone = [v for k, v in singles.items() if k == name or k.startswith(f"{name}(")]
+        table.add_row(name + (f" (calibration {fusion.calibration})" if name == "llm" else ""), f"{weight:g}",
+                      f"{max(alone):.4f}" if alone else "-")
+    console.print(table)
+    if "tuned" in fusion.report:
+        console.print(f"fused: validation NDCG@10 {fusion.report['tuned']:.4f} on {fusion.report['tuning_cases']} "
+                      "cases")
+
+
 @app.command()
 def recommend(
     user: Annotated[str, typer.Option("--user", help="User id in the store.")],
@@ -269,6 +310,7 @@ def recommend(
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
     decoding: DecodingOption = None, calibration: CalibrationOption = None, adapter_scale: AdapterScaleOption = 1.0,
+    pipeline: PipelineOption = None,
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -276,6 +318,9 @@ def recommend(
     with _store(db) as store:
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
+        if pipeline is not None:
+            _recommend_with_pipeline(store, pipeline, user, platform, k, as_json)
+            return
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
                                    calibration, adapter_scale)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
@@ -283,6 +328,31 @@ def recommend(
         console.print_json(json.dumps(result.to_dict(), default=str))
         return
     _show_recommendations(result, explain)
+
+
+def _recommend_with_pipeline(store, folder: Path, user: str, platform: str, k: int, as_json: bool) -> None:
+    import time
+
+    from genrec.pipeline import Pipeline
+    from genrec.pipeline.fitting import user_context
+
+    started = time.perf_counter()
+    pipeline = Pipeline.load(folder, store=store)
+    items = pipeline.recommend(user_context(store, user, platform), k)
+    seconds = time.perf_counter() - started
+    if as_json:
+        console.print_json(json.dumps({"user_id": user, "platform": platform, "k": k, "pipeline": pipeline.name,
+                                       "items": [vars(item) | {"origin": item.origin} for item in items],
+                                       "seconds": seconds}, default=str))
+        return
+    table = Table("#", "item", "title", "from", "score", *pipeline.components,
+                  title=f"{platform} for user {user} ({pipeline.name})")
+    for item in items:
+        values = [item.sources[name] for name in pipeline.sources] + ([item.llm] if pipeline.scorer else [])
+        table.add_row(str(item.rank), item.item_id, item.title, item.origin, f"{item.score:.3f}",
+                      *(f"{v:.3f}" for v in values))
+    console.print(table)
+    console.print(f"{seconds:.2f} s")
 
 
 def _show_recommendations(result, explain: bool) -> None:

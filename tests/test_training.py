@@ -21,9 +21,9 @@ from genrec.data.importers import ImportBatch
 from genrec.data.schema import Platform
 from genrec.data.store import Store
 from genrec.errors import GenrecError
-from genrec.evaluation.generative import history_items
 from genrec.evaluation.protocol import Protocol, build
 from genrec.llm import LLM, LLMConfig, read_adapter_metadata
+from genrec.pipeline.types import history_items
 from genrec.recommender import Recommender, RecommenderConfig, Request
 from genrec.training import sft
 from genrec.training.config import LoraSettings, load, parse

@@ -17,7 +17,7 @@ DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec",
 
 @dataclass
 class MethodSpec:
-    name: str  # registry name: mostpop, itemknn, sasrec, content, genrec, fusion, rerank
+    name: str  # registry name: mostpop, itemknn, sasrec, content, genrec, fusion, rerank, pipeline
     label: str | None = None  # shown in tables; defaults to the name
     options: dict = field(default_factory=dict)
     sample_users: int | None = None  # evaluate on a seeded sample of this many test users (slow methods)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.stats import rankdata
 
-from genrec.pipeline.types import EvalCase
+if TYPE_CHECKING:  # annotations only: the pipeline's sources import these metrics
+    from genrec.pipeline.types import EvalCase
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
 Ties = Literal["pessimistic", "optimistic", "mean"]

@@ -4,8 +4,12 @@ answers (``ScoredItem``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
+
+from genrec.data.schema import HistoryItem
 
 HistoryScope = Literal["cross", "target"]
 
@@ -77,15 +81,17 @@ def scoped_history(context: Context, scope: HistoryScope) -> tuple[Interaction, 
 
 @dataclass(frozen=True)
 class ScoredItem:
-    """One item of a pipeline's answer: its fused score and every component's own score (``None``: the
-    component did not score it), with the rationale the explain stage wrote."""
+    """One item of a pipeline's answer: its fused score, every source's own score of it, the sources that
+    proposed it (it was in their top ``n``), the LLM's calibrated score, and the rationale the explain stage
+    wrote."""
 
     rank: int
     item_id: str
     title: str
     platform: str
     score: float
-    sources: dict[str, float | None]
+    sources: dict[str, float]
+    proposed_by: tuple[str, ...]
     llm: float | None = None
     rationale: str | None = None
     rationale_source: Literal["llm", "template"] | None = None
@@ -93,6 +99,13 @@ class ScoredItem:
 
     @property
     def origin(self) -> str:
-        """The components that proposed this item, strongest first (e.g. ``itemknn+popularity``)."""
-        named = [name for name, value in self.sources.items() if value is not None]
-        return "+".join(named) or "catalog"
+        """Where the item came from, e.g. ``popularity+itemknn``."""
+        return "+".join(self.proposed_by)
+
+
+def history_items(user_id: str, interactions: Sequence[Interaction],
+                  titles: dict[tuple[str, str], str]) -> list[HistoryItem]:
+    """Harness interactions as the recommender's history items, titled from the catalog (SFT data uses this too)."""
+    return [HistoryItem(user_id, x.platform, x.item_id, datetime.fromtimestamp(x.timestamp, UTC).replace(tzinfo=None),
+                        value=x.value, title=titles.get((x.platform, x.item_id)))
+            for x in interactions]

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from genrec.pipeline.pool import candidate_pool
 from genrec.pipeline.sources.base import Method
 from genrec.pipeline.types import EvalCase, TrainData
 from genrec.training.sft import SFTConfig, SFTData, SFTExample, filter_platforms
@@ -71,12 +72,13 @@ def add_negatives(data: SFTData, train: TrainData, sources: Sequence[Method], co
 
 def _pool(case: EvalCase, example: SFTExample, rows: Sequence[np.ndarray], catalog: Sequence[str],
           train: TrainData, size: int) -> list[str]:
-    """The union of every source's top ``size`` titled items, without the answer and the user's own items."""
-    skip = {x.item_id for x in case.history_on(case.platform)} | set(example.targets)
+    """The union of every source's top ``size`` titled items, without the answer (nor an item sharing its title)
+    and the user's own items."""
+    skip = case.owned() | set(example.targets)
     titles = {title for item in example.targets if (title := train.titles.get((case.platform, item)))}
-    pool: list[str] = []
-    for scores in rows:
-        top = [catalog[j] for j in np.argsort(-scores, kind="stable")[: size + len(skip)]]
-        pool += [item for item in top if item not in skip and train.titles.get((case.platform, item))
-                 and train.titles[(case.platform, item)] not in titles][:size]
-    return list(dict.fromkeys(pool))
+
+    def keep(item: str) -> bool:
+        title = train.titles.get((case.platform, item))
+        return bool(title) and title not in titles
+
+    return candidate_pool(dict(enumerate(rows)), catalog, skip, size, keep=keep).items

@@ -34,9 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.decoding import answer_tokens
-from genrec.evaluation.generative import history_items
 from genrec.llm import end_of_turn_id
-from genrec.pipeline.types import Interaction, TrainData
+from genrec.pipeline.types import Interaction, TrainData, history_items
 from genrec.profile import Profile
 from genrec.prompts import format_answer, quote
 from genrec.recommender import Recommender
