@@ -275,7 +275,7 @@ def fit(
     path = Path(config) if Path(config).is_file() else shipped_spec(config)
     spec = PipelineSpec.from_yaml(path)
     with _store(db) as store:
-        pipeline = fit_pipeline(store, spec, data_dir=data_dir)
+        pipeline = fit_pipeline(store, spec, data_dir=data_dir, progress=True)
     pipeline.save(out)
     _show_fusion(pipeline)
     console.print(f"pipeline {spec.name!r} fitted in {pipeline.fit_info['fit_seconds']:.1f} s -> {out}  "
@@ -318,9 +318,22 @@ def recommend(
     with _store(db) as store:
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
-        if pipeline is not None:
-            _recommend_with_pipeline(store, pipeline, user, platform, k, as_json)
-            return
+        legacy = any(v is not None for v in (decoding, model, adapter, templates, calibration)) or four_bit \
+            or adapter_scale != 1.0
+        if pipeline is not None or not legacy:
+            from genrec.pipeline import Pipeline
+            from genrec.pipeline.fitting import dataset_of, default_pipeline
+
+            known = dataset or dataset_of(platform)
+            if pipeline is not None:
+                _recommend_with_pipeline(store, Pipeline.load(pipeline, store=store), user, platform, k, explain,
+                                         as_json)
+                return
+            if known is not None:
+                with console.status(f"loading the default pipeline of {known} (fitted on first use)"):
+                    fitted = default_pipeline(store, known, data_dir=data_dir)
+                _recommend_with_pipeline(store, fitted, user, platform, k, explain, as_json)
+                return
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
                                    calibration, adapter_scale)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
@@ -330,29 +343,34 @@ def recommend(
     _show_recommendations(result, explain)
 
 
-def _recommend_with_pipeline(store, folder: Path, user: str, platform: str, k: int, as_json: bool) -> None:
+def _recommend_with_pipeline(store, pipeline, user: str, platform: str, k: int, explain: bool,
+                             as_json: bool) -> None:
     import time
 
-    from genrec.pipeline import Pipeline
     from genrec.pipeline.fitting import user_context
 
     started = time.perf_counter()
-    pipeline = Pipeline.load(folder, store=store)
-    items = pipeline.recommend(user_context(store, user, platform), k)
+    items = pipeline.recommend(user_context(store, user, platform), k, explain=explain)
     seconds = time.perf_counter() - started
     if as_json:
         console.print_json(json.dumps({"user_id": user, "platform": platform, "k": k, "pipeline": pipeline.name,
                                        "items": [vars(item) | {"origin": item.origin} for item in items],
                                        "seconds": seconds}, default=str))
         return
+    _show_pipeline_items(pipeline, items, f"{platform} for user {user} ({pipeline.name})", explain)
+    console.print(f"{seconds:.2f} s")
+
+
+def _show_pipeline_items(pipeline, items, title: str, explain: bool) -> None:
+    """The pipeline's answer: each item, the sources that proposed it, the fused score and every component's."""
     table = Table("#", "item", "title", "from", "score", *pipeline.components,
-                  title=f"{platform} for user {user} ({pipeline.name})")
+                  *(("rationale",) if explain else ()), title=title, show_lines=explain)
     for item in items:
         values = [item.sources[name] for name in pipeline.sources] + ([item.llm] if pipeline.scorer else [])
+        rationale = (f"{item.rationale} [{item.rationale_source}]",) if explain else ()
         table.add_row(str(item.rank), item.item_id, item.title, item.origin, f"{item.score:.3f}",
-                      *(f"{v:.3f}" for v in values))
+                      *(f"{v:.3f}" for v in values), *rationale)
     console.print(table)
-    console.print(f"{seconds:.2f} s")
 
 
 def _show_recommendations(result, explain: bool) -> None:
@@ -567,17 +585,27 @@ def demo(db: DbOption = None, data_dir: DataDirOption = None,
             _show_stats(store, list(datasets.get(name).platforms), False, title=name)
         if not recommendations:
             return
-        from genrec.recommender import Recommender
+        import time
 
-        recommender = Recommender(store)
+        from genrec.pipeline.fitting import default_pipeline, user_context
+
         test_users = sorted(u for u, split in store.splits().items() if split == "test")
-        for user, platform, what in ((test_users[0], "amazon-office", "amazon-arts-office test user"),
-                                     ("1", "movies", "movielens-latest-small user")):
-            history = store.history(user)
-            by_platform = {p: sum(h.platform == p for h in history) for p in {h.platform for h in history}}
+        for dataset, user, platform, what in (
+                ("amazon-arts-office", test_users[0], "amazon-office", "amazon-arts-office test user"),
+                ("movielens-latest-small", "1", "movies", "movielens-latest-small user")):
+            with console.status(f"loading the default pipeline of {dataset} (fitted on first use)"):
+                pipeline = default_pipeline(store, dataset, data_dir=data_dir)
+            context = user_context(store, user, platform)
+            by_platform = {p: sum(x.platform == p for x in context.history) for p in {x.platform for x in
+                                                                                     context.history}}
             console.rule(f"[bold]{platform} recommendations for {what} {user}")
             console.print("history: " + ", ".join(f"{n} events on {p}" for p, n in sorted(by_platform.items())))
-            _show_recommendations(recommender.recommend(user, platform=platform, k=10, explain=True), True)
+            started = time.perf_counter()
+            items = pipeline.recommend(context, 10, explain=True)
+            _show_pipeline_items(pipeline, items, f"{platform} for user {user} ({pipeline.name})", True)
+            written = sum(item.rationale_source == "llm" for item in items)
+            console.print(f"{time.perf_counter() - started:.2f} s; {written} of {len(items)} rationales written by "
+                          "the LLM (the rest: evidence sentences)")
 
 
 def main() -> None:

@@ -116,7 +116,7 @@ def test_pipeline_fits_ranks_and_round_trips_through_its_folder(tmp_path: Path) 
     assert pooled[:3] == [item.item_id for item in items]  # the harness's ranking is the recommendation's
 
     folder = pipeline.save(tmp_path / "fitted", extra={"note": "test"})
-    assert not (tmp_path / "fitted.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["fitted"]  # no temporary folder left behind
     loaded = Pipeline.load(folder)
     np.testing.assert_array_equal(loaded.score([context], "p"), scores)
     assert loaded.recommend(context, k=3) == items
@@ -174,7 +174,7 @@ def _genrec(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_fit_and_recommend_through_the_cli_rank_as_the_pipeline_object(tmp_path: Path) -> None:
     """A small hybrid (popularity + ItemKNN + the real LLM) fitted by `genrec fit` on movielens: `genrec
     recommend --pipeline` answers with the ranking the loaded object's harness path (`score`) gives."""
-    env = {**os.environ, "GENREC_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     db = str(tmp_path / "store.duckdb")
     spec = {"name": "tiny-hybrid", "dataset": "movielens-latest-small",
             "sources": [{"kind": "popularity", "n": 5}, {"kind": "itemknn", "n": 5}],

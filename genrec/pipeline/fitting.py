@@ -15,12 +15,14 @@ from typing import Any
 
 from genrec.data.store import Store
 from genrec.errors import GenrecError, NotFoundError
-from genrec.pipeline.spec import Pipeline, PipelineSpec
+from genrec.pipeline.spec import SPEC_FILE, Pipeline, PipelineSpec
 from genrec.pipeline.types import Context, Interaction
+
+DEFAULTS_FILE = "defaults.yaml"
 
 
 def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = None, embedder: object | None = None,
-                 cache_dir: Path | None = None) -> Pipeline:
+                 cache_dir: Path | None = None, progress: bool = False) -> Pipeline:
     """Fit ``spec`` on the store (its data set imported first when it is missing)."""
     from genrec.data.loading import ensure_dataset
     from genrec.evaluation.protocol import Protocol, build
@@ -34,10 +36,46 @@ def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = No
         raise GenrecError(f"pipeline {spec.name!r}: protocol: {exc}") from exc
     data = build(store, protocol, platforms)
     pipeline = Pipeline(spec, store=store, embedder=embedder, cache_dir=cache_dir)
-    pipeline.fit(data.train, data.valid)
+    pipeline.fit(data.train, data.valid, progress=progress)
     pipeline.fit_info.update(dataset=spec.dataset, platforms=platforms, protocol=protocol.to_dict(),
                              store=store_fingerprint(store, platforms))
     return pipeline
+
+
+def default_spec(dataset: str) -> PipelineSpec:
+    """The shipped default pipeline of a registered data set (``pipelines/defaults.yaml``)."""
+    from genrec.config import read_yaml
+    from genrec.pipeline import shipped_spec, specs_dir
+
+    defaults = read_yaml(specs_dir() / DEFAULTS_FILE, "pipeline defaults") or {}
+    if dataset not in defaults:
+        raise GenrecError(f"no default pipeline for data set {dataset!r} (defaults exist for "
+                          f"{', '.join(sorted(defaults))}): fit one with `genrec fit` and pass --pipeline")
+    return PipelineSpec.from_yaml(shipped_spec(defaults[dataset]))
+
+
+def default_pipeline(store: Store, dataset: str, *, data_dir: Path | None = None,
+                     embedder: object | None = None) -> Pipeline:
+    """The data set's default pipeline, fitted on first use and cached under ``$GENREC_HOME/pipelines`` by the
+    store's content (new events make the next call fit it again)."""
+    from genrec.config import cache_dir
+    from genrec.data.loading import ensure_dataset
+
+    spec = default_spec(dataset)
+    platforms = ensure_dataset(store, dataset, data_dir=data_dir)
+    folder = cache_dir("pipelines") / f"{spec.name}-{store_fingerprint(store, platforms)['digest']}"
+    if (folder / SPEC_FILE).is_file():
+        return Pipeline.load(folder, store=store, embedder=embedder)
+    pipeline = fit_pipeline(store, spec, data_dir=data_dir, embedder=embedder)
+    pipeline.save(folder)
+    return pipeline
+
+
+def dataset_of(platform: str) -> str | None:
+    """The registered data set that holds ``platform`` (``None``: none does)."""
+    from genrec.data import datasets
+
+    return next((name for name, d in datasets.REGISTRY.items() if platform in d.platforms), None)
 
 
 def store_fingerprint(store: Store, platforms: list[str]) -> dict[str, Any]:

@@ -28,18 +28,27 @@ TUNING_METRIC = "NDCG@10"
 @dataclass
 class FusionSpec:
     """The search: ``weights`` each component may take, validation ``tune_users`` (seeded), ``rounds`` of
-    one-weight-at-a-time moves."""
+    one-weight-at-a-time moves. ``fixed`` (``{weights: {component: w}, calibration: a}``, as an earlier
+    ``genrec fit`` chose them) skips the search: fitting then costs no LLM call."""
 
     weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0])
     tune_users: int = 200
     seed: int = 0
     rounds: int = 2
+    fixed: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.weights or any(w < 0 or not math.isfinite(w) for w in self.weights):
             raise GenrecError(f"fusion.weights must be finite and non-negative: {self.weights}")
         if self.tune_users < 1 or self.rounds < 0:
             raise GenrecError("fusion.tune_users must be >= 1 and fusion.rounds >= 0")
+        if self.fixed is not None:
+            weights = self.fixed.get("weights") if isinstance(self.fixed, dict) else None
+            if not isinstance(weights, dict) or not weights or any(
+                    not isinstance(w, int | float) or w < 0 for w in weights.values()):
+                raise GenrecError(f"fusion.fixed needs weights: {{component: non-negative number}}, got {self.fixed}")
+            if not 0.0 <= float(self.fixed.get("calibration", 0.0)) <= 1.0:
+                raise GenrecError("fusion.fixed.calibration must lie in [0, 1]")
 
 
 @dataclass

@@ -11,6 +11,7 @@ the LLM's prompts name) and ``fit.json`` (validation metrics, the store fingerpr
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ class Pipeline:
     def __init__(self, spec: PipelineSpec, *, store=None, embedder: object | None = None,
                  cache_dir: Path | None = None) -> None:
         self.spec = spec
+        self.store, self._embedder, self._explainer = store, embedder, None
         self.name = spec.name
         self.history_scope = spec.history_scope
         self.sources: dict[str, CandidateSource] = {
@@ -129,22 +131,33 @@ class Pipeline:
         return [*self.sources, *([LLM] if self.scorer else [])]
 
     # -- fitting ---------------------------------------------------------------------------------------
-    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None, *,
+            progress: bool = False) -> None:
         """Fit every source on ``train`` (``valid_cases`` for early stopping), then tune the fusion on the
-        validation cases of a seeded sample of users."""
+        validation cases of a seeded sample of users (``progress``: a bar over the LLM's tuning cases)."""
         started = time.perf_counter()
         for source in self.sources.values():
             source.fit(train, valid_cases)
         if self.scorer is not None:
             self.scorer.fit(train)
         self.titles = dict(train.titles)
-        if len(self.components) == 1:
+        fixed = self.spec.fusion.fixed
+        if fixed is not None:
+            unknown = set(fixed["weights"]) - set(self.components)
+            if unknown:
+                raise GenrecError(f"pipeline {self.name!r}: fusion.fixed names unknown component(s) "
+                                  f"{', '.join(sorted(unknown))}; components: {', '.join(self.components)}")
+            self.fusion = Fusion({c: float(fixed["weights"].get(c, 0.0)) for c in self.components},
+                                 float(fixed.get("calibration", 0.0)),
+                                 report={"rule": "fixed in the spec", **{k: v for k, v in fixed.items()
+                                                                         if k not in ("weights", "calibration")}})
+        elif len(self.components) == 1:
             self.fusion = Fusion({self.components[0]: 1.0}, report={"rule": "a single component"})
         else:
             tune_on = tuning_cases(valid_cases or [], self.spec.fusion.tune_users, self.spec.fusion.seed)
             if not tune_on:
                 raise GenrecError(f"pipeline {self.name!r}: tuning the fusion needs validation cases")
-            cases = self._tuning_cases(tune_on)
+            cases = self._tuning_cases(tune_on, progress)
             calibrations = self.spec.llm.calibrations if self.spec.llm else [0.0]
             self.fusion = tune(cases, self.components, self.spec.fusion, calibrations)
         self.fit_info = {"fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,20 +167,24 @@ class Pipeline:
                          "valid_cases": len(valid_cases or [])}
         self.info = {"fusion": self.fusion.to_dict()}
 
-    def _tuning_cases(self, cases: Sequence[EvalCase]) -> list[TuningCase]:
+    def _tuning_cases(self, cases: Sequence[EvalCase], progress: bool = False) -> list[TuningCase]:
+        from tqdm.auto import tqdm
+
         out = []
+        bar = tqdm(total=len(cases), desc="tuning cases", unit="case", disable=not progress)
         for platform in sorted({c.platform for c in cases}):
             batch = [c for c in cases if c.platform == platform]
-            for case, (pool, llm, priors) in zip(batch, self._pools(batch, platform), strict=True):
+            for case, (pool, llm, priors) in zip(batch, self._pools(batch, platform, bar), strict=True):
                 components = dict(pool.scores)
                 if llm is not None:
                     components[LLM] = llm
                 target = pool.items.index(case.target) if case.target in pool.items else None
                 out.append(TuningCase(components, priors, target))
+        bar.close()
         return out
 
     # -- ranking ---------------------------------------------------------------------------------------
-    def _pools(self, contexts: Sequence[Context], platform: str
+    def _pools(self, contexts: Sequence[Context], platform: str, bar=None
                ) -> list[tuple[Pool, np.ndarray | None, np.ndarray | None]]:
         """Per context: its candidate pool, the LLM's raw scores of the pool and their title priors."""
         catalog = self._catalog(platform)
@@ -181,6 +198,8 @@ class Pipeline:
                 llm = self.scorer.score(context, pool.items)
                 priors = self.scorer.priors(platform, pool.items)
             out.append((pool, llm, priors))
+            if bar is not None:
+                bar.update()
         return out
 
     def rank(self, contexts: Sequence[Context], platform: str) -> list[tuple[Pool, np.ndarray, np.ndarray | None]]:
@@ -212,8 +231,9 @@ class Pipeline:
             out[row, columns[ranked]] = LEAD - np.arange(len(ranked)) / len(ranked)
         return out.astype(np.float32)
 
-    def recommend(self, context: Context, k: int = 10) -> list[ScoredItem]:
-        """The ``k`` best pooled items for one context, each with every component's score."""
+    def recommend(self, context: Context, k: int = 10, *, explain: bool = False) -> list[ScoredItem]:
+        """The ``k`` best pooled items for one context, each with every component's score (and, with
+        ``explain``, a rationale citing the user's history: ``genrec.pipeline.explain``)."""
         if k < 1:
             raise GenrecError(f"k must be at least 1, got {k}")
         [(pool, fused, calibrated)] = self.rank([context], context.platform)
@@ -226,7 +246,36 @@ class Pipeline:
                 sources={name: float(values[j]) for name, values in pool.scores.items()},
                 proposed_by=tuple(pool.proposed_by[item]),
                 llm=None if calibrated is None else float(calibrated[j])))
+        if explain:
+            titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
+            items = self.explainer.explain(items, titles, verb=self._verb(context.platform))
         return items
+
+    @property
+    def explainer(self):
+        """The explain stage, on the scorer's LLM and embedder (the default ones for a pipeline without LLM)."""
+        if self._explainer is None:
+            from genrec.pipeline.explain import Explainer
+            from genrec.prompts import PromptTemplates
+
+            if self.scorer is not None:
+                llm, embedder = self.scorer.recommender.llm, self.scorer.recommender.embedder
+            else:
+                from genrec.embedding import Embedder
+                from genrec.llm import LLM
+
+                llm, embedder = LLM.load(), self._embedder or Embedder()
+            self._explainer = Explainer(llm, embedder, PromptTemplates(), list(self.titles.values()))
+        return self._explainer
+
+    def _verb(self, platform: str) -> str:
+        from genrec.data.schema import default_verb
+
+        if self.store is not None:
+            known = {p.name: p for p in self.store.platforms()}.get(platform)
+            if known is not None and known.verb:
+                return known.verb
+        return default_verb(platform)
 
     def _catalog(self, platform: str) -> list[str]:
         return next(iter(self.sources.values()))._catalog(platform)
@@ -237,7 +286,7 @@ class Pipeline:
         if self.fusion is None:
             raise RuntimeError(f"pipeline {self.name!r}: fit() before save()")
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
         if tmp.exists():
             _remove(tmp)
         tmp.mkdir(parents=True)
