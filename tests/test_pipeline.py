@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from genrec.errors import GenrecError
-from genrec.pipeline import Pipeline, PipelineSpec, candidate_pool, shipped_spec, specs_dir
+from genrec.pipeline import Pipeline, PipelineSpec, candidate_pool, shipped_names, shipped_spec, specs_dir
+from genrec.pipeline.fitting import default_spec
 from genrec.pipeline.fusion import LLM, FusionSpec, TuningCase, ndcg10, tune
 from genrec.pipeline.types import Context, EvalCase, Interaction, TrainData
 
@@ -152,12 +153,16 @@ def test_loading_a_folder_that_is_not_a_pipeline_says_so(tmp_path: Path) -> None
         Pipeline.load(tmp_path)
 
 
-def test_shipped_specs_parse() -> None:
-    names = sorted(p.stem for p in specs_dir().glob("*.yaml"))
+def test_shipped_specs_parse_and_every_default_is_shipped() -> None:
+    names = shipped_names()
     assert names, "no shipped pipeline specs"
     for name in names:
         spec = PipelineSpec.from_yaml(shipped_spec(name))
         assert spec.dataset
+    for dataset, name in yaml.safe_load((specs_dir() / "defaults.yaml").read_text()).items():
+        assert default_spec(dataset).name == name and PipelineSpec.from_yaml(shipped_spec(name)).dataset == dataset
+    with pytest.raises(GenrecError, match="no default pipeline"):
+        default_spec("movielens-1m")
     with pytest.raises(GenrecError, match="no pipeline spec"):
         shipped_spec("no-such-pipeline")
 

@@ -15,6 +15,7 @@ from genrec.pipeline.spec import Pipeline, PipelineSpec, SourceSpec
 from genrec.pipeline.types import Context, EvalCase, Interaction, ScoredItem, TrainData
 
 SPEC_PACKAGE = "genrec._pipelines"
+DEFAULTS_FILE = "defaults.yaml"  # data set -> the shipped spec it gets when none is named
 
 
 def specs_dir() -> Path:
@@ -25,15 +26,19 @@ def specs_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "pipelines"
 
 
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in specs_dir().glob("*.yaml") if p.name != DEFAULTS_FILE)
+
+
 def shipped_spec(name: str) -> Path:
     """The path of a shipped spec by name (``amazon-arts-office-hybrid`` or ``pipelines/....yaml``)."""
     path = specs_dir() / f"{Path(name).stem}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in specs_dir().glob("*.yaml"))
+    if not path.is_file() or path.name == DEFAULTS_FILE:
+        known = shipped_names()
         raise GenrecError(f"no pipeline spec {name!r}: not a file, and not a shipped spec ({', '.join(known)})")
     return path
 
 
 __all__ = ["CandidateSource", "ContentOnly", "Context", "EvalCase", "Fusion", "FusionSpec", "Interaction", "ItemKNN",
            "LLMScorer", "LLMSpec", "MostPop", "Pipeline", "PipelineSpec", "Pool", "SASRec", "ScoredItem",
-           "SourceSpec", "TrainData", "candidate_pool", "shipped_spec", "specs_dir"]
+           "SourceSpec", "TrainData", "candidate_pool", "shipped_names", "shipped_spec", "specs_dir"]

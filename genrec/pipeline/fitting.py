@@ -18,8 +18,6 @@ from genrec.errors import GenrecError, NotFoundError
 from genrec.pipeline.spec import SPEC_FILE, Pipeline, PipelineSpec
 from genrec.pipeline.types import Context, Interaction
 
-DEFAULTS_FILE = "defaults.yaml"
-
 
 def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = None, embedder: object | None = None,
                  cache_dir: Path | None = None, progress: bool = False) -> Pipeline:
@@ -45,7 +43,7 @@ def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = No
 def default_spec(dataset: str) -> PipelineSpec:
     """The shipped default pipeline of a registered data set (``pipelines/defaults.yaml``)."""
     from genrec.config import read_yaml
-    from genrec.pipeline import shipped_spec, specs_dir
+    from genrec.pipeline import DEFAULTS_FILE, shipped_spec, specs_dir
 
     defaults = read_yaml(specs_dir() / DEFAULTS_FILE, "pipeline defaults") or {}
     if dataset not in defaults:
