@@ -201,7 +201,7 @@ class Trainer:
         evaluation = eval_config.load(self.config.eval_config)
         if self._given is not None:
             return evaluation, self._given
-        platforms = ensure_dataset(self.store, evaluation.dataset)
+        platforms = ensure_dataset(self.store, evaluation.dataset, platforms=evaluation.dataset_platforms)
         return evaluation, build(self.store, evaluation.protocol, platforms)
 
     def _examples(self, accelerator: Any, data: EvalData, recommender: Recommender, evaluation: Any) -> sft.SFTData:
