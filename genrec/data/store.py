@@ -24,11 +24,11 @@ from genrec.data.dbutil import first_row
 from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
 from genrec.data.readers import LINE
 from genrec.data.schema import (
+    DATASET_SPLITS,
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     LINK_COLUMNS,
     SPLIT_COLUMNS,
-    DATASET_SPLITS,
     TIME_KINDS,
     CatalogItem,
     HistoryItem,
@@ -288,15 +288,16 @@ class Store:
 
     @staticmethod
     def _check_users(con: duckdb.DuckDBPyConnection, source: str, report: ImportReport, allow: bool) -> None:
-        """Links and splits must name users that have events (in the store or this batch); a link may also name
-        the platform account the batch's events use."""
+        """Links and splits must name users that have events (in the store or this batch): a link's user, or the
+        platform account it links, has events; a split's user has events or a link of this batch."""
         known = """(SELECT user_id FROM stage_events UNION SELECT user_id FROM events
                     UNION SELECT user_id FROM links)"""
         checks = (
             ("identity links", f"""SELECT DISTINCT l.user_id FROM stage_links l WHERE l.user_id NOT IN {known}
                 AND NOT EXISTS (SELECT 1 FROM stage_events e WHERE e.platform = l.platform
                                 AND e.user_id = l.platform_user_id)"""),
-            ("splits", f"SELECT DISTINCT user_id FROM stage_splits WHERE user_id NOT IN {known}"),
+            ("splits", f"""SELECT DISTINCT user_id FROM stage_splits WHERE user_id NOT IN {known}
+                AND user_id NOT IN (SELECT user_id FROM stage_links)"""),  # links were checked first
         )
         for what, sql in checks:
             users = [r[0] for r in con.execute(f"{sql} ORDER BY 1").fetchall()]
@@ -440,6 +441,10 @@ class Store:
             title, category = self._item_titles(plat).get(item, (None, None))
             out.append(HistoryItem(user, plat, item, ts, event, value, title, category))
         return out
+
+    def titles(self, platform: str) -> dict[str, str]:
+        """The platform's item titles by id (cached until the next write)."""
+        return {item: title for item, (title, _) in self._item_titles(platform).items()}
 
     def _item_titles(self, platform: str) -> dict[str, tuple[str, str | None]]:
         titles = self._titles.get(platform)
