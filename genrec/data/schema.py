@@ -22,6 +22,7 @@ REQUIRED_EVENT_COLUMNS = ("user_id", "platform", "item_id", "timestamp")
 REQUIRED_ITEM_COLUMNS = ("platform", "item_id", "title")
 SPLITS = ("train", "valid", "test")
 TIME_KINDS = ("time", "sequence")
+DATASET_SPLITS = ("store", "none")  # a store-defined data set's user split: the imported one, or none
 
 DEFAULT_EVENT = "interaction"
 
@@ -75,3 +76,14 @@ class CatalogItem:
     category: str | None = None  # several categories are "|"-separated
     attributes: str | None = None
     year: int | None = None
+
+
+@dataclass(frozen=True)
+class StoreDataset:
+    """A data set defined in the store (``genrec data register``): its platforms and where its user split comes
+    from (``store``: the imported splits; ``none``: protocols draw a seeded split or use every user)."""
+
+    name: str
+    platforms: tuple[str, ...]
+    split: str = "none"
+    description: str | None = None

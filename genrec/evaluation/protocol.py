@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from genrec.data.store import Store
+from genrec.errors import GenrecError
 from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 TARGETS = ("last-per-platform", "final-timestamp")
@@ -147,9 +148,11 @@ def _user_roles(store: Store, protocol: Protocol, users: list[str]) -> dict[str,
         return dict.fromkeys(users, "all")
     if protocol.users == "dataset":
         splits = store.splits()
-        if not splits:
-            raise ValueError("protocol.users = 'dataset' but the store has no user split for this data set")
-        return {u: splits[u] for u in users if u in splits}
+        roles = {u: splits[u] for u in users if u in splits}
+        if not roles:
+            raise GenrecError("protocol.users = 'dataset' but the store has no user split for this data set's users "
+                             "(import one with `genrec data import-file FILE --kind splits`, or use users: random)")
+        return roles
     shuffled = list(users)
     random.Random(protocol.seed).shuffle(shuffled)
     n_test = round(len(users) * protocol.test_fraction)

@@ -208,12 +208,12 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     config whose recorded outcome matches it, so a run of one new method is compared with everything recorded.
     Rows and comparisons of the previous ``metrics.json`` that neither ran nor have a recorded outcome now are
     carried over (``carry_earlier``)."""
-    out = out_root / config.name
+    platforms = ensure_dataset(store, config.dataset, platforms=config.dataset_platforms)
+    chosen = {id(spec) for spec in select_methods(config.methods, methods)}
+    out = out_root / config.name  # written only once the data set and the methods are known
     cache, recorded = out / "cache", out / "outcomes"
     cache.mkdir(parents=True, exist_ok=True)
     recorded.mkdir(exist_ok=True)
-    platforms = ensure_dataset(store, config.dataset)
-    chosen = {id(spec) for spec in select_methods(config.methods, methods)}
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
     resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},

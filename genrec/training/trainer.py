@@ -41,7 +41,7 @@ from genrec.errors import GenrecError
 from genrec.evaluation import config as eval_config
 from genrec.evaluation.methods import create_named
 from genrec.evaluation.protocol import EvalData, build
-from genrec.llm import LLM, LLMConfig, resolve_device
+from genrec.llm import LLM, LLMConfig, dtype_choice, resolve_device
 from genrec.recommender import Recommender, RecommenderConfig
 from genrec.training import sft
 from genrec.training.adapter import save_adapter
@@ -201,7 +201,7 @@ class Trainer:
         evaluation = eval_config.load(self.config.eval_config)
         if self._given is not None:
             return evaluation, self._given
-        platforms = ensure_dataset(self.store, evaluation.dataset)
+        platforms = ensure_dataset(self.store, evaluation.dataset, platforms=evaluation.dataset_platforms)
         return evaluation, build(self.store, evaluation.protocol, platforms)
 
     def _examples(self, accelerator: Any, data: EvalData, recommender: Recommender, evaluation: Any) -> sft.SFTData:
@@ -258,10 +258,14 @@ class Trainer:
 
         evaluation, data = self._data()
         path = base_model_path(config.model)
+        dtype, why = dtype_choice(train.dtype, accelerator.device, batch_invariant=False)
+        if main:
+            self._log(f"training dtype: {why}")
         model, tokenizer = load_for_training(path, config.lora, device=accelerator.device,
-                                             dtype=getattr(torch, train.dtype), load_in_4bit=train.load_in_4bit,
+                                             dtype=dtype, load_in_4bit=train.load_in_4bit,
                                              gradient_checkpointing=train.gradient_checkpointing)
-        llm = LLM(model, tokenizer, LLMConfig(model=str(path), dtype=train.dtype, device=accelerator.device.type,
+        llm = LLM(model, tokenizer, LLMConfig(model=str(path), dtype=str(dtype).removeprefix("torch."),
+                                              device=accelerator.device.type,
                                               load_in_4bit=train.load_in_4bit, seed=config.seed))
         recommender = Recommender(self.store, llm=llm, config=RecommenderConfig(**config.prompt))
         sft_data = self._examples(accelerator, data, recommender, evaluation)
