@@ -24,6 +24,7 @@ SPLITS = ("train", "valid", "test")
 TIME_KINDS = ("time", "sequence")
 
 DEFAULT_EVENT = "interaction"
+MAX_TITLE_CHARS = 2_000  # a catalog title longer than this is a broken file, not a title
 
 # Platform-specific verbs for profiles; anything else falls back to "interacted with".
 DEFAULT_VERBS = {

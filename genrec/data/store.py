@@ -17,6 +17,7 @@ import pandas as pd
 
 from genrec.config import default_db_path
 from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
+from genrec.data import timestamps
 from genrec.data.dbutil import first_row
 from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
 from genrec.data.readers import LINE
@@ -27,6 +28,7 @@ from genrec.data.schema import (
     SPLIT_COLUMNS,
     TIME_KINDS,
     CatalogItem,
+    MAX_TITLE_CHARS,
     HistoryItem,
     Platform,
 )
@@ -161,6 +163,7 @@ class Store:
                 self.add_platform(platform)
                 report.platforms_added.append(platform.name)
         self._stage(con, batch)
+        _check_staged(con)
         for table, what in (("stage_events", "event"), ("stage_items", "item")):
             unknown = first_row(con.execute(
                 f"""SELECT platform, _file, _line FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
@@ -369,6 +372,20 @@ class Store:
             self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
             written.append(target)
         return written
+
+
+def _check_staged(con: duckdb.DuckDBPyConnection) -> None:
+    """The last guard before writing: no timestamp that a later read cannot handle, no oversized title."""
+    bad = first_row(con.execute(f"""SELECT _file, _line, CAST(timestamp AS VARCHAR) FROM stage_events
+        WHERE {timestamps.out_of_range('timestamp')} ORDER BY _seq LIMIT 1"""))
+    if bad is not None:
+        raise DataError(f"invalid timestamp {bad[2] or '(empty)'}", file=bad[0], line=bad[1], field="timestamp",
+                        expected=f"a timestamp {timestamps.RANGE}")
+    long = first_row(con.execute("""SELECT _file, _line, length(title) FROM stage_items WHERE length(title) > ?
+        ORDER BY _seq LIMIT 1""", [MAX_TITLE_CHARS]))
+    if long is not None:
+        raise DataError(f"title of {long[2]:,} characters", file=long[0], line=long[1], field="title",
+                        expected=f"at most {MAX_TITLE_CHARS:,} characters")
 
 
 def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
