@@ -5,7 +5,6 @@ an error naming rows of both; nothing stored can break a later read. Property te
 from __future__ import annotations
 
 import json
-
 from datetime import datetime, timedelta
 from pathlib import Path
 

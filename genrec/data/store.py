@@ -16,8 +16,8 @@ import duckdb
 import pandas as pd
 
 from genrec.config import default_db_path
-from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
 from genrec.data import timestamps
+from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
 from genrec.data.dbutil import first_row
 from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
 from genrec.data.readers import LINE
@@ -25,10 +25,10 @@ from genrec.data.schema import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     LINK_COLUMNS,
+    MAX_TITLE_CHARS,
     SPLIT_COLUMNS,
     TIME_KINDS,
     CatalogItem,
-    MAX_TITLE_CHARS,
     HistoryItem,
     Platform,
 )
