@@ -140,9 +140,12 @@ def data_import_file(
 ) -> None:
     """Import one generic file with a column mapping."""
     from genrec.data.importers import file_batch, parse_mapping
-    from genrec.data.readers import read_table
+    from genrec.data.readers import check_options, read_table
     from genrec.data.schema import Platform, default_verb
+    from genrec.data.timestamps import check_kind
 
+    check_kind(timestamp_kind)
+    check_options(encoding, delimiter)
     cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
                          k_core_users, k_core_items, hash_user_ids, salt)
     table = read_table(file, fmt, encoding=encoding, delimiter=delimiter, skip_bad_rows=skip_bad_rows)

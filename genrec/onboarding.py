@@ -8,7 +8,6 @@ chat turn or report on it needs no further set-up.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,13 +17,12 @@ from jinja2.sandbox import SecurityError
 
 from genrec.data.importers import Mapping, file_batch
 from genrec.data.readers import read_table
-from genrec.data.schema import TIME_KINDS, Platform, default_verb
+from genrec.data.schema import TIME_KINDS, Platform, check_platform_name, default_verb
 from genrec.data.store import Store
 from genrec.errors import ConflictError, DataError
 from genrec.prompts import PromptTemplates, RecommendPrompt
 from genrec.recommender import Recommender
 
-PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TRIAL = RecommendPrompt(profile="On \"movies\", the user watched 1 item.", platform="new", n=3, verb="used")
 
 
@@ -45,13 +43,6 @@ class OnboardingReport:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"seconds": self.seconds}
-
-
-def check_platform_name(name: str) -> str:
-    if not PLATFORM_NAME.match(name or ""):
-        raise DataError(f"invalid platform name {name!r}", field="name",
-                        expected="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
 
 
 def check_template(source: str) -> None:
@@ -89,13 +80,16 @@ def onboard(
     time_kind: str = "time",
     description: str | None = None,
     skip_bad_rows: bool = False,
+    max_bytes: int | None = None,
+    max_rows: int | None = None,
 ) -> OnboardingReport:
     """Register platform ``name`` with the catalog file ``catalog`` in ``store`` and build its index with
     ``recommender`` (a recommender over the same store; its embedder does the embedding).
 
     ``mapping`` names the source columns of ``item_id`` and ``title`` (and optionally ``description``,
     ``category``, ``attributes``, ``year``); ``template`` is an optional Jinja2 recommend prompt for this
-    platform (see ``check_template``). A name that is already registered raises ``ConflictError``: add items to
+    platform (see ``check_template``). ``max_bytes``/``max_rows`` limit the catalog file (decompressed) and
+    raise ``TooLargeError``. A name that is already registered raises ``ConflictError``: add items to
     an existing platform with ``genrec data import-file --kind items``.
     """
     started = time.perf_counter()
@@ -108,7 +102,7 @@ def onboard(
         raise ConflictError(f"platform {name!r} is already registered")
     platform = Platform(name, verb=(verb or "").strip() or default_verb(name), time_kind=time_kind,
                         description=description)
-    table = read_table(catalog, fmt, skip_bad_rows=skip_bad_rows)
+    table = read_table(catalog, fmt, skip_bad_rows=skip_bad_rows, max_bytes=max_bytes, max_rows=max_rows)
     batch = file_batch(catalog, kind="items", table=table, mapping=mapping, platform=platform,
                        skip_bad_rows=skip_bad_rows)
     if template is not None:

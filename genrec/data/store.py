@@ -31,6 +31,7 @@ from genrec.data.schema import (
     CatalogItem,
     HistoryItem,
     Platform,
+    check_platform_name,
 )
 from genrec.errors import DataError, NotFoundError
 
@@ -116,6 +117,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------------
     def add_platform(self, platform: Platform, *, replace: bool = False) -> None:
+        check_platform_name(platform.name)
         if platform.time_kind not in TIME_KINDS:
             raise DataError(f"unknown time kind {platform.time_kind!r}", field="time_kind",
                             expected=" or ".join(TIME_KINDS))
@@ -176,8 +178,10 @@ class Store:
                                 field="platform",
                                 expected=f"a registered platform ({known}); register it first (genrec platform "
                                          "add) or allow new platforms")
-            for (name,) in con.execute(f"""SELECT DISTINCT platform FROM {table}
-                    WHERE platform NOT IN (SELECT platform FROM platforms) ORDER BY 1""").fetchall():
+            for name, file, line in con.execute(f"""SELECT platform, min_by(_file, _seq), min_by(_line, _seq)
+                    FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
+                    GROUP BY platform ORDER BY 1""").fetchall():
+                check_platform_name(name, file=file, line=line, field="platform")
                 self.add_platform(Platform(name))
                 report.platforms_added.append(name)
         report.events_in = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +37,7 @@ from genrec.data.importers import events_from_records, parse_mapping
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.embedding import Embedder
-from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError
+from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError, TooLargeError
 from genrec.llm import LLMConfig
 from genrec.onboarding import onboard
 from genrec.prompts import PromptTemplates
@@ -274,6 +275,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(404, str(exc))
         if isinstance(exc, ConflictError):
             return _error(409, str(exc))
+        if isinstance(exc, TooLargeError):
+            return _error(413, str(exc), exc.field)
         if isinstance(exc, DataError):
             return _error(422, str(exc), exc.field)
         return _error(400, str(exc))
@@ -297,6 +300,23 @@ def _inline_history(store: Store, events: list[HistoryEvent]) -> list[HistoryIte
                         start + timedelta(seconds=position),
                         value=e.value, title=e.title or titles.get((e.platform, e.item_id)))
             for position, e in enumerate(events)]
+
+
+def upload_name(filename: str | None, fmt: str | None) -> str:
+    """A safe local name for an uploaded file: its last path part in letters, digits, ``.``, ``_`` and ``-``, not
+    starting with a dot (so never ``..``); an unusable name is a 422 unless ``fmt`` names the format."""
+    base = _SAFE_NAME.sub("_", PurePosixPath((filename or "").replace("\\", "/")).name).lstrip("._-")[-100:]
+    if base:
+        return base
+    if fmt:
+        return f"catalog.{fmt}"
+    raise Invalid("catalog", f"unusable file name {filename!r}: name the file like catalog.csv or set "
+                             "catalog_format")
+
+
+def _save(source: BinaryIO, target: Path) -> None:
+    with target.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -386,12 +406,13 @@ def _add_routes(app: FastAPI) -> None:
             raise Busy("another platform is being onboarded; retry shortly", 10)
         try:
             with tempfile.TemporaryDirectory(prefix="genrec-upload-") as folder:
-                path = Path(folder) / (_SAFE_NAME.sub("_", Path(catalog.filename or "catalog").name) or "catalog")
-                path.write_bytes(await catalog.read())
+                path = Path(folder) / upload_name(catalog.filename, catalog_format)
+                await run_in_threadpool(_save, catalog.file, path)
                 report = await run_in_threadpool(
                     onboard, service.store, name, path, recommender=service.onboarding,
                     mapping=parse_mapping(mapping or []), fmt=catalog_format, verb=verb, template=template,
-                    time_kind=time_kind, description=description)
+                    time_kind=time_kind, description=description, max_bytes=service.settings.max_catalog_bytes,
+                    max_rows=service.settings.max_catalog_rows)
         finally:
             service.onboarding_lock.release()
         return report.to_dict()

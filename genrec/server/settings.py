@@ -34,7 +34,9 @@ class ServerSettings(BaseModel):
     warm_up: bool = True
     # limits
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_upload_bytes: int = Field(64_000_000, ge=1024)
+    max_upload_bytes: int = Field(64_000_000, ge=1024)  # an upload as sent (compressed or not)
+    max_catalog_bytes: int = Field(256_000_000, ge=1024)  # an uploaded catalog once decompressed
+    max_catalog_rows: int = Field(2_000_000, ge=1)
     max_history: int = Field(500, ge=1)
     max_events: int = Field(10_000, ge=1)
     max_k: int = Field(50, ge=1)
