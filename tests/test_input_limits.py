@@ -102,7 +102,8 @@ def test_bad_reader_options_are_data_errors(encoding, delimiter, field):
     assert exc.value.field == field
 
 
-PROPERTY = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 200)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 200)), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @PROPERTY
