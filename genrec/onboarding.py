@@ -9,11 +9,9 @@ chat turn or report on it needs no further set-up.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import jinja2
-from jinja2.sandbox import SecurityError
 
 from genrec.data.importers import Mapping, file_batch
 from genrec.data.readers import read_table
@@ -22,8 +20,15 @@ from genrec.data.store import Store
 from genrec.errors import ConflictError, DataError
 from genrec.prompts import PromptTemplates, RecommendPrompt
 from genrec.recommender import Recommender
+from genrec.template_sandbox import TemplateError
 
 _TRIAL = RecommendPrompt(profile="On \"movies\", the user watched 1 item.", platform="new", n=3, verb="used")
+# the longest profile and largest n a real request may bring, with quotes, markup and line breaks in it
+_WORST_ITEM = '"Item <{p}-{i}> \\ {{{{ x }}}} ' + "long " * 8 + '"'
+_WORST = RecommendPrompt(
+    profile="\n".join(f'On "platform-{p}", the user bought: ' + ", ".join(_WORST_ITEM.format(p=p, i=i)
+                                                                        for i in range(40)) for p in range(8)),
+    platform="new", n=100, verb="interacted with", description="A description " * 20)
 
 
 @dataclass(frozen=True)
@@ -45,24 +50,32 @@ class OnboardingReport:
         return asdict(self) | {"seconds": self.seconds}
 
 
-def check_template(source: str) -> None:
-    """Compile and trial-render a platform's recommend prompt in the sandbox; ``DataError`` on field ``template``.
+def check_template(source: str, platforms: Sequence[str] = ()) -> None:
+    """Compile and trial-render a platform's recommend prompt under the untrusted-template limits (a separate
+    process, see ``genrec.template_sandbox``); ``DataError`` on field ``template`` naming the line.
 
     The template sees the context of ``recommend.j2`` (``profile``, ``platform``, ``n``, ``verb``,
-    ``description``, ``rationale`` and an optional ``instruction``).
+    ``description``, ``rationale`` and an optional ``instruction``). It is rendered for every name in
+    ``platforms`` and a new one, with a short and a worst-case profile, so a template that is fast only for the
+    name it was tried with is caught here rather than on the model worker.
     """
     templates = PromptTemplates()
     name = templates.register("platform-template-check.j2", source)
     try:
-        for rationale in (True, False):
-            templates.render(name, _TRIAL, rationale=rationale, instruction="something quiet")
-    except jinja2.TemplateSyntaxError as exc:
-        raise DataError(f"template syntax error: {exc.message}", field="template", line=exc.lineno,
-                        expected="a Jinja2 template") from exc
-    except (jinja2.UndefinedError, SecurityError) as exc:
-        raise DataError(f"template cannot be rendered: {exc}", field="template",
-                        expected="only the variables profile, platform, n, verb, description, rationale, "
-                                 "instruction") from exc
+        for trial in (_WORST, _TRIAL):  # the limits first: an empty prompt is the lesser problem
+            for platform in dict.fromkeys([*platforms, _TRIAL.platform]):
+                for rationale, instruction in ((True, "something quiet"), (False, None), (True, _WORST.profile)):
+                    text = templates.render(name, replace(trial, platform=platform, rationale=rationale),
+                                            instruction=instruction)
+                    if not text and trial is _TRIAL and instruction is None:
+                        raise DataError("template renders an empty prompt", field="template")
+    except TemplateError as exc:
+        if exc.kind == "syntax":
+            raise DataError(exc.reason, field="template", line=exc.line, expected="a Jinja2 template") from exc
+        expected = None if exc.kind == "limit" else \
+            "only the variables profile, platform, n, verb, description, rationale, instruction"
+        raise DataError(f"template cannot be rendered: {exc.reason}", field="template", line=exc.line,
+                        expected=expected) from exc
     if not templates.render(name, _TRIAL, rationale=True, instruction=None):
         raise DataError("template renders an empty prompt", field="template")
 
@@ -97,7 +110,7 @@ def onboard(
     if time_kind not in TIME_KINDS:
         raise DataError(f"unknown time kind {time_kind!r}", field="time_kind", expected=" or ".join(TIME_KINDS))
     if template is not None:
-        check_template(template)
+        check_template(template, [p.name for p in store.platforms()] + [name])
     if any(p.name == name for p in store.platforms()):
         raise ConflictError(f"platform {name!r} is already registered")
     platform = Platform(name, verb=(verb or "").strip() or default_verb(name), time_kind=time_kind,
