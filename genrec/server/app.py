@@ -10,7 +10,6 @@ queue is full or a request waited longer than ``request_timeout_s``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import shutil
 import tempfile
@@ -26,7 +25,6 @@ from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -58,6 +56,7 @@ from genrec.server.models import (
     RecommendIn,
     RecommendOut,
 )
+from genrec.server.security import Hardened, KeysFirst, needs, parse_keys
 from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
 
@@ -151,26 +150,7 @@ def _service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from GENREC_API_KEYS")
-_bearer = HTTPBearer(auto_error=False, description="An API key from GENREC_API_KEYS, as a bearer token")
-
-
-def require_api_key(service: ServiceDep, api_key: Annotated[str | None, Depends(_api_key_header)],
-                    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Write endpoints: a configured API key in ``X-API-Key`` or ``Authorization: Bearer``."""
-    keys = service.settings.api_keys
-    if not keys:
-        raise HTTPException(403, "writes are disabled: no API key is configured (set GENREC_API_KEYS or api_keys "
-                                 "in the server config)")
-    given = api_key or (bearer.credentials if bearer else None)
-    if not given:
-        raise HTTPException(401, "this endpoint needs an API key (X-API-Key header or Authorization: Bearer)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-
-
-Writer = Depends(require_api_key)
+Writer = needs("write")
 
 
 class BodyLimit:
@@ -234,11 +214,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
                   description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
+    app.state.keys = parse_keys(settings.api_keys)
     app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
                        else settings.max_body_bytes)
+    app.add_middleware(KeysFirst, routes=lambda: app.router.routes)  # inside the body limit: keys before bodies
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key"])
+    app.add_middleware(Hardened)  # outermost: its headers go on every response
     _add_error_handlers(app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,7 +1,8 @@
 """Server settings: a YAML config file, the ``GENREC_API_KEYS`` environment variable and command-line overrides.
 
-API keys come from both the config file (``api_keys: [...]``) and ``GENREC_API_KEYS`` (comma-separated); write
-endpoints need one of them. With no key configured, writes are refused. CORS is off unless ``cors_origins`` lists
+API keys come from both the config file (``api_keys: [...]``) and ``GENREC_API_KEYS`` (comma-separated), each as
+``KEY`` (read and write) or ``KEY:scope+scope`` (``read``, ``write``, ``admin``; see ``genrec.server.security``).
+With no key configured, the endpoints that need one are refused. CORS is off unless ``cors_origins`` lists
 origins.
 """
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from genrec.config import read_yaml
 from genrec.errors import GenrecError
 from genrec.llm import Device, DType
+from genrec.server.security import parse_keys
 
 API_KEYS_ENV = "GENREC_API_KEYS"
 
@@ -55,6 +57,11 @@ class ServerSettings(BaseModel):
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_have_known_scopes(self) -> ServerSettings:
+        parse_keys(self.api_keys)
+        return self
 
     @model_validator(mode="after")
     def _scale_needs_an_adapter(self) -> ServerSettings:
