@@ -68,6 +68,12 @@ class ServerProcess:
     def write_headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key}
 
+    @property
+    def read_headers(self) -> dict[str, str]:
+        """User data (users, history, reports, recommendations by user id, chat) needs a key with the read
+        scope; the test key has read and write."""
+        return {"X-API-Key": self.api_key}
+
 
 def _free_port() -> int:
     import socket

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 import genrec
 from genrec.chat import ChatEngine, ChatTurn, Conversations
+from genrec.data.cleaning import CleaningConfig, hash_user_id
 from genrec.data.importers import events_from_records, parse_mapping
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
@@ -56,7 +57,7 @@ from genrec.server.models import (
     RecommendIn,
     RecommendOut,
 )
-from genrec.server.security import Hardened, KeysFirst, needs, parse_keys
+from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
 
@@ -128,6 +129,13 @@ class Service:
         finally:
             self.ready.set()
 
+    def user(self, user_id: str | None) -> str | None:
+        """The stored id of a user id the API received: hashed like ``--hash-user-ids`` when the server is set to
+        (so raw ids never reach the store), else as given."""
+        if user_id is None or not self.settings.hash_user_ids:
+            return user_id
+        return hash_user_id(user_id, self.settings.salt)
+
     def stop(self) -> None:
         self.worker.stop()
         self.store.close()
@@ -151,6 +159,7 @@ def _service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(_service)]
 Writer = needs("write")
+Reader = needs("read")
 
 
 class BodyLimit:
@@ -215,6 +224,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
                   description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
     app.state.keys = parse_keys(settings.api_keys)
+    redact_access_log()
     app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
                        else settings.max_body_bytes)
     app.add_middleware(KeysFirst, routes=lambda: app.router.routes)  # inside the body limit: keys before bodies
@@ -314,50 +324,56 @@ def _add_routes(app: FastAPI) -> None:
                       conversations=len(service.chat.conversations), worker=service.worker.stats.to_dict())
 
     @app.post("/v1/recommend", response_model=RecommendOut, tags=["recommend"])
-    async def recommend(body: RecommendIn, service: ServiceDep) -> dict:
-        """Top-k items of ``platform`` for a stored user (``user_id``) or an inline cross-platform ``history``."""
+    async def recommend(body: RecommendIn, service: ServiceDep, request: Request) -> dict:
+        """Top-k items of ``platform`` for a stored user (``user_id``: needs a key with the ``read`` scope) or an
+        inline cross-platform ``history`` (no key)."""
         settings = service.settings
+        if body.user_id is not None:
+            authorize(request.app.state.keys, request.headers, "read")
         _limit("k", body.k, settings.max_k)
         history = None
         if body.history is not None:
             _limit("history", len(body.history), settings.max_history)
             history = await run_in_threadpool(_inline_history, service.store, body.history)
-        request = RecommendRequest(body.platform, user_id=body.user_id, history=history, k=body.k,
-                                   explain=body.explain, exclude=frozenset(body.exclude))
-        return await service.run(RecommendJob(request))
+        job = RecommendRequest(body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
+                               explain=body.explain, exclude=frozenset(body.exclude))
+        return await service.run(RecommendJob(job))
 
-    @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"])
+    @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"], dependencies=[Reader])
     async def chat(body: ChatIn, service: ServiceDep) -> dict:
         """A chat message in a conversation (new when ``conversation_id`` is absent) -> recommendations."""
         _limit("k", body.k, service.settings.max_k)
-        turn = ChatTurn(body.user_id, body.message, body.conversation_id, body.k, body.explain)
+        turn = ChatTurn(service.user(body.user_id), body.message, body.conversation_id, body.k, body.explain)
         return await service.run(ChatJob(service.chat, turn))
 
-    @app.get("/v1/users", tags=["users"])
+    @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         if platform is not None:
             service.store.platform(platform)
         return {"users": service.store.users(platform)[:limit]}
 
-    @app.get("/v1/users/{user_id}/history", response_model=list[HistoryItemOut], tags=["users"])
+    @app.get("/v1/users/{user_id}/history", response_model=list[HistoryItemOut], tags=["users"],
+             dependencies=[Reader])
     def history(user_id: str, service: ServiceDep, platform: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[HistoryItemOut]:
         """The user's latest events (newest last)."""
+        user_id = service.user(user_id)
         if not service.store.has_user(user_id):
             raise NotFoundError(f"unknown user {user_id!r}: the store has no events for this user")
         return [HistoryItemOut(platform=h.platform, item_id=h.item_id, title=h.title,
                                timestamp=h.timestamp.isoformat(), event=h.event, value=h.value)
                 for h in service.store.history(user_id, platform=platform, limit=limit)]
 
-    @app.get("/v1/users/{user_id}/report", tags=["explain"],
+    @app.get("/v1/users/{user_id}/report", tags=["explain"], dependencies=[Reader],
              responses={200: {"content": {"text/html": {}, "text/markdown": {}, "application/json": {}}}})
     async def report(user_id: str, service: ServiceDep,
                      fmt: Annotated[Literal["html", "md", "json"], Query(alias="format")] = "html",
                      platform: Annotated[list[str] | None, Query()] = None) -> Response:
         """Explainable report: profile per platform, activity charts, recommendations with rationale, evidence
         and a faithfulness check. ``platform`` (repeatable): target platforms [default: the user's own]."""
-        text = await service.run(ReportJob(service.reports, user_id, platform or [], fmt, service.templates))
+        text = await service.run(ReportJob(service.reports, service.user(user_id), platform or [], fmt,
+                                           service.templates))
         if fmt == "html":
             return HTMLResponse(text)
         if fmt == "md":
@@ -406,7 +422,8 @@ def _add_routes(app: FastAPI) -> None:
         _limit("events", len(body.events), service.settings.max_events)
         try:
             batch = events_from_records([e.model_dump() for e in body.events])
-            report = service.store.ingest(batch)
+            report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
+                                                                salt=service.settings.salt))
         except DataError as exc:
             where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
             raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc

@@ -1,5 +1,5 @@
 """API keys with scopes, and the ASGI layers every response passes: key checks before the body is read, security
-headers, and a last-resort 500 that keeps the connection open.
+headers, and a last-resort 500 that keeps the connection open; user ids redacted from the access log.
 
 Keys come as ``KEY`` or ``KEY:scope+scope`` (scopes ``read``, ``write``, ``admin``; ``admin`` implies the others;
 a key without scopes may read and write). A route declares what it needs with ``dependencies=[needs("write")]``:
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,33 @@ DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.c
             "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; worker-src blob:; object-src 'none'; "
             "base-uri 'none'; frame-ancestors 'none'")
 DOCS_PATHS = ("/docs", "/redoc")
+
+
+_USER_IN_PATH = re.compile(r"(/v1/users/)[^/?#\s]+")
+_USER_IN_QUERY = re.compile(r"((?:^|[?&])user(?:_id)?=)[^&#\s]*")
+
+
+class RedactUserIds(logging.Filter):
+    """Access-log filter: user ids in request paths and queries become ``<user>`` (the log says what was asked
+    for, not about whom)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact(text: str) -> str:
+    return _USER_IN_QUERY.sub(r"\1<user>", _USER_IN_PATH.sub(r"\1<user>", text))
+
+
+def redact_access_log(name: str = "uvicorn.access") -> None:
+    """Install :class:`RedactUserIds` on the access logger (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactUserIds) for f in logger.filters):
+        logger.addFilter(RedactUserIds())
 
 
 class Hardened:

@@ -20,6 +20,7 @@ from genrec.llm import Device, DType
 from genrec.server.security import parse_keys
 
 API_KEYS_ENV = "GENREC_API_KEYS"
+SALT_ENV = "GENREC_SALT"
 
 
 class ServerSettings(BaseModel):
@@ -57,6 +58,16 @@ class ServerSettings(BaseModel):
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
+    # privacy: hash every user id the API receives (events, paths, requests) like `--hash-user-ids`
+    hash_user_ids: bool = False
+    salt: str | None = None  # default: $GENREC_SALT
+
+    @model_validator(mode="after")
+    def _hashing_needs_a_salt(self) -> ServerSettings:
+        self.salt = self.salt or os.environ.get(SALT_ENV) or None
+        if self.hash_user_ids and not self.salt:
+            raise ValueError(f"hash_user_ids needs a salt: set salt in the server config or {SALT_ENV}")
+        return self
 
     @model_validator(mode="after")
     def _keys_have_known_scopes(self) -> ServerSettings:
