@@ -5,11 +5,8 @@ headers on HTML, JSON and errors, and a 500 that leaves the keep-alive connectio
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from genrec.errors import GenrecError
@@ -78,12 +75,6 @@ def test_a_413_carries_them_too(tmp_path, monkeypatch):
         assert response.status_code == 413 and response.headers["x-frame-options"] == "DENY"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _exchange(sock: socket.socket, path: str) -> bytes:
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     data = b""
@@ -103,26 +94,15 @@ def _exchange(sock: socket.socket, path: str) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_a_500_keeps_the_keep_alive_connection(app):
+def test_a_500_keeps_the_keep_alive_connection(app, serve_app):
     @app.get("/boom")
     def boom() -> dict:
         raise RuntimeError("a bug")
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            first = _exchange(sock, "/boom")
-            assert first.startswith(b"HTTP/1.1 500") and b'"internal server error"' in first
-            assert b"a bug" not in first and b"nosniff" in first
-            second = _exchange(sock, "/healthz")  # same connection
-            assert second.startswith(b"HTTP/1.1 200"), second
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    port = int(serve_app(app).rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        first = _exchange(sock, "/boom")
+        assert first.startswith(b"HTTP/1.1 500") and b'"internal server error"' in first
+        assert b"a bug" not in first and b"nosniff" in first
+        second = _exchange(sock, "/healthz")  # same connection
+        assert second.startswith(b"HTTP/1.1 200"), second

@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
 
 STATIC = Path(__file__).parent / "static"
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+GRACEFUL_S = 5  # at shutdown, how long uvicorn lets requests in flight finish
+STOP_WAIT_S = 3.0  # at shutdown, how long the batch in progress may still run (uvicorn waits GRACEFUL_S first)
 UPLOAD_PATH = "/v1/platforms"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -137,20 +141,53 @@ class Service:
         return hash_user_id(user_id, self.settings.salt)
 
     def stop(self) -> None:
-        self.worker.stop()
+        self.worker.stop(timeout=STOP_WAIT_S)
         self.store.close()
 
-    async def run(self, job: Job) -> Any:
-        """``job``'s answer from the worker; ``Busy`` when the queue is full or the answer takes too long."""
+    async def run(self, job: Job, request: Request | None = None) -> Any:
+        """``job``'s answer from the worker within the request's deadline (``request_timeout_s``, or less when
+        the client sends ``X-Request-Timeout: seconds``); ``Busy`` (503) at once when the queue is full or its
+        expected wait ends after the deadline, or when the deadline passes, or once the server is stopping. A client
+        that disconnects drops its job (the worker skips it)."""
+        timeout = _timeout(request, self.settings.request_timeout_s)
+        if request is not None and request.app.state.stopping.is_set():
+            raise Busy("the server is shutting down", 5)
         try:
-            future = self.worker.submit(job)
+            future = self.worker.submit(job, deadline=time.monotonic() + timeout)
         except Overloaded as exc:
             raise Busy(str(exc), exc.retry_after) from None
+        answer = asyncio.ensure_future(asyncio.wrap_future(future))
+        give_up = time.monotonic() + timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
-        except TimeoutError:
-            raise Busy(f"no answer within {self.settings.request_timeout_s:g} s; the server is busy",
-                       self.worker.retry_after()) from None
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=min(DISCONNECT_POLL_S, give_up - time.monotonic()))
+                if done:
+                    if answer.cancelled():  # the worker dropped it: its deadline had passed
+                        raise Busy(f"no answer within {timeout:g} s; the server is busy", self.worker.retry_after())
+                    try:
+                        return answer.result()
+                    except Overloaded as exc:  # refused after all (shutting down)
+                        raise Busy(str(exc), exc.retry_after) from None
+                if request is not None and request.app.state.stopping.is_set():
+                    raise Busy("the server is shutting down", 5)
+                if time.monotonic() >= give_up:
+                    raise Busy(f"no answer within {timeout:g} s; the server is busy", self.worker.retry_after())
+                if request is not None and await request.is_disconnected():
+                    raise Busy("the client disconnected", self.worker.retry_after())
+        finally:
+            answer.cancel()  # cancels the worker's job too if it has not started
+
+
+def _timeout(request: Request | None, most: float) -> float:
+    """The request's deadline in seconds: ``X-Request-Timeout`` when it is a shorter positive number."""
+    raw = request.headers.get("x-request-timeout") if request is not None else None
+    try:
+        asked = float(raw) if raw is not None else most
+    except ValueError:
+        raise Invalid("X-Request-Timeout", f"not a number of seconds: {raw!r}") from None
+    if not 0 < asked < float("inf"):
+        raise Invalid("X-Request-Timeout", f"must be a positive number of seconds, got {raw!r}")
+    return min(asked, most)
 
 
 def _service(request: Request) -> Service:
@@ -224,6 +261,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
                   description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
     app.state.keys = parse_keys(settings.api_keys)
+    app.state.stopping = threading.Event()  # set on SIGINT/SIGTERM: waiting requests answer 503 at once
     redact_access_log()
     app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
                        else settings.max_body_bytes)
@@ -337,14 +375,14 @@ def _add_routes(app: FastAPI) -> None:
             history = await run_in_threadpool(_inline_history, service.store, body.history)
         job = RecommendRequest(body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
                                explain=body.explain, exclude=frozenset(body.exclude))
-        return await service.run(RecommendJob(job))
+        return await service.run(RecommendJob(job), request)
 
     @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"], dependencies=[Reader])
-    async def chat(body: ChatIn, service: ServiceDep) -> dict:
+    async def chat(body: ChatIn, service: ServiceDep, request: Request) -> dict:
         """A chat message in a conversation (new when ``conversation_id`` is absent) -> recommendations."""
         _limit("k", body.k, service.settings.max_k)
         turn = ChatTurn(service.user(body.user_id), body.message, body.conversation_id, body.k, body.explain)
-        return await service.run(ChatJob(service.chat, turn))
+        return await service.run(ChatJob(service.chat, turn), request)
 
     @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,
@@ -367,13 +405,13 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/users/{user_id}/report", tags=["explain"], dependencies=[Reader],
              responses={200: {"content": {"text/html": {}, "text/markdown": {}, "application/json": {}}}})
-    async def report(user_id: str, service: ServiceDep,
+    async def report(user_id: str, service: ServiceDep, request: Request,
                      fmt: Annotated[Literal["html", "md", "json"], Query(alias="format")] = "html",
                      platform: Annotated[list[str] | None, Query()] = None) -> Response:
         """Explainable report: profile per platform, activity charts, recommendations with rationale, evidence
         and a faithfulness check. ``platform`` (repeatable): target platforms [default: the user's own]."""
         text = await service.run(ReportJob(service.reports, service.user(user_id), platform or [], fmt,
-                                           service.templates))
+                                           service.templates), request)
         if fmt == "html":
             return HTMLResponse(text)
         if fmt == "md":
