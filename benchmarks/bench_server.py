@@ -60,8 +60,8 @@ def free_port() -> int:
 def server(db: Path, folder: Path, **settings: Any):
     """A ready ``genrec serve`` process; yields its base URL."""
     config = folder / f"server-{settings.get('max_batch', 'default')}.yaml"
-    config.write_text(yaml.safe_dump({"server": settings | {"max_queue": 64, "request_timeout_s": 600,
-                                                            "max_upload_bytes": 100_000_000}}))
+    config.write_text(yaml.safe_dump({"server": {"max_queue": 64, "request_timeout_s": 600,
+                                                 "max_upload_bytes": 100_000_000} | settings}))
     port = free_port()
     env = os.environ | {"GENREC_API_KEYS": API_KEY, "HF_HUB_OFFLINE": "1"}
     url = f"http://127.0.0.1:{port}"
