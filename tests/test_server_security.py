@@ -106,3 +106,17 @@ def test_a_500_keeps_the_keep_alive_connection(app, serve_app):
         assert b"a bug" not in first and b"nosniff" in first
         second = _exchange(sock, "/healthz")  # same connection
         assert second.startswith(b"HTTP/1.1 200"), second
+
+
+def test_metrics_need_the_admin_scope_and_carry_no_user_ids(client):
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"X-API-Key": "rw-key"}).status_code == 403
+    client.get("/v1/users/secret-person/history", headers={"X-API-Key": "reader"})
+    client.post("/v1/events", content=b"{", headers={"Content-Type": "application/json", "X-API-Key": "rw-key"})
+    response = client.get("/metrics", headers={"X-API-Key": "boss"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'genrec_http_requests_total{method="GET",route="/v1/users/{user_id}/history",status="404"} 1.0' in text
+    assert 'route="/v1/events",status="422"' in text and "genrec_http_request_seconds_bucket" in text
+    assert "genrec_queue_depth 0.0" in text and "genrec_worker_batches_total" in text
+    assert "secret-person" not in text

@@ -45,6 +45,8 @@ from genrec.recommender import Recommender, RecommenderConfig
 from genrec.recommender import Request as RecommendRequest
 from genrec.report import ReportBuilder
 from genrec.server.jobs import ChatJob, RecommendJob, ReportJob
+from genrec.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from genrec.server.metrics import Metrics
 from genrec.server.models import (
     ChatIn,
     ChatOut,
@@ -265,10 +267,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     redact_access_log()
     app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
                        else settings.max_body_bytes)
-    app.add_middleware(KeysFirst, routes=lambda: app.router.routes)  # inside the body limit: keys before bodies
+    app.add_middleware(KeysFirst, routes=lambda: app.router.routes)  # outside the body limit: keys first
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key"])
+    metrics = app.state.metrics = Metrics(lambda: getattr(getattr(app.state, "service", None), "worker", None))
+    app.add_middleware(metrics.middleware)  # counts every answer, refusals by the layers inside it included
     app.add_middleware(Hardened)  # outermost: its headers go on every response
     _add_error_handlers(app)
     _add_routes(app)
@@ -383,6 +387,12 @@ def _add_routes(app: FastAPI) -> None:
         _limit("k", body.k, service.settings.max_k)
         turn = ChatTurn(service.user(body.user_id), body.message, body.conversation_id, body.k, body.explain)
         return await service.run(ChatJob(service.chat, turn), request)
+
+    @app.get("/metrics", tags=["service"], dependencies=[needs("admin")], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: requests by route and status, latency, model queue and batches (``admin`` key)."""
+        return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,
