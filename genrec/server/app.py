@@ -50,6 +50,7 @@ from genrec.server.metrics import Metrics
 from genrec.server.models import (
     ChatIn,
     ChatOut,
+    ErrorOut,
     EventsIn,
     EventsOut,
     Health,
@@ -260,7 +261,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
+    app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
     app.state.keys = parse_keys(settings.api_keys)
     app.state.stopping = threading.Event()  # set on SIGINT/SIGTERM: waiting requests answer 503 at once
@@ -278,6 +279,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+# every route may answer these, always as ErrorOut; declared so that clients (and schema checks) know them
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text} for status, text in (
+        (400, "Bad request"), (401, "Missing or invalid API key"), (403, "The key lacks the scope, or no key is "
+                                                                         "configured"),
+        (404, "Unknown user, platform or conversation"), (409, "Already exists"), (413, "Body or upload too large"),
+        (422, "Invalid payload, naming the field"), (500, "Internal error"),
+        (503, "Busy or shutting down; see Retry-After"))}
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
