@@ -125,7 +125,7 @@ def read_table(
     return table
 
 
-def _decode(path: Path, encoding: str, max_bytes: int | None) -> bytes:
+def _decode(path: Path, encoding: str, max_bytes: int | None) -> bytes | bytearray:
     """The file's content as UTF-8 bytes (checked), gunzipped (streamed, within ``max_bytes``) for .gz names."""
     raw = _read_bytes(path, max_bytes)
     try:
@@ -141,30 +141,37 @@ def _decode(path: Path, encoding: str, max_bytes: int | None) -> bytes:
     return text.encode("utf-8")
 
 
-def _read_bytes(path: Path, max_bytes: int | None) -> bytes:
-    too_large = TooLargeError(f"more than {max_bytes:,} bytes" + (" once decompressed" if path.name.lower().endswith(
-        ".gz") else ""), file=path, expected=f"at most {max_bytes:,} bytes") if max_bytes is not None else None
-    if not path.name.lower().endswith(".gz"):
-        if too_large is not None and path.stat().st_size > max_bytes:
-            raise too_large
+def _read_bytes(path: Path, max_bytes: int | None) -> bytes | bytearray:
+    """The file's bytes; a ``.gz`` file is inflated chunk by chunk and abandoned as soon as it passes ``max_bytes``
+    (so a gzip bomb never takes more memory than the limit)."""
+    gz = path.name.lower().endswith(".gz")
+
+    def too_large() -> TooLargeError:
+        return TooLargeError(f"more than {max_bytes:,} bytes{' once decompressed' if gz else ''}", file=path,
+                             expected=f"at most {max_bytes:,} bytes")
+
+    if not gz:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise too_large()
         return path.read_bytes()
     out = bytearray()
     try:
         with gzip.open(path, "rb") as stream:
             while chunk := stream.read(_CHUNK):
                 out += chunk
-                if too_large is not None and len(out) > max_bytes:
-                    raise too_large
+                if max_bytes is not None and len(out) > max_bytes:
+                    raise too_large()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"not a valid gzip file ({exc})", file=path) from exc
-    return bytes(out)
+    return out
 
 
 def _read_delimited(
     path: Path, data: bytes, sep: str, header: bool, column_names: list[str] | None, skip_bad_rows: bool
 ) -> Table:
     if header:
-        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=sep)
+        head = bytes(data[:_BLOCK]).decode("utf-8", errors="ignore")  # the header is within the first block
+        reader = csv.reader(io.StringIO(head, newline=""), delimiter=sep)
         try:
             names = [n.strip() for n in next(reader)]
         except (csv.Error, StopIteration) as exc:
