@@ -20,7 +20,7 @@ from genrec.data.store import Store
 from genrec.errors import ConflictError, DataError
 from genrec.prompts import PromptTemplates, RecommendPrompt
 from genrec.recommender import Recommender
-from genrec.template_sandbox import TemplateError
+from genrec.template_sandbox import TemplateError, TemplateSandbox
 
 _TRIAL = RecommendPrompt(profile="On \"movies\", the user watched 1 item.", platform="new", n=3, verb="used")
 # the longest profile and largest n a real request may bring, with quotes, markup and line breaks in it
@@ -59,7 +59,8 @@ def check_template(source: str, platforms: Sequence[str] = ()) -> None:
     ``platforms`` and a new one, with a short and a worst-case profile, so a template that is fast only for the
     name it was tried with is caught here rather than on the model worker.
     """
-    templates = PromptTemplates()
+    sandbox = TemplateSandbox()  # its own renderer: a slow template never queues ahead of the model worker's
+    templates = PromptTemplates(sandbox=sandbox)
     name = templates.register("platform-template-check.j2", source)
     try:
         for trial in (_WORST, _TRIAL):  # the limits first: an empty prompt is the lesser problem
@@ -76,8 +77,8 @@ def check_template(source: str, platforms: Sequence[str] = ()) -> None:
             "only the variables profile, platform, n, verb, description, rationale, instruction"
         raise DataError(f"template cannot be rendered: {exc.reason}", field="template", line=exc.line,
                         expected=expected) from exc
-    if not templates.render(name, _TRIAL, rationale=True, instruction=None):
-        raise DataError("template renders an empty prompt", field="template")
+    finally:
+        sandbox.close()
 
 
 def onboard(

@@ -181,18 +181,20 @@ class PromptTemplates:
     """Renders genrec's prompt templates; ``override_dir`` templates take precedence over packaged ones.
 
     Registered sources are untrusted (a platform's own prompt, uploaded over the API): with ``isolate`` they
-    render in the limited child process of :mod:`genrec.template_sandbox` under ``limits``; files render in
-    this process (with the same per-render limits, but no wall-clock limit).
+    render in the limited child process of :mod:`genrec.template_sandbox` under ``limits`` (``sandbox``, else the
+    process-wide one); files render in this process (with the same kinds of limits, far larger, and no clock).
     """
 
     def __init__(self, override_dir: str | Path | None = None, *, isolate: bool = True,
-                 limits: TemplateLimits = TemplateLimits()) -> None:
+                 limits: TemplateLimits = TemplateLimits(),
+                 sandbox: template_sandbox.TemplateSandbox | None = None) -> None:
         self.override_dir = Path(override_dir).expanduser() if override_dir is not None else None
         if self.override_dir is not None and not self.override_dir.is_dir():
             raise GenrecError(f"template directory {str(self.override_dir)!r} does not exist")
         self.packaged = packaged_templates()
         self.isolate = isolate
         self.limits = limits
+        self._sandbox = sandbox  # None: the process-wide one
         self._registered: dict[str, str] = {}
         loaders = [jinja2.DictLoader(self._registered), jinja2.FileSystemLoader(self.search_path)]
         self.env = LimitedEnvironment(
@@ -239,7 +241,7 @@ class PromptTemplates:
         """
         variables = {**_as_variables(context), **values}
         if self.isolate and name in self._registered:
-            return template_sandbox.shared().render(self.search_path, name, self._registered[name], variables,
+            return (self._sandbox or template_sandbox.shared()).render(self.search_path, name, self._registered[name], variables,
                                                     self.limits).strip()
         try:
             return render_limited(self, name, variables, TRUSTED).strip()
