@@ -241,8 +241,8 @@ class PromptTemplates:
         """
         variables = {**_as_variables(context), **values}
         if self.isolate and name in self._registered:
-            return (self._sandbox or template_sandbox.shared()).render(self.search_path, name, self._registered[name], variables,
-                                                    self.limits).strip()
+            sandbox = self._sandbox or template_sandbox.shared()
+            return sandbox.render(self.search_path, name, self._registered[name], variables, self.limits).strip()
         try:
             return render_limited(self, name, variables, TRUSTED).strip()
         except jinja2.TemplateNotFound as exc:  # a template that ``name`` includes or extends
