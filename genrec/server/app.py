@@ -2,9 +2,11 @@
 
 ``create_app(settings)`` returns an app whose lifespan opens the store, loads the models on the worker thread
 (``/healthz`` says ``starting`` until then) and closes everything at shutdown. Errors are JSON
-``{"error": message, "field": name}``: 404 unknown user/platform/conversation, 409 platform exists, 413 body too
-large, 422 bad payload (naming the field), 401/403 missing or wrong API key, 503 with Retry-After when the model
-queue is full or a request waited longer than ``request_timeout_s``.
+``{"error": message, "field": name}``: 404 unknown user/platform/conversation, 409 platform exists, 413 body or
+upload too large (also once decompressed), 422 bad payload (naming the field), 401/403 missing or wrong API key or
+scope (``genrec.server.security``), 503 with Retry-After when the model queue is full, its expected wait exceeds
+the request's deadline, the deadline passed, or the server is stopping. Every response carries security headers;
+``/metrics`` serves Prometheus metrics to admin keys.
 """
 
 from __future__ import annotations
