@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -165,9 +167,12 @@ def data_import_file(
 ) -> None:
     """Import one generic file (events, items, links or splits) with a column mapping."""
     from genrec.data.importers import file_batch, parse_mapping
-    from genrec.data.readers import read_table
+    from genrec.data.readers import check_options, read_table
     from genrec.data.schema import Platform, default_verb
+    from genrec.data.timestamps import check_kind
 
+    check_kind(timestamp_kind)
+    check_options(encoding, delimiter)
     cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
                          k_core_users, k_core_items, hash_user_ids, salt)
     table = read_table(file, fmt, encoding=encoding, delimiter=delimiter, skip_bad_rows=skip_bad_rows)
@@ -643,6 +648,7 @@ def serve(
     import uvicorn
 
     from genrec.server import ServerSettings, create_app
+    from genrec.server.app import GRACEFUL_S
 
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
@@ -651,7 +657,26 @@ def serve(
                                    adapter_scale=adapter_scale)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.stopping.set()  # requests waiting for the model answer 503 now instead of at the deadline
+            super().handle_exit(sig, frame)
+
+    # SIGINT/SIGTERM: requests in flight get GRACEFUL_S, then the worker its STOP_WAIT_S: down within 10 s
+    try:
+        Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                              timeout_graceful_shutdown=GRACEFUL_S)).run()
+    finally:
+        service = getattr(app.state, "service", None)
+        if service is not None and service.worker.running:
+            # the worker is still inside native code (a model load, a generation step); the store is closed, so
+            # end now rather than let interpreter teardown wait for it
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 @app.command()

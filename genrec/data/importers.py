@@ -148,7 +148,8 @@ def events_from_table(
     text = {name: f"NULLIF(trim(CAST({_sql_column(table, mapping, name, True)} AS VARCHAR)), '')"
             for name in ("user_id", "platform", "item_id")}
     ts_col = _sql_column(table, mapping, "timestamp", True)
-    kind = timestamps.resolve_kind(con, "src", ts_col, timestamp_kind)
+    kind = timestamps.resolve_kind(con, "src", ts_col, timestamp_kind, file=table.path, line_column=LINE,
+                                   field=mapping.source("timestamp"))
     ts = timestamps.expression(ts_col, kind)
     event_col = _sql_column(table, mapping, "event", False)
     event = f"coalesce(NULLIF(trim(CAST({event_col} AS VARCHAR)), ''), '{DEFAULT_EVENT}')" if event_col else \
@@ -156,7 +157,7 @@ def events_from_table(
     value_col = _sql_column(table, mapping, "value", False)
     value = f"TRY_CAST({value_col} AS DOUBLE)" if value_col else "CAST(NULL AS DOUBLE)"
     checks = [(f"{expr} IS NULL", name, f"a non-empty {name}") for name, expr in text.items()]
-    checks.append((f"{ts} IS NULL", "timestamp", f"a timestamp ({kind})"))
+    checks.append((f"{ts} IS NULL", "timestamp", f"a timestamp ({kind}) {timestamps.RANGE}"))
     if value_col:
         checks.append((f"{value} IS NULL AND NULLIF(trim(CAST({value_col} AS VARCHAR)), '') IS NOT NULL",
                        "value", "a number"))

@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from genrec.config import default_db_path
+from genrec.data import timestamps
 from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
 from genrec.data.dbutil import first_row
 from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
@@ -28,12 +29,14 @@ from genrec.data.schema import (
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     LINK_COLUMNS,
+    MAX_TITLE_CHARS,
     SPLIT_COLUMNS,
     TIME_KINDS,
     CatalogItem,
     HistoryItem,
     Platform,
     StoreDataset,
+    check_platform_name,
     default_verb,
 )
 from genrec.errors import DataError, NotFoundError
@@ -144,6 +147,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------------
     def add_platform(self, platform: Platform, *, replace: bool = False) -> None:
+        check_platform_name(platform.name)
         if platform.time_kind not in TIME_KINDS:
             raise DataError(f"unknown time kind {platform.time_kind!r}", field="time_kind",
                             expected=" or ".join(TIME_KINDS))
@@ -220,6 +224,7 @@ class Store:
                 self.add_platform(platform)
                 report.platforms_added.append(platform.name)
         self._stage(con, batch)
+        _check_staged(con)
         if user_prefix:
             for table, columns in (("stage_events", ("user_id",)), ("stage_links", ("user_id", "platform_user_id")),
                                    ("stage_splits", ("user_id",))):
@@ -238,8 +243,10 @@ class Store:
                                 expected=f"a registered platform ({known}); register it first (`genrec platform "
                                          f"set {unknown[0]} --verb VERB --time-kind time|sequence`) or pass "
                                          "--create-platforms")
-            for (name,) in con.execute(f"""SELECT DISTINCT platform FROM {table}
-                    WHERE platform NOT IN (SELECT platform FROM platforms) ORDER BY 1""").fetchall():
+            for name, file, line in con.execute(f"""SELECT platform, min_by(_file, _seq), min_by(_line, _seq)
+                    FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
+                    GROUP BY platform ORDER BY 1""").fetchall():
+                check_platform_name(name, file=file, line=line, field="platform")
                 self.add_platform(Platform(name, batch.verb or default_verb(name), batch.time_kind or "time"))
                 report.platforms_added.append(name)
         self._check_items(con, report, allow_unknown_items)
@@ -563,6 +570,20 @@ class Store:
             self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
             written.append(target)
         return written
+
+
+def _check_staged(con: duckdb.DuckDBPyConnection) -> None:
+    """The last guard before writing: no timestamp that a later read cannot handle, no oversized title."""
+    bad = first_row(con.execute(f"""SELECT _file, _line, CAST(timestamp AS VARCHAR) FROM stage_events
+        WHERE {timestamps.out_of_range('timestamp')} ORDER BY _seq LIMIT 1"""))
+    if bad is not None:
+        raise DataError(f"invalid timestamp {bad[2] or '(empty)'}", file=bad[0], line=bad[1], field="timestamp",
+                        expected=f"a timestamp {timestamps.RANGE}")
+    long = first_row(con.execute("""SELECT _file, _line, length(title) FROM stage_items WHERE length(title) > ?
+        ORDER BY _seq LIMIT 1""", [MAX_TITLE_CHARS]))
+    if long is not None:
+        raise DataError(f"title of {long[2]:,} characters", file=long[0], line=long[1], field="title",
+                        expected=f"at most {MAX_TITLE_CHARS:,} characters")
 
 
 def _empty(columns: tuple[str, ...]) -> pd.DataFrame:

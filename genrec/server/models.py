@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 PlatformName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -50,12 +50,13 @@ class ChatIn(Strict):
 
 
 class EventIn(Strict):
-    """One event in the canonical schema; ``timestamp``: epoch seconds, epoch milliseconds or ISO-8601."""
+    """One event in the canonical schema; ``timestamp``: epoch seconds, epoch milliseconds or ISO-8601, one unit
+    per batch, between 1970 and 2200 (booleans are not timestamps)."""
 
     user_id: Id
     platform: PlatformName
     item_id: Id
-    timestamp: int | float | str
+    timestamp: StrictInt | StrictFloat | Annotated[StrictStr, Field(min_length=1, max_length=64)]
     event: str | None = Field(None, max_length=50)
     value: float | None = None
 
