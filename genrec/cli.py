@@ -642,6 +642,11 @@ def serve(
     adapter_scale: Annotated[float | None, typer.Option("--adapter-scale", min=0.0,
                                                         help="See recommend --adapter-scale [default: 1]")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    pipeline: PipelineOption = None,
+    default_pipelines: Annotated[bool | None, typer.Option(
+        "--default-pipelines/--no-default-pipelines",
+        help="Serve a registered data set's platforms with its default pipeline (fitted on first use) "
+             "[default: on]")] = None,
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
     GENREC_API_KEYS or the config file."""
@@ -654,7 +659,8 @@ def serve(
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
                                    templates=templates, decoding=decoding, calibration=calibration,
-                                   adapter_scale=adapter_scale)
+                                   adapter_scale=adapter_scale, pipeline=pipeline,
+                                   default_pipelines=default_pipelines)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
     app = create_app(settings)

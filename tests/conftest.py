@@ -54,6 +54,7 @@ SERVER_API_KEY = "test-key-1"
 SERVER_SETTINGS = {  # small limits so that the limit tests stay cheap; the queue exceeds the 20 concurrent clients
     "max_queue": 24, "max_batch": 8, "max_k": 20, "max_history": 40, "max_events": 500,
     "max_body_bytes": 200_000, "max_upload_bytes": 2_000_000, "request_timeout_s": 240,
+    "default_pipelines": False,  # the generate-then-ground path; tests/test_server_pipeline.py serves a pipeline
 }
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.errors import GenrecError, NotFoundError
 from genrec.pipeline.spec import SPEC_FILE, Pipeline, PipelineSpec
@@ -95,6 +97,12 @@ def user_context(store: Store, user_id: str, platform: str, *, before: datetime 
     history = store.history(user_id, before=before)
     if not history:
         raise GenrecError(f"user {user_id!r} has no events before {before}")
-    # stored times are naive UTC, as the protocol reads them
+    return history_context(user_id, platform, history)
+
+
+def history_context(user_id: str | None, platform: str, history: Sequence[HistoryItem]) -> Context:
+    """A history of stored events (naive UTC times, as the protocol reads them) as a context for ``platform``."""
+    if not history:
+        raise GenrecError("cannot recommend from an empty history")
     return Context(user_id, platform, tuple(
         Interaction(h.platform, h.item_id, h.timestamp.replace(tzinfo=UTC).timestamp(), h.value) for h in history))

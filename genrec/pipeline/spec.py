@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from genrec.config import read_yaml
-from genrec.errors import GenrecError
+from genrec.errors import GenrecError, NotFoundError
 from genrec.pipeline.fusion import LLM, Fusion, FusionSpec, TuningCase, order, scale_rows, tune, tuning_cases
 from genrec.pipeline.pool import Pool, candidate_pool
 from genrec.pipeline.scorer import LLMScorer, LLMSpec
@@ -184,15 +184,25 @@ class Pipeline:
         return out
 
     # -- ranking ---------------------------------------------------------------------------------------
-    def _pools(self, contexts: Sequence[Context], platform: str, bar=None
+    def _pools(self, contexts: Sequence[Context], platform: str, bar=None, *,
+               candidates: Sequence[str] | None = None, exclude: Sequence[str] = (),
                ) -> list[tuple[Pool, np.ndarray | None, np.ndarray | None]]:
-        """Per context: its candidate pool, the LLM's raw scores of the pool and their title priors."""
+        """Per context: its candidate pool (``candidates``: only these items), the LLM's raw scores of the pool and
+        their title priors. The user's own items and ``exclude`` never enter a pool."""
         catalog = self._catalog(platform)
         rows = {name: source.score(contexts, platform) for name, source in self.sources.items()}
-        n = {s.name: s.n for s in self.spec.sources}
+        n: int | dict[str, int] = {s.name: s.n for s in self.spec.sources}
+        keep = None
+        if candidates is not None:
+            known = set(catalog)
+            unknown = [item for item in candidates if item not in known]
+            if unknown:
+                raise NotFoundError(f"candidates not in the {platform!r} catalog: {', '.join(unknown[:5])}")
+            keep, n = set(candidates).__contains__, len(set(candidates))
         out = []
         for r, context in enumerate(contexts):
-            pool = candidate_pool({name: rows[name][r] for name in rows}, catalog, context.owned(), n)
+            pool = candidate_pool({name: rows[name][r] for name in rows}, catalog, context.owned() | set(exclude), n,
+                                  keep=keep)
             llm = priors = None
             if self.scorer is not None and pool.items:
                 llm = self.scorer.score(context, pool.items)
@@ -202,12 +212,13 @@ class Pipeline:
                 bar.update()
         return out
 
-    def rank(self, contexts: Sequence[Context], platform: str) -> list[tuple[Pool, np.ndarray, np.ndarray | None]]:
+    def rank(self, contexts: Sequence[Context], platform: str, *, candidates: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> list[tuple[Pool, np.ndarray, np.ndarray | None]]:
         """Per context: its pool, the fused score of each pooled item and the LLM's calibrated scores."""
         if self.fusion is None:
             raise RuntimeError(f"pipeline {self.name!r}: fit() or load() first")
         out = []
-        for pool, llm, priors in self._pools(contexts, platform):
+        for pool, llm, priors in self._pools(contexts, platform, candidates=candidates, exclude=exclude):
             components = dict(pool.scores)
             if llm is not None:
                 components[LLM] = llm
@@ -231,12 +242,15 @@ class Pipeline:
             out[row, columns[ranked]] = LEAD - np.arange(len(ranked)) / len(ranked)
         return out.astype(np.float32)
 
-    def recommend(self, context: Context, k: int = 10, *, explain: bool = False) -> list[ScoredItem]:
+    def recommend(self, context: Context, k: int = 10, *, explain: bool = False,
+                  candidates: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[ScoredItem]:
         """The ``k`` best pooled items for one context, each with every component's score (and, with
-        ``explain``, a rationale citing the user's history: ``genrec.pipeline.explain``)."""
+        ``explain``, a rationale citing the user's history: ``genrec.pipeline.explain``). ``candidates``: rank
+        only these items; ``exclude``: items never to recommend (besides the user's own)."""
         if k < 1:
             raise GenrecError(f"k must be at least 1, got {k}")
-        [(pool, fused, calibrated)] = self.rank([context], context.platform)
+        [(pool, fused, calibrated)] = self.rank([context], context.platform, candidates=candidates,
+                                                exclude=exclude)
         items = []
         for rank, j in enumerate(order(fused)[:k], 1):
             item = pool.items[j]

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, BinaryIO, Literal
 
@@ -63,6 +64,7 @@ from genrec.server.models import (
     RecommendIn,
     RecommendOut,
 )
+from genrec.server.pipelines import Pipelines
 from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
@@ -103,6 +105,7 @@ class Service:
     reports: ReportBuilder
     onboarding_lock: threading.Lock
     ready: threading.Event
+    pipelines: Pipelines
 
     @classmethod
     def start(cls, settings: ServerSettings) -> Service:
@@ -119,7 +122,8 @@ class Service:
         chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
                           use_llm=settings.chat_llm)
         service = cls(settings, store, templates, recommender, Recommender(store, embedder=Embedder()), worker,
-                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event())
+                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event(),
+                      Pipelines(store, folder=settings.pipeline, defaults=settings.default_pipelines))
         worker.start()
         if settings.warm_up:
             worker.submit(CallJob(service.warm_up))
@@ -133,6 +137,8 @@ class Service:
             _ = self.recommender.llm, self.recommender.embedder.model
             for name in self.store.catalog_sizes():
                 self.recommender.index(name)
+                if self.pipelines.handles(name):  # fitted now (first use) rather than on a user's request
+                    self.pipelines.get(name)
             self.chat.vocabulary()
             self.reports.checker()
         finally:
@@ -390,8 +396,13 @@ def _add_routes(app: FastAPI) -> None:
         if body.history is not None:
             _limit("history", len(body.history), settings.max_history)
             history = await run_in_threadpool(_inline_history, service.store, body.history)
+        if service.pipelines.handles(body.platform):
+            return await service.run(CallJob(partial(
+                service.pipelines.answer, body.platform, user_id=service.user(body.user_id), history=history,
+                k=body.k, explain=body.explain, exclude=body.exclude, candidates=body.candidates)), request)
         job = RecommendRequest(body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
-                               explain=body.explain, exclude=frozenset(body.exclude))
+                               explain=body.explain, exclude=frozenset(body.exclude),
+                               candidates=tuple(body.candidates) if body.candidates else None)
         return await service.run(RecommendJob(job), request)
 
     @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"], dependencies=[Reader])

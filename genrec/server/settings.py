@@ -58,6 +58,11 @@ class ServerSettings(BaseModel):
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
+    # the recommender: a fitted pipeline folder (`genrec fit`) for its platforms, and for the platforms of a
+    # registered data set its default pipeline (fitted on first use, cached by the store's content); every other
+    # platform (onboarded ones) gets the generate-then-ground recommender above
+    pipeline: Path | None = None
+    default_pipelines: bool = True
     # privacy: hash every user id the API receives (events, paths, requests) like `--hash-user-ids`
     hash_user_ids: bool = False
     salt: str | None = None  # default: $GENREC_SALT
