@@ -17,7 +17,7 @@ from genrec.evaluation.protocol import Protocol
 ABLATIONS = ("history_scope", "zero_shot_platform")
 DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec", "content": "ContentOnly",
                  "genrec": "genrec", "fusion": "genrec-fused",
-                 "rerank": "genrec-rerank"}
+                 "rerank": "genrec-rerank", "pipeline": "pipeline"}
 
 
 @dataclass
