@@ -55,8 +55,8 @@ class SFTConfig:
     examples (in tokens) are dropped.
 
     ``negatives``: with ``n > 0``, every example also lists ``n`` hard negatives for a ranking objective (see
-    ``genrec.training.negatives``): items of the target platform that the ``negative_sources`` (harness methods
-    fitted on the same training data, by default the re-ranker's candidate sources) put in their top
+    ``genrec.training.negatives``): items of the target platform that the ``negative_sources`` (the pipeline's
+    candidate sources, fitted on the same training data; by default popularity and ItemKNN) put in their top
     ``negative_pool`` for that history, the true answer and the user's own items left out.
     """
 

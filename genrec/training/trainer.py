@@ -39,9 +39,9 @@ from genrec.data.loading import ensure_dataset
 from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.evaluation import config as eval_config
-from genrec.evaluation.methods import create_named
 from genrec.evaluation.protocol import EvalData, build
 from genrec.llm import LLM, LLMConfig, dtype_choice, resolve_device
+from genrec.pipeline.sources import build as build_source
 from genrec.recommender import Recommender, RecommenderConfig
 from genrec.training import sft
 from genrec.training.adapter import save_adapter
@@ -218,7 +218,8 @@ class Trainer:
                 data_sft = sft.build_examples(data.train, recommender, self.config.sft, seed=self.config.seed,
                                               progress=progress)
                 if self.config.sft.negatives:
-                    sources = create_named(self.config.sft.negative_sources, "cross", self.store, recommender.embedder)
+                    sources = [build_source(kind, history_scope="cross", encoder=recommender.embedder)
+                               for kind in self.config.sft.negative_sources]
                     data_sft = add_negatives(data_sft, data.train, sources, self.config.sft, seed=self.config.seed,
                                              progress=progress)
                 if calibrated:
