@@ -40,7 +40,10 @@ def served(tmp_path_factory):
         pipeline = fit_pipeline(store, spec)
         pipeline.save(folder)
         loaded = Pipeline.load(folder, store=store)
-        expected = [item.item_id for item in loaded.recommend(user_context(store, "1", "movies"), 10)]
+        context = user_context(store, "1", "movies")
+        expected = [item.item_id for item in loaded.recommend(context, 10)]
+        chosen = expected[3:8]
+        restricted = [item.item_id for item in loaded.recommend(context, 3, candidates=chosen, exclude=[chosen[0]])]
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False}}))
     port = _free_port()
@@ -65,7 +68,7 @@ def served(tmp_path_factory):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not get ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url, expected
+        yield url, expected, (chosen, restricted)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -76,7 +79,7 @@ def _recommend(url: str, **body) -> httpx.Response:
 
 
 def test_the_server_ranks_as_the_pipeline_object(served) -> None:
-    url, expected = served
+    url, expected, _ = served
     answer = _recommend(url, user_id="1", platform="movies", k=10)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -87,18 +90,17 @@ def test_the_server_ranks_as_the_pipeline_object(served) -> None:
 
 
 def test_candidates_and_exclude_restrict_the_answer(served) -> None:
-    url, expected = served
-    chosen = expected[3:8]
+    url, _, (chosen, restricted) = served
     answer = _recommend(url, user_id="1", platform="movies", k=3, candidates=chosen, exclude=[chosen[0]])
     assert answer.status_code == 200, answer.text
     items = [item["item_id"] for item in answer.json()["items"]]
-    assert items == [item for item in chosen if item != chosen[0]][:3]  # the fused order among the candidates
+    assert items == restricted and set(items) <= set(chosen[1:])  # fused over the candidates alone
     unknown = _recommend(url, user_id="1", platform="movies", k=3, candidates=["no-such-movie"])
     assert unknown.status_code == 404 and "no-such-movie" in unknown.text
 
 
 def test_an_inline_history_needs_no_stored_user(served) -> None:
-    url, _ = served
+    url, _, _ = served
     history = [{"platform": "movies", "item_id": "1", "timestamp": "2020-01-01T00:00:00"},
                {"platform": "movies", "item_id": "2", "timestamp": "2020-01-02T00:00:00"}]
     answer = httpx.post(f"{url}/v1/recommend", json={"history": history, "platform": "movies", "k": 5}, timeout=120)
