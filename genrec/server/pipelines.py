@@ -1,6 +1,11 @@
 """Which pipeline answers a recommendation: the server's configured pipeline folder for its platforms, else the
-default pipeline of the registered data set a platform belongs to (fitted on first use, cached by the store's
-content, so events posted since are in it after the next fit). Runs on the model worker's thread."""
+default pipeline of the registered data set a platform belongs to (loaded, or fitted on first use and cached by the
+store's content). Runs on the model worker's thread.
+
+Events posted while the server runs reach every source at once through the user's history, which each request
+reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
+profile); the counts behind popularity and the item similarities are those of the fit, refreshed when the
+pipeline is fitted again (a restart fits the default pipeline anew when the store has changed)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ class Pipelines:
     def __init__(self, store: Store, *, folder=None, defaults: bool = True) -> None:
         self.store, self.defaults = store, defaults
         self.configured = Pipeline.load(folder, store=store) if folder is not None else None
-        self._fitted: dict[str, tuple[int, Pipeline]] = {}  # data set -> (store version, its default pipeline)
+        self._fitted: dict[str, Pipeline] = {}  # data set -> its default pipeline
         self._lock = threading.Lock()
 
     def handles(self, platform: str) -> bool:
@@ -32,11 +37,9 @@ class Pipelines:
             return self.configured
         dataset = dataset_of(platform)
         with self._lock:
-            cached = self._fitted.get(dataset)
-            if cached is None or cached[0] != self.store.version:
-                cached = (self.store.version, default_pipeline(self.store, dataset))
-                self._fitted[dataset] = cached
-        return cached[1]
+            if dataset not in self._fitted:
+                self._fitted[dataset] = default_pipeline(self.store, dataset)
+            return self._fitted[dataset]
 
     def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
                explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
