@@ -210,3 +210,28 @@ def test_fit_and_recommend_through_the_cli_rank_as_the_pipeline_object(tmp_path:
     bad = _genrec("recommend", "--pipeline", str(tmp_path), "--user", "1", "--platform", "movies", "--db", db,
                   env=env)
     assert bad.returncode == 2 and "not a pipeline folder" in bad.stderr
+
+
+@pytest.mark.integration
+def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, embedder) -> None:
+    """The real model explains three items from a small history: every rationale cites evidence from that history,
+    one the LLM wrote passes the faithfulness check, and any other is an evidence sentence marked `template`."""
+    from genrec.pipeline.explain import Explainer
+    from genrec.pipeline.types import ScoredItem
+    from genrec.prompts import PromptTemplates
+
+    history = ["Toy Story (1995)", "Finding Nemo (2003)", "The Godfather (1972)", "Goodfellas (1990)"]
+    catalog = [*history, "Monsters, Inc. (2001)", "Casino (1995)", "Up (2009)", "Alien (1979)"]
+    items = [ScoredItem(rank=i, item_id=str(i), title=title, platform="movies", score=1.0 / i, sources={},
+                        proposed_by=("itemknn",)) for i, title in enumerate(["Monsters, Inc. (2001)", "Casino (1995)",
+                                                                             "Up (2009)"], 1)]
+    explainer = Explainer(llm, embedder, PromptTemplates(), catalog)
+    explained = explainer.explain(items, history, verb="watched")
+    assert [item.item_id for item in explained] == ["1", "2", "3"]
+    assert explained[1].evidence[0] in ("The Godfather (1972)", "Goodfellas (1990)")  # the nearest history titles
+    for item in explained:
+        assert item.rationale and item.rationale_source in ("llm", "template")
+        assert set(item.evidence) <= set(history) and len(item.evidence) == 2
+        assert explainer.checker.check(item.rationale, history, item.title).status == "supported"
+    no_history = explainer.explain(items[:1], [], verb="watched")
+    assert no_history[0].rationale_source == "template" and not no_history[0].evidence
