@@ -407,7 +407,7 @@ def recommend(
             from genrec.pipeline import Pipeline
             from genrec.pipeline.fitting import dataset_of, default_pipeline
 
-            known = dataset or dataset_of(platform)
+            known = dataset or dataset_of(platform, store)
             if pipeline is not None:
                 _recommend_with_pipeline(store, Pipeline.load(pipeline, store=store), user, platform, k, explain,
                                          as_json)

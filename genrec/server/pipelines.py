@@ -1,6 +1,7 @@
 """Which pipeline answers a recommendation: the server's configured pipeline folder for its platforms, else the
-default pipeline of the registered data set a platform belongs to (fitted on first use, cached by the store's
-content, so events posted since are in it after the next fit). Runs on the model worker's thread."""
+default pipeline of the data set (built-in, or defined in the store) a platform belongs to (fitted on first use,
+cached by the store's content, so events posted since are in it after the next fit). Runs on the model worker's
+thread."""
 
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ class Pipelines:
         """Whether a pipeline answers for ``platform`` (cheap: nothing is loaded or fitted)."""
         if self.configured is not None and platform in self._platforms(self.configured):
             return True
-        return self.defaults and dataset_of(platform) is not None
+        return self.defaults and dataset_of(platform, self.store) is not None
 
     def get(self, platform: str) -> Pipeline:
         if self.configured is not None and platform in self._platforms(self.configured):
             return self.configured
-        dataset = dataset_of(platform)
+        dataset = dataset_of(platform, self.store)
         with self._lock:
             cached = self._fitted.get(dataset)
             if cached is None or cached[0] != self.store.version:
