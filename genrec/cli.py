@@ -385,8 +385,9 @@ def recommend(
     platform: Annotated[str, typer.Option("--platform", help="Target platform.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     explain: Annotated[bool, typer.Option("--explain", help="Add a rationale to every item.")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Registered data set (imported on first "
-                                                                     "use).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="A built-in data set (imported on first use) "
+                                                                     "or one defined with `genrec data "
+                                                                     "register`.")] = None,
     as_json: JsonOption = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
