@@ -385,8 +385,9 @@ def recommend(
     platform: Annotated[str, typer.Option("--platform", help="Target platform.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     explain: Annotated[bool, typer.Option("--explain", help="Add a rationale to every item.")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Registered data set (imported on first "
-                                                                     "use).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="A built-in data set (imported on first use) "
+                                                                     "or one defined with `genrec data "
+                                                                     "register`.")] = None,
     as_json: JsonOption = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
@@ -407,7 +408,7 @@ def recommend(
             from genrec.pipeline import Pipeline
             from genrec.pipeline.fitting import dataset_of, default_pipeline
 
-            known = dataset or dataset_of(platform)
+            known = dataset or dataset_of(platform, store)
             if pipeline is not None:
                 _recommend_with_pipeline(store, Pipeline.load(pipeline, store=store), user, platform, k, explain,
                                          as_json)

@@ -160,7 +160,7 @@ def test_a_platform_column_wins_over_the_platform_option(store, tmp_path):
     f.write_text("user_id,platform,item_id,timestamp\nann,books,b1,1\nann,,m1,2\nann,music,m2,3\n")
     items = tmp_path / "items.csv"
     items.write_text("platform,item_id,title\nbooks,b1,Dune\nmusic,m1,Kind of Blue\nmusic,m2,Blue Train\n")
-    store.set_platform("books", verb="read")
+    store.add_platform(Platform("books", "read"))
     store.ingest(batch(items, "items", Platform("music")))
     store.ingest(batch(f, platform=Platform("music")))
     assert [(h.platform, h.item_id) for h in store.history("ann")] == [("books", "b1"), ("music", "m1"),

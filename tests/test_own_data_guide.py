@@ -33,9 +33,10 @@ def free_port() -> int:
 def test_the_guide_names_files_and_commands():
     blocks = guide_blocks()
     files = {name for _, name, _ in blocks if name}
-    assert {"items.csv", "events.csv", "music-app.csv", "links.csv", "splits.csv", "shelf-eval.yaml"} <= files
+    assert {"items.csv", "events.csv", "music-app.csv", "links.csv", "splits.csv", "shelf-eval.yaml",
+            "shelf-pipeline.yaml"} <= files
     commands = [line for lang, _, body in blocks if lang == "bash" for line in body.splitlines()]
-    for name in files - {"shelf-eval.yaml"}:
+    for name in files:
         assert any(name in line for line in commands), f"{name} is never imported"
     assert "own-data.md" in (GUIDE.parents[1] / "README.md").read_text()
 
@@ -44,6 +45,7 @@ def test_the_guide_names_files_and_commands():
 def test_the_guide_runs_as_written(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("GENREC_DB", None)
+    env.pop("GENREC_API_KEYS", None)
     port = free_port()
     cli = [sys.executable, "-m", "genrec.cli"]
     server = None
@@ -78,9 +80,11 @@ def test_the_guide_runs_as_written(tmp_path):
             server.terminate()
             server.wait(timeout=30)
     metrics = json.loads((tmp_path / "results" / "shelf-classics" / "metrics.json").read_text())
-    assert {row["method"] for row in metrics["results"]} == {"MostPop", "ItemKNN"}
+    assert {row["method"] for row in metrics["results"]} == {"MostPop", "ItemKNN", "shelf-pipeline"}
     assert metrics["variants"]["main"]["data"]["test_users"] == 2  # ann and dan, the imported split
-    assert "music for user ann" in outputs["genrec recommend --dataset"]
+    assert "music for user ann (shelf-pipeline)" in outputs["genrec recommend --pipeline"]
+    assert "music for user ann (shelf-classic)" in outputs["genrec recommend --dataset"]  # its default pipeline
+    assert (tmp_path / "shelf-pipeline" / "pipeline.yaml").is_file()
     answer = json.loads(outputs["curl -s -X"])
     played = {"m1", "m2", "m3"}  # ann's music: m1 from the shop, m3 and m2 from the app through the link
     assert len(answer["items"]) == 3 and not {item["item_id"] for item in answer["items"]} & played

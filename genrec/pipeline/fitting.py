@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from genrec.data.schema import HistoryItem
+from genrec.data.schema import HistoryItem, StoreDataset
 from genrec.data.store import Store
 from genrec.errors import GenrecError, NotFoundError
 from genrec.pipeline.spec import SPEC_FILE, Pipeline, PipelineSpec
@@ -42,16 +42,33 @@ def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = No
     return pipeline
 
 
-def default_spec(dataset: str) -> PipelineSpec:
-    """The shipped default pipeline of a registered data set (``pipelines/defaults.yaml``)."""
+def default_spec(dataset: str, store: Store | None = None) -> PipelineSpec:
+    """The default pipeline of a data set: a built-in one's shipped spec (``pipelines/defaults.yaml``), or for a
+    data set defined in ``store`` (``genrec data register``) ``own_data_spec``."""
     from genrec.config import read_yaml
     from genrec.pipeline import DEFAULTS_FILE, shipped_spec, specs_dir
 
     defaults = read_yaml(specs_dir() / DEFAULTS_FILE, "pipeline defaults") or {}
+    defined = store.dataset(dataset) if store is not None and dataset not in defaults else None
+    if defined is not None:
+        return own_data_spec(defined)
     if dataset not in defaults:
         raise GenrecError(f"no default pipeline for data set {dataset!r} (defaults exist for "
                           f"{', '.join(sorted(defaults))}): fit one with `genrec fit` and pass --pipeline")
     return PipelineSpec.from_yaml(shipped_spec(defaults[dataset]))
+
+
+def own_data_spec(dataset: StoreDataset) -> PipelineSpec:
+    """The default pipeline of a data set defined in the store: popularity and item-kNN candidates, fused with
+    weights tuned on validation users (the imported split's, else each user's second-to-last events), no LLM stage:
+    it fits in seconds on data nobody has tuned a pipeline for yet. ``genrec fit`` fits any other spec on it."""
+    users = "dataset" if dataset.split == "store" else "all"
+    return PipelineSpec.from_dict({
+        "name": f"{dataset.name}-classic", "dataset": dataset.name,
+        "protocol": {"targets": "last-per-platform", "users": users, "seed": 2020}, "history_scope": "cross",
+        "sources": [{"kind": "popularity", "n": 50}, {"kind": "itemknn", "n": 50}], "llm": None,
+        "fusion": {"weights": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0], "tune_users": 200, "seed": 0}},
+        where=f"default pipeline of {dataset.name}")
 
 
 def default_pipeline(store: Store, dataset: str, *, data_dir: Path | None = None,
@@ -61,7 +78,7 @@ def default_pipeline(store: Store, dataset: str, *, data_dir: Path | None = None
     from genrec.config import cache_dir
     from genrec.data.loading import ensure_dataset
 
-    spec = default_spec(dataset)
+    spec = default_spec(dataset, store)
     platforms = ensure_dataset(store, dataset, data_dir=data_dir)
     folder = cache_dir("pipelines") / f"{spec.name}-{store_fingerprint(store, platforms)['digest']}"
     if (folder / SPEC_FILE).is_file():
@@ -71,11 +88,14 @@ def default_pipeline(store: Store, dataset: str, *, data_dir: Path | None = None
     return pipeline
 
 
-def dataset_of(platform: str) -> str | None:
-    """The registered data set that holds ``platform`` (``None``: none does)."""
+def dataset_of(platform: str, store: Store | None = None) -> str | None:
+    """The built-in data set that holds ``platform``, else the first data set defined in ``store`` that does
+    (``None``: none does)."""
     from genrec.data import datasets
 
-    return next((name for name, d in datasets.REGISTRY.items() if platform in d.platforms), None)
+    own = store.datasets() if store is not None else []
+    return next((name for name, d in datasets.REGISTRY.items() if platform in d.platforms), None) or \
+        next((d.name for d in own if platform in d.platforms), None)
 
 
 def store_fingerprint(store: Store, platforms: list[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Which pipeline answers a recommendation: the server's configured pipeline folder for its platforms, else the
-default pipeline of the registered data set a platform belongs to (loaded, or fitted on first use and cached by the
-store's content). Runs on the model worker's thread.
+default pipeline of the data set (built-in, or defined in the store) a platform belongs to (loaded, or fitted on
+first use and cached by the store's content). Runs on the model worker's thread.
 
 Events posted while the server runs reach every source at once through the user's history, which each request
 reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
@@ -30,12 +30,12 @@ class Pipelines:
         """Whether a pipeline answers for ``platform`` (cheap: nothing is loaded or fitted)."""
         if self.configured is not None and platform in self._platforms(self.configured):
             return True
-        return self.defaults and dataset_of(platform) is not None
+        return self.defaults and dataset_of(platform, self.store) is not None
 
     def get(self, platform: str) -> Pipeline:
         if self.configured is not None and platform in self._platforms(self.configured):
             return self.configured
-        dataset = dataset_of(platform)
+        dataset = dataset_of(platform, self.store)
         with self._lock:
             if dataset not in self._fitted:
                 self._fitted[dataset] = default_pipeline(self.store, dataset)
