@@ -364,6 +364,20 @@ def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     assert graphs[ranking_loss] - graphs[response_loss] == 1
 
 
+def test_load_for_training_checkpoints_from_the_first_step(tiny_model_dir):
+    """``from_pretrained`` returns a model in eval mode, where Hugging Face layers skip gradient checkpointing; the
+    loader hands the trainer a model in train mode, so a checkpointed block runs twice in a step (forward, and again
+    in backward), not only after a validation round has switched modes."""
+    model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8), device=torch.device("cpu"),
+                                 dtype=torch.float32, gradient_checkpointing=True)
+    assert all(module.training for module in model.modules())
+    calls: list[int] = []
+    model.get_base_model().model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+    ids = torch.randint(0, 100, (2, 7))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 2
+
+
 def test_the_lm_head_gets_a_contiguous_input_from_both_loaders(tiny_model_dir):
     """``logits_to_keep`` hands the head a strided slice of a batch's hidden states, which torch multiplies row by
     row with a copy of the head's weight per row; both loaders make that input contiguous (``contiguous_head_input``)
