@@ -60,8 +60,8 @@ def free_port() -> int:
 def server(db: Path, folder: Path, **settings: Any):
     """A ready ``genrec serve`` process; yields its base URL."""
     config = folder / f"server-{settings.get('max_batch', 'default')}.yaml"
-    config.write_text(yaml.safe_dump({"server": settings | {"max_queue": 64, "request_timeout_s": 600,
-                                                            "max_upload_bytes": 100_000_000}}))
+    config.write_text(yaml.safe_dump({"server": {"max_queue": 64, "request_timeout_s": 600,
+                                                 "max_upload_bytes": 100_000_000} | settings}))
     port = free_port()
     env = os.environ | {"GENREC_API_KEYS": API_KEY, "HF_HUB_OFFLINE": "1"}
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +101,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def latency(url: str, users: list[str]) -> dict[str, Any]:
-    with httpx.Client(base_url=url, timeout=600) as client:
+    with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": API_KEY}) as client:
         recommend(client, "600")  # warm: first-request effects are not the steady state
         seconds = [recommend(client, user) for user in users]
     return {"requests": len(seconds), "p50_s": round(statistics.median(seconds), 3),
@@ -114,7 +114,7 @@ def throughput(url: str, users: list[str], per_client: int) -> dict[str, Any]:
     lock = threading.Lock()
 
     def client_loop(number: int) -> None:
-        with httpx.Client(base_url=url, timeout=600) as client:
+        with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": API_KEY}) as client:
             for j in range(per_client):
                 elapsed = recommend(client, users[(number * per_client + j) % len(users)])
                 with lock:
@@ -165,7 +165,7 @@ def onboard(url: str, catalog: bytes) -> dict[str, Any]:
     response.raise_for_status()
     wall = time.perf_counter() - started
     first = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=600) as client:
+    with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": API_KEY}) as client:
         served = client.post("/v1/recommend", json={"user_id": "A7PVZNHRTX1J7", "platform": ONBOARD_PLATFORM,
                                                     "k": 10})
         served.raise_for_status()

@@ -13,5 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # bitsandbytes warns at import that an optional CPU kernel package from the hub is missing; genrec never uses it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# Caches of the libraries genrec drives (matplotlib's font cache, torch.compile's and Triton's kernels) live under
+# GENREC_HOME with genrec's own, unless the user points them elsewhere.
+from genrec.config import library_caches  # noqa: E402
+
+for _variable, _path in library_caches().items():
+    os.environ.setdefault(_variable, str(_path))
 
 __version__ = "0.1.0"

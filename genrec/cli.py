@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -74,13 +76,20 @@ HashIds = Annotated[bool, typer.Option("--hash-user-ids", help="Replace user ids
 Salt = Annotated[str | None, typer.Option("--salt", help="Salt for --hash-user-ids [default: $GENREC_SALT].")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad-rows", help="Skip malformed rows (counted) instead of "
                                                                "failing.")]
+AllowItems = Annotated[bool, typer.Option("--allow-unknown-items", help="Events may name items missing from the "
+                                                                        "catalog: create them with an empty title "
+                                                                        "(counted) instead of failing.")]
+SamePeople = Annotated[bool, typer.Option("--same-people", help="User ids that already belong to another data set "
+                                                                "are the same people (they then belong to both).")]
 
 
 def _print_import(report, as_json: bool) -> None:
     from dataclasses import asdict
 
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
-        console.print_json(json.dumps(asdict(report), default=str))
+        console.print_json(json.dumps(asdict(report) | {"warnings": report.warnings}, default=str))
         return
     console.print(f"[bold]{report.source}[/]: {report.events_added:,} events added "
                   f"({report.events_present:,} already present), {report.items_added:,} items added, "
@@ -102,16 +111,18 @@ def data_import(
     clean: CleanConfig = None, drop_event_type: DropType = None, keep_duplicates: NoDedup = False,
     min_value: MinValue = None, max_events_per_minute: Burst = None, k_core_users: KUsers = 0,
     k_core_items: KItems = 0, hash_user_ids: HashIds = False, salt: Salt = None,
-    skip_bad_rows: SkipBad = False, as_json: JsonOption = False,
+    skip_bad_rows: SkipBad = False, allow_unknown_items: AllowItems = False, same_people: SamePeople = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Import a registered data set into the store (idempotent, transactional)."""
+    """Import a registered data set into the store (idempotent, transactional); its users belong to NAME."""
     from genrec.data.loading import import_dataset
 
     cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
                          k_core_users, k_core_items, hash_user_ids, salt)
     with _store(db) as store:
         report = import_dataset(store, name, data_dir=data_dir, path=path, download=download,
-                                cleaning=cleaning, skip_bad_rows=skip_bad_rows)
+                                cleaning=cleaning, skip_bad_rows=skip_bad_rows,
+                                allow_unknown_items=allow_unknown_items, same_people=same_people)
     _print_import(report, as_json)
 
 
@@ -121,9 +132,12 @@ def data_import_file(
     kind: Annotated[str, typer.Option("--kind", help="events, items, links or splits")] = "events",
     mapping: Annotated[list[str] | None, typer.Option(
         "--map", help="Column mapping CANONICAL=SOURCE (or CANONICAL:=CONSTANT); repeatable.")] = None,
-    platform: Annotated[str | None, typer.Option("--platform", help="Platform of every row (registers it "
-                                                                       "when new).")] = None,
-    verb: Annotated[str | None, typer.Option("--verb", help="Verb for a new platform (e.g. watched).")] = None,
+    platform: Annotated[str | None, typer.Option("--platform", help="Platform of rows whose platform is missing "
+                                                                       "(a platform column wins); registered when "
+                                                                       "new.")] = None,
+    verb: Annotated[str | None, typer.Option("--verb", help="Verb for platforms this import creates (e.g. "
+                                                            "watched) [default: by name, else 'interacted "
+                                                            "with'].")] = None,
     timestamp_kind: Annotated[str, typer.Option("--timestamp-kind", help="auto, seconds, milliseconds, iso "
                                                                          "or sequence")] = "auto",
     fmt: Annotated[str | None, typer.Option("--format", help="csv, tsv, jsonl or parquet [default: from "
@@ -131,18 +145,34 @@ def data_import_file(
     encoding: Annotated[str, typer.Option("--encoding")] = "utf-8",
     delimiter: Annotated[str | None, typer.Option("--delimiter")] = None,
     create_platforms: Annotated[bool, typer.Option("--create-platforms", help="Register unknown platforms "
-                                                                              "found in the file.")] = False,
+                                                                              "found in the file (with --verb and, "
+                                                                              "for --timestamp-kind sequence, "
+                                                                              "sequence time).")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="The data set these users belong to (their "
+                                                                  "user-id namespace; see `genrec data "
+                                                                  "register`).")] = None,
+    same_people: SamePeople = False,
+    user_prefix: Annotated[str | None, typer.Option("--user-prefix", help="Prepend this to every user id of the "
+                                                                          "file (keeps data sets with the same "
+                                                                          "ids apart).")] = None,
+    allow_unknown_items: AllowItems = False,
+    allow_unknown_users: Annotated[bool, typer.Option("--allow-unknown-users", help="Links and splits may name "
+                                                                                    "users without events "
+                                                                                    "(counted).")] = False,
     db: DbOption = None,
     clean: CleanConfig = None, drop_event_type: DropType = None, keep_duplicates: NoDedup = False,
     min_value: MinValue = None, max_events_per_minute: Burst = None, k_core_users: KUsers = 0,
     k_core_items: KItems = 0, hash_user_ids: HashIds = False, salt: Salt = None,
     skip_bad_rows: SkipBad = False, as_json: JsonOption = False,
 ) -> None:
-    """Import one generic file with a column mapping."""
+    """Import one generic file (events, items, links or splits) with a column mapping."""
     from genrec.data.importers import file_batch, parse_mapping
-    from genrec.data.readers import read_table
+    from genrec.data.readers import check_options, read_table
     from genrec.data.schema import Platform, default_verb
+    from genrec.data.timestamps import check_kind
 
+    check_kind(timestamp_kind)
+    check_options(encoding, delimiter)
     cleaning = _cleaning(clean, drop_event_type, keep_duplicates, min_value, max_events_per_minute,
                          k_core_users, k_core_items, hash_user_ids, salt)
     table = read_table(file, fmt, encoding=encoding, delimiter=delimiter, skip_bad_rows=skip_bad_rows)
@@ -152,15 +182,18 @@ def data_import_file(
                         time_kind="sequence" if timestamp_kind == "sequence" else "time")
     batch = file_batch(file, kind=kind, table=table, mapping=parse_mapping(mapping or [], file), platform=plat,
                        timestamp_kind=timestamp_kind, skip_bad_rows=skip_bad_rows)
+    batch.dataset, batch.verb = dataset, verb
     with _store(db) as store:
-        report = store.ingest(batch, cleaning, create_platforms=create_platforms)
+        report = store.ingest(batch, cleaning, create_platforms=create_platforms,
+                              allow_unknown_items=allow_unknown_items, allow_unknown_users=allow_unknown_users,
+                              same_people=same_people, user_prefix=user_prefix)
     _print_import(report, as_json)
 
 
 @data_app.command("list")
-def data_list(data_dir: DataDirOption = None) -> None:
-    """Registered data sets and whether their files are present."""
-    from genrec.config import default_data_dir
+def data_list(data_dir: DataDirOption = None, db: DbOption = None) -> None:
+    """Built-in data sets and whether their files are present; data sets defined in the store."""
+    from genrec.config import default_data_dir, default_db_path
     from genrec.data.datasets import REGISTRY
 
     root = data_dir or default_data_dir()
@@ -170,6 +203,41 @@ def data_list(data_dir: DataDirOption = None) -> None:
         table.add_row(d.name, ", ".join(d.platforms) or "(from files)", "yes" if present else "no",
                       "yes" if d.download else "-", d.description)
     console.print(table)
+    if (db or default_db_path()).is_file():
+        with _store(db, read_only=True) as store:
+            own = store.datasets()
+            if own:
+                mine = Table("name", "platforms", "user split", "users", "description",
+                             title="data sets defined in the store (genrec data register)")
+                for d in own:
+                    mine.add_row(d.name, ", ".join(d.platforms), "imported" if d.split == "store" else "none",
+                                 f"{store.namespace_users(d.name):,}", d.description or "")
+                console.print(mine)
+
+
+@data_app.command("register")
+def data_register(
+    name: Annotated[str, typer.Argument(help="The data set's name (used by eval configs, train, recommend "
+                                             "--dataset).")],
+    platforms: Annotated[str | None, typer.Option("--platforms", help="Comma-separated platforms [default: those "
+                                                                      "of the users imported with --dataset "
+                                                                      "NAME].")] = None,
+    split_from_store: Annotated[bool, typer.Option("--split-from-store", help="Its user split is the imported "
+                                                                              "one (protocol users: "
+                                                                              "dataset).")] = False,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    db: DbOption = None,
+) -> None:
+    """Define a data set from data already in the store, so that eval, train and recommend can use it."""
+    from genrec.data.loading import register
+
+    names = [p.strip() for p in (platforms or "").split(",") if p.strip()]
+    with _store(db) as store:
+        dataset = register(store, name, names or None, split_from_store=split_from_store, description=description)
+    split = "the imported user split" if dataset.split == "store" else "no split of its own (use protocol users: " \
+        "random or all)"
+    console.print(f"[bold]{dataset.name}[/]: platforms {', '.join(dataset.platforms)}; {split}. Use it as "
+                  f"`dataset: {dataset.name}` in an eval config or with --dataset {dataset.name}.")
 
 
 @data_app.command("stats")
@@ -179,11 +247,12 @@ def data_stats(
     platform: Annotated[list[str] | None, typer.Option("--platform", help="Only these platforms.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per-platform users / items / events / sparsity / history lengths and the user-overlap matrix."""
-    from genrec.data import datasets
+    """Per-platform users / items / events / sparsity / history lengths, the user-overlap matrix and the data
+    sets' user-id namespaces (with users shared between data sets)."""
+    from genrec.data.loading import dataset_platforms
 
-    platforms = list(platform or []) or (list(datasets.get(dataset).platforms) if dataset else None)
     with _store(db) as store:
+        platforms = list(platform or []) or (dataset_platforms(store, dataset) if dataset else None)
         _show_stats(store, platforms, as_json, title=dataset)
 
 
@@ -191,8 +260,15 @@ def _show_stats(store, platforms: list[str] | None, as_json: bool, title: str | 
     from genrec.data.stats import compute
 
     stats = compute(store, platforms)
+    namespaces = store.namespaces()
+    overlap_ns = store.namespace_overlap()
+    ns_names = namespaces["dataset"].tolist()
     if as_json:
-        console.print_json(json.dumps(stats.to_dict()))
+        document = stats.to_dict() | {
+            "namespaces": [{"dataset": r.dataset, "users": int(r.users), "events": int(r.events),
+                            "platforms": list(r.platforms)} for r in namespaces.itertuples()],
+            "namespace_overlap": {a: {b: int(overlap_ns.loc[a, b]) for b in ns_names} for a in ns_names}}
+        console.print_json(json.dumps(document))
         return
     table = Table("platform", "users", "catalog items", "items used", "events", "sparsity",
                   "history min / median / mean / p90 / max", title=title or "store")
@@ -209,6 +285,13 @@ def _show_stats(store, platforms: list[str] | None, as_json: bool, title: str | 
     console.print(overlap)
     console.print(f"{len(names)} platform(s), {stats.users:,} users, {stats.events:,} events; "
                   f"{stats.users_on_all_platforms:,} users are on all {len(names)} platform(s)")
+    if ns_names:
+        spaces = Table("data set", "users", "events", "platforms", *(f"shared with {n}" for n in ns_names),
+                       title="user-id namespaces (imports tagged with a data set)")
+        for row in namespaces.itertuples():
+            spaces.add_row(row.dataset, f"{row.users:,}", f"{row.events:,}", ", ".join(row.platforms),
+                           *("-" if b == row.dataset else f"{overlap_ns.loc[row.dataset, b]:,}" for b in ns_names))
+        console.print(spaces)
 
 
 @data_app.command("export")
@@ -258,21 +341,63 @@ def _recommender(store, model, adapter, dtype, device, four_bit, templates, deco
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 
+PipelineOption = Annotated[Path | None, typer.Option("--pipeline", help="A pipeline folder from `genrec fit`: "
+                                                                      "its sources, LLM scorer and fusion rank "
+                                                                      "the items.")]
+
+
+@app.command()
+def fit(
+    config: Annotated[str, typer.Option("--config", help="Pipeline spec: a YAML file or a shipped spec's name "
+                                                         "(pipelines/*.yaml).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the fitted pipeline to.")],
+    db: DbOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Fit a pipeline (candidate sources, LLM scorer, fusion weights tuned on validation users) and save it."""
+    from genrec.pipeline import PipelineSpec, shipped_spec
+    from genrec.pipeline.fitting import fit_pipeline
+
+    path = Path(config) if Path(config).is_file() else shipped_spec(config)
+    spec = PipelineSpec.from_yaml(path)
+    with _store(db) as store:
+        pipeline = fit_pipeline(store, spec, data_dir=data_dir, progress=True)
+    pipeline.save(out)
+    _show_fusion(pipeline)
+    console.print(f"pipeline {spec.name!r} fitted in {pipeline.fit_info['fit_seconds']:.1f} s -> {out}  "
+                  f"(use it with --pipeline {out})")
+
+
+def _show_fusion(pipeline) -> None:
+    fusion = pipeline.fusion
+    table = Table("component", "weight", "alone (valid NDCG@10)", title=f"{pipeline.name}: fusion")
+    singles = fusion.report.get("single_components", {})
+    for name, weight in fusion.weights.items():
+        alone = [v for k, v in singles.items() if k == name or k.startswith(f"{name}(")]
+        table.add_row(name + (f" (calibration {fusion.calibration})" if name == "llm" else ""), f"{weight:g}",
+                      f"{max(alone):.4f}" if alone else "-")
+    console.print(table)
+    if "tuned" in fusion.report:
+        console.print(f"fused: validation NDCG@10 {fusion.report['tuned']:.4f} on {fusion.report['tuning_cases']} "
+                      "cases")
+
+
 @app.command()
 def recommend(
     user: Annotated[str, typer.Option("--user", help="User id in the store.")],
     platform: Annotated[str, typer.Option("--platform", help="Target platform.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     explain: Annotated[bool, typer.Option("--explain", help="Add a rationale to every item.")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Registered data set (imported on first "
-                                                                     "use).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="A built-in data set (imported on first use) "
+                                                                     "or one defined with `genrec data "
+                                                                     "register`.")] = None,
     as_json: JsonOption = False,
     db: DbOption = None,
     data_dir: DataDirOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
     decoding: DecodingOption = None, calibration: CalibrationOption = None, adapter_scale: AdapterScaleOption = 1.0,
-    engine: EngineOption = "transformers",
+    pipeline: PipelineOption = None, engine: EngineOption = "transformers",
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -280,6 +405,22 @@ def recommend(
     with _store(db) as store:
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
+        legacy = any(v is not None for v in (decoding, model, adapter, templates, calibration)) or four_bit \
+            or adapter_scale != 1.0 or engine != "transformers"
+        if pipeline is not None or not legacy:
+            from genrec.pipeline import Pipeline
+            from genrec.pipeline.fitting import dataset_of, default_pipeline
+
+            known = dataset or dataset_of(platform, store)
+            if pipeline is not None:
+                _recommend_with_pipeline(store, Pipeline.load(pipeline, store=store), user, platform, k, explain,
+                                         as_json)
+                return
+            if known is not None:
+                with console.status(f"loading the default pipeline of {known} (fitted on first use)"):
+                    fitted = default_pipeline(store, known, data_dir=data_dir)
+                _recommend_with_pipeline(store, fitted, user, platform, k, explain, as_json)
+                return
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
                                    calibration, adapter_scale, engine)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
@@ -287,6 +428,36 @@ def recommend(
         console.print_json(json.dumps(result.to_dict(), default=str))
         return
     _show_recommendations(result, explain)
+
+
+def _recommend_with_pipeline(store, pipeline, user: str, platform: str, k: int, explain: bool,
+                             as_json: bool) -> None:
+    import time
+
+    from genrec.pipeline.fitting import user_context
+
+    started = time.perf_counter()
+    items = pipeline.recommend(user_context(store, user, platform), k, explain=explain)
+    seconds = time.perf_counter() - started
+    if as_json:
+        console.print_json(json.dumps({"user_id": user, "platform": platform, "k": k, "pipeline": pipeline.name,
+                                       "items": [vars(item) | {"origin": item.origin} for item in items],
+                                       "seconds": seconds}, default=str))
+        return
+    _show_pipeline_items(pipeline, items, f"{platform} for user {user} ({pipeline.name})", explain)
+    console.print(f"{seconds:.2f} s")
+
+
+def _show_pipeline_items(pipeline, items, title: str, explain: bool) -> None:
+    """The pipeline's answer: each item, the sources that proposed it, the fused score and every component's."""
+    table = Table("#", "item", "title", "from", "score", *pipeline.components,
+                  *(("rationale",) if explain else ()), title=title, show_lines=explain)
+    for item in items:
+        values = [item.sources[name] for name in pipeline.sources] + ([item.llm] if pipeline.scorer else [])
+        rationale = (f"{item.rationale} [{item.rationale_source}]",) if explain else ()
+        table.add_row(str(item.rank), item.item_id, item.title, item.origin, f"{item.score:.3f}",
+                      *(f"{v:.3f}" for v in values), *rationale)
+    console.print(table)
 
 
 def _show_recommendations(result, explain: bool) -> None:
@@ -398,6 +569,46 @@ def platform_add(
                   f"{result.index_seconds:.1f} s. Ready: genrec recommend --platform {result.platform} ...")
 
 
+@platform_app.command("set")
+def platform_set(
+    name: Annotated[str | None, typer.Argument(help="The platform (created when new).")] = None,
+    verb: Annotated[str | None, typer.Option("--verb", help="What users do there (e.g. listened to).")] = None,
+    time_kind: Annotated[str | None, typer.Option("--time-kind", help="time (real times) or sequence (positions "
+                                                                      "only)")] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="YAML: platform name -> {verb, time_kind, "
+                                                             "description}, for several at once.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Create a platform with its verb and time kind, or change them (no catalog needed)."""
+    from genrec.data.schema import TIME_KINDS
+
+    wanted: dict[str, dict] = {}
+    if file is not None:
+        raw = read_yaml(file, "platforms file") or {}
+        if not isinstance(raw, dict) or not all(isinstance(v, dict | None) for v in raw.values()):
+            raise GenrecError(f"{file}: expected a mapping of platform name -> {{verb, time_kind, description}}")
+        for key, fields in raw.items():
+            unknown = set(fields or {}) - {"verb", "time_kind", "description"}
+            if unknown:
+                raise GenrecError(f"{file}: platform {key!r}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                                  "verb, time_kind, description")
+            wanted[str(key)] = dict(fields or {})
+    if name is not None:
+        wanted[name] = {"verb": verb, "time_kind": time_kind, "description": description}
+    if not wanted:
+        raise GenrecError("name a platform (genrec platform set NAME --verb ... --time-kind ...) or give --file")
+    for key, fields in wanted.items():
+        if fields.get("time_kind") not in (None, *TIME_KINDS):
+            raise GenrecError(f"platform {key!r}: --time-kind {fields['time_kind']!r}; expected one of "
+                              f"{', '.join(TIME_KINDS)}")
+    with _store(db) as store:
+        for key, fields in wanted.items():
+            platform, created = store.set_platform(key, **fields)
+            console.print(f"{'created' if created else 'updated'} [bold]{platform.name}[/]: verb "
+                          f"{platform.verb!r}, time kind {platform.time_kind}")
+
+
 @platform_app.command("list")
 def platform_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Registered platforms with their verbs and catalog sizes."""
@@ -435,21 +646,47 @@ def serve(
     adapter_scale: Annotated[float | None, typer.Option("--adapter-scale", min=0.0,
                                                         help="See recommend --adapter-scale [default: 1]")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    pipeline: PipelineOption = None,
+    default_pipelines: Annotated[bool | None, typer.Option(
+        "--default-pipelines/--no-default-pipelines",
+        help="Serve a registered data set's platforms with its default pipeline (fitted on first use) "
+             "[default: on]")] = None,
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
     GENREC_API_KEYS or the config file."""
     import uvicorn
 
     from genrec.server import ServerSettings, create_app
+    from genrec.server.app import GRACEFUL_S
 
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
                                    templates=templates, decoding=decoding, calibration=calibration,
-                                   adapter_scale=adapter_scale)
+                                   adapter_scale=adapter_scale, pipeline=pipeline,
+                                   default_pipelines=default_pipelines)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.stopping.set()  # requests waiting for the model answer 503 now instead of at the deadline
+            super().handle_exit(sig, frame)
+
+    # SIGINT/SIGTERM: requests in flight get GRACEFUL_S, then the worker its STOP_WAIT_S: down within 10 s
+    try:
+        Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                              timeout_graceful_shutdown=GRACEFUL_S)).run()
+    finally:
+        service = getattr(app.state, "service", None)
+        if service is not None and service.worker.running:
+            # the worker is still inside native code (a model load, a generation step); the store is closed, so
+            # end now rather than let interpreter teardown wait for it
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 @app.command()
@@ -473,8 +710,9 @@ def train(
         cfg.output_dir = str(output)
     if max_steps is not None:
         cfg.train.max_steps = max_steps
+    evaluation = load_eval_config(cfg.eval_config)
     with _store(db) as store:  # the only write: importing the data set on first use
-        ensure_dataset(store, load_eval_config(cfg.eval_config).dataset)
+        ensure_dataset(store, evaluation.dataset, platforms=evaluation.dataset_platforms)
     with _store(db, read_only=True) as store:  # other readers may share the store while this runs
         result = Trainer(cfg, store).run(resume=resume)
     state = result.state
@@ -501,17 +739,27 @@ def demo(db: DbOption = None, data_dir: DataDirOption = None,
             _show_stats(store, list(datasets.get(name).platforms), False, title=name)
         if not recommendations:
             return
-        from genrec.recommender import Recommender
+        import time
 
-        recommender = Recommender(store)
+        from genrec.pipeline.fitting import default_pipeline, user_context
+
         test_users = sorted(u for u, split in store.splits().items() if split == "test")
-        for user, platform, what in ((test_users[0], "amazon-office", "amazon-arts-office test user"),
-                                     ("1", "movies", "movielens-latest-small user")):
-            history = store.history(user)
-            by_platform = {p: sum(h.platform == p for h in history) for p in {h.platform for h in history}}
+        for dataset, user, platform, what in (
+                ("amazon-arts-office", test_users[0], "amazon-office", "amazon-arts-office test user"),
+                ("movielens-latest-small", "1", "movies", "movielens-latest-small user")):
+            with console.status(f"loading the default pipeline of {dataset} (fitted on first use)"):
+                pipeline = default_pipeline(store, dataset, data_dir=data_dir)
+            context = user_context(store, user, platform)
+            by_platform = {p: sum(x.platform == p for x in context.history) for p in {x.platform for x in
+                                                                                     context.history}}
             console.rule(f"[bold]{platform} recommendations for {what} {user}")
             console.print("history: " + ", ".join(f"{n} events on {p}" for p, n in sorted(by_platform.items())))
-            _show_recommendations(recommender.recommend(user, platform=platform, k=10, explain=True), True)
+            started = time.perf_counter()
+            items = pipeline.recommend(context, 10, explain=True)
+            _show_pipeline_items(pipeline, items, f"{platform} for user {user} ({pipeline.name})", True)
+            written = sum(item.rationale_source == "llm" for item in items)
+            console.print(f"{time.perf_counter() - started:.2f} s; {written} of {len(items)} rationales written by "
+                          "the LLM (the rest: evidence sentences)")
 
 
 def main() -> None:

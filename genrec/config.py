@@ -6,6 +6,9 @@ Every location can be overridden by an environment variable and, in the CLI, by 
 - ``GENREC_DB``        the DuckDB store (default ``$GENREC_HOME/genrec.duckdb``)
 - ``GENREC_DATA_DIR``  where public data sets live (default ``../shared/data`` when it exists, else
                        ``$GENREC_HOME/data``)
+
+Every cache is under ``GENREC_HOME``: genrec's own (``models``, ``embeddings``) and those of the libraries it
+drives (``library_caches``), unless their own variables are set.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ def cache_dir(kind: str) -> Path:
     path = genrec_home() / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def library_caches() -> dict[str, Path]:
+    """Environment variables of third-party caches and their folders under ``GENREC_HOME`` (matplotlib's font
+    cache, torch.compile's and Triton's compiled kernels)."""
+    home = genrec_home()
+    return {"MPLCONFIGDIR": home / "matplotlib", "TORCHINDUCTOR_CACHE_DIR": home / "torch-inductor",
+            "TRITON_CACHE_DIR": home / "triton"}
 
 
 def read_yaml(path: str | Path, what: str) -> Any:

@@ -39,6 +39,10 @@ class DataError(GenrecError):
         super().__init__(text)
 
 
+class TooLargeError(DataError):
+    """Input over a size or row limit (HTTP 413): names the limit that was hit."""
+
+
 class DatasetNotFoundError(GenrecError):
     """A registered data set whose files are not where genrec looks for them."""
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_BATCH_SIZE = 8
 ADAPTER_METADATA = "genrec_adapter.json"  # written beside a PEFT adapter by genrec.training
 
+_log = logging.getLogger(__name__)
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Engine = Literal["transformers", "openvino"]
@@ -51,7 +53,8 @@ class LLMConfig:
 
     ``model``: ``None`` for the default SmolLM2-135M-Instruct GGUF, else a local Hugging Face causal-LM directory
     or a local ``.gguf`` file. ``adapter``: a PEFT LoRA directory applied on top. ``dtype="auto"``: float32 on
-    CPU, bfloat16 (else float16) on CUDA. On CPU, bfloat16 generates about 1.5x faster but is not
+    CPU, bfloat16 on CUDA where supported (else float32); ``dtype_choice`` says which. On a CPU with native bf16
+    (``avx512_bf16`` / ``amx_bf16``) bfloat16 generates about 1.5x faster; without it, several times slower. It is not
     batch-invariant: with left padding, greedy outputs of a prompt change with the other prompts in its batch
     (4 of 9 differed in a measurement, none in float32), so it is opt-in. ``load_in_4bit``: bitsandbytes NF4
     with double quantization and bf16 compute, meant for CUDA (it works on CPU, slowly). ``seed`` makes
@@ -101,13 +104,42 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
-    """The torch dtype for ``dtype`` on ``device`` (see ``LLMConfig`` for what ``auto`` chooses)."""
-    if dtype != "auto":
-        return getattr(torch, dtype)
+def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` computes bfloat16 natively: CUDA's own check; on CPU, the ``avx512_bf16`` or
+    ``amx_bf16`` flag (x86) or ``bf16`` (Arm) in ``/proc/cpuinfo``. Elsewhere torch emulates bf16 matrix products,
+    several times slower than float32 (4-6x measured on an AVX2-only CPU)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        return bool(torch.cuda.is_bf16_supported())
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in re.findall(r"^(?:flags|Features)\s*:(.*)$", cpuinfo, re.M) for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def dtype_choice(dtype: DType, device: torch.device, *, batch_invariant: bool = True,
+                 cpuinfo: str | None = None) -> tuple[torch.dtype, str]:
+    """The torch dtype for ``dtype`` on ``device`` and a sentence saying why. ``auto`` is bfloat16 only where the
+    device has it natively, else float32; on CPU with ``batch_invariant`` (inference, see ``LLMConfig``) it is
+    always float32. An explicit bfloat16 without native support is kept, and the sentence says it is slow."""
+    native = native_bf16(device, cpuinfo)
+    where = "CUDA" if device.type == "cuda" else "this CPU"
+    support = f"{where} {'has' if native else 'lacks'} native bf16"
+    if dtype != "auto":
+        slow = dtype == "bfloat16" and not native
+        return getattr(torch, dtype), f"{dtype} as asked ({support}" + (": emulated, several times slower than "
+                                                                          "float32)" if slow else ")")
+    if device.type == "cpu" and batch_invariant:
+        return torch.float32, "auto: float32 (inference on CPU stays batch-invariant)"
+    return (torch.bfloat16, f"auto: bfloat16 ({support})") if native else \
+        (torch.float32, f"auto: float32 ({support})")
+
+
+def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    """The torch dtype for ``dtype`` on ``device`` (see ``dtype_choice``)."""
+    return dtype_choice(dtype, device)[0]
 
 
 def four_bit_config() -> Any:
@@ -308,7 +340,8 @@ class LLM:
 
         path = path or default_model_dir()
         device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
+        dtype, why = dtype_choice(config.dtype, device)
+        (_log.warning if "slower" in why else _log.info)("LLM dtype: %s", why)
         source: dict[str, Any] = {"local_files_only": True}
         if path.is_file():
             if config.load_in_4bit:

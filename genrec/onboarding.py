@@ -8,24 +8,27 @@ chat turn or report on it needs no further set-up.
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import jinja2
-from jinja2.sandbox import SecurityError
 
 from genrec.data.importers import Mapping, file_batch
 from genrec.data.readers import read_table
-from genrec.data.schema import TIME_KINDS, Platform, default_verb
+from genrec.data.schema import TIME_KINDS, Platform, check_platform_name, default_verb
 from genrec.data.store import Store
 from genrec.errors import ConflictError, DataError
 from genrec.prompts import PromptTemplates, RecommendPrompt
 from genrec.recommender import Recommender
+from genrec.template_sandbox import TemplateError, TemplateSandbox
 
-PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TRIAL = RecommendPrompt(profile="On \"movies\", the user watched 1 item.", platform="new", n=3, verb="used")
+# the longest profile and largest n a real request may bring, with quotes, markup and line breaks in it
+_WORST_ITEM = '"Item <{p}-{i}> \\ {{{{ x }}}} ' + "long " * 8 + '"'
+_WORST = RecommendPrompt(
+    profile="\n".join(f'On "platform-{p}", the user bought: ' + ", ".join(_WORST_ITEM.format(p=p, i=i)
+                                                                        for i in range(40)) for p in range(8)),
+    platform="new", n=100, verb="interacted with", description="A description " * 20)
 
 
 @dataclass(frozen=True)
@@ -47,33 +50,35 @@ class OnboardingReport:
         return asdict(self) | {"seconds": self.seconds}
 
 
-def check_platform_name(name: str) -> str:
-    if not PLATFORM_NAME.match(name or ""):
-        raise DataError(f"invalid platform name {name!r}", field="name",
-                        expected="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
-
-
-def check_template(source: str) -> None:
-    """Compile and trial-render a platform's recommend prompt in the sandbox; ``DataError`` on field ``template``.
+def check_template(source: str, platforms: Sequence[str] = ()) -> None:
+    """Compile and trial-render a platform's recommend prompt under the untrusted-template limits (a separate
+    process, see ``genrec.template_sandbox``); ``DataError`` on field ``template`` naming the line.
 
     The template sees the context of ``recommend.j2`` (``profile``, ``platform``, ``n``, ``verb``,
-    ``description``, ``rationale`` and an optional ``instruction``).
+    ``description``, ``rationale`` and an optional ``instruction``). It is rendered for every name in
+    ``platforms`` and a new one, with a short and a worst-case profile, so a template that is fast only for the
+    name it was tried with is caught here rather than on the model worker.
     """
-    templates = PromptTemplates()
+    sandbox = TemplateSandbox()  # its own renderer: a slow template never queues ahead of the model worker's
+    templates = PromptTemplates(sandbox=sandbox)
     name = templates.register("platform-template-check.j2", source)
     try:
-        for rationale in (True, False):
-            templates.render(name, _TRIAL, rationale=rationale, instruction="something quiet")
-    except jinja2.TemplateSyntaxError as exc:
-        raise DataError(f"template syntax error: {exc.message}", field="template", line=exc.lineno,
-                        expected="a Jinja2 template") from exc
-    except (jinja2.UndefinedError, SecurityError) as exc:
-        raise DataError(f"template cannot be rendered: {exc}", field="template",
-                        expected="only the variables profile, platform, n, verb, description, rationale, "
-                                 "instruction") from exc
-    if not templates.render(name, _TRIAL, rationale=True, instruction=None):
-        raise DataError("template renders an empty prompt", field="template")
+        for trial in (_WORST, _TRIAL):  # the limits first: an empty prompt is the lesser problem
+            for platform in dict.fromkeys([*platforms, _TRIAL.platform]):
+                for rationale, instruction in ((True, "something quiet"), (False, None), (True, _WORST.profile)):
+                    text = templates.render(name, replace(trial, platform=platform, rationale=rationale),
+                                            instruction=instruction)
+                    if not text and trial is _TRIAL and instruction is None:
+                        raise DataError("template renders an empty prompt", field="template")
+    except TemplateError as exc:
+        if exc.kind == "syntax":
+            raise DataError(exc.reason, field="template", line=exc.line, expected="a Jinja2 template") from exc
+        expected = None if exc.kind == "limit" else \
+            "only the variables profile, platform, n, verb, description, rationale, instruction"
+        raise DataError(f"template cannot be rendered: {exc.reason}", field="template", line=exc.line,
+                        expected=expected) from exc
+    finally:
+        sandbox.close()
 
 
 def onboard(
@@ -89,13 +94,16 @@ def onboard(
     time_kind: str = "time",
     description: str | None = None,
     skip_bad_rows: bool = False,
+    max_bytes: int | None = None,
+    max_rows: int | None = None,
 ) -> OnboardingReport:
     """Register platform ``name`` with the catalog file ``catalog`` in ``store`` and build its index with
     ``recommender`` (a recommender over the same store; its embedder does the embedding).
 
     ``mapping`` names the source columns of ``item_id`` and ``title`` (and optionally ``description``,
     ``category``, ``attributes``, ``year``); ``template`` is an optional Jinja2 recommend prompt for this
-    platform (see ``check_template``). A name that is already registered raises ``ConflictError``: add items to
+    platform (see ``check_template``). ``max_bytes``/``max_rows`` limit the catalog file (decompressed) and
+    raise ``TooLargeError``. A name that is already registered raises ``ConflictError``: add items to
     an existing platform with ``genrec data import-file --kind items``.
     """
     started = time.perf_counter()
@@ -103,12 +111,12 @@ def onboard(
     if time_kind not in TIME_KINDS:
         raise DataError(f"unknown time kind {time_kind!r}", field="time_kind", expected=" or ".join(TIME_KINDS))
     if template is not None:
-        check_template(template)
+        check_template(template, [p.name for p in store.platforms()] + [name])
     if any(p.name == name for p in store.platforms()):
         raise ConflictError(f"platform {name!r} is already registered")
     platform = Platform(name, verb=(verb or "").strip() or default_verb(name), time_kind=time_kind,
                         description=description)
-    table = read_table(catalog, fmt, skip_bad_rows=skip_bad_rows)
+    table = read_table(catalog, fmt, skip_bad_rows=skip_bad_rows, max_bytes=max_bytes, max_rows=max_rows)
     batch = file_batch(catalog, kind="items", table=table, mapping=mapping, platform=platform,
                        skip_bad_rows=skip_bad_rows)
     if template is not None:

@@ -6,7 +6,9 @@ sources registered at run time (a platform's own prompt, see ``genrec.onboarding
 The environment is sandboxed (templates cannot reach Python internals or mutate their context) and undefined
 variables are errors. Prompt templates are not HTML-escaped: untrusted text (item titles, user chat text) must go
 through the ``quote`` filter, which renders it as one inert quoted string. Templates named ``*.html.j2`` (reports)
-are HTML-escaped automatically.
+are HTML-escaped automatically. Registered sources are untrusted: they render in a separate process with hard
+limits on time, memory, output, ``range`` and repetition (:mod:`genrec.template_sandbox`), so no template can hold
+the process that asked for it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,11 +26,14 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from genrec import template_sandbox
 from genrec.errors import GenrecError
+from genrec.template_sandbox import TemplateError, TemplateLimits
 
 TEMPLATE_PACKAGE = "genrec._templates"
 SYSTEM_TEMPLATE = "system.j2"
 QUOTE_MAX_CHARS = 120
+TRUSTED = TemplateLimits(output_chars=2**40, range_items=2**40, sequence_items=2**40)  # packaged/override files
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^|<>]{0,40}\|>|</?s>")  # chat-markup tokens (<|im_end|>, <s>, ...)
 _WHITESPACE = re.compile(r"\s+")
@@ -101,17 +107,97 @@ class RecommendPrompt:
     rationale: bool = True
 
 
-class PromptTemplates:
-    """Renders genrec's prompt templates; ``override_dir`` templates take precedence over packaged ones."""
+class LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """The Jinja2 sandbox with per-render limits: ``range()`` items of one render together, and the size of what
+    ``*`` and ``**`` build (``'a' * 10**9``, ``[0] * 10**9``, ``10 ** 10**9``). :func:`render_limited` sets the
+    limits of a render and caps its output."""
 
-    def __init__(self, override_dir: str | Path | None = None) -> None:
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._render = threading.local()
+        self.globals["range"] = self._range
+
+    def begin(self, limits: TemplateLimits) -> None:
+        self._render.limits = limits
+        self._render.range_left = limits.range_items
+
+    def _limits(self) -> TemplateLimits:
+        limits = getattr(self._render, "limits", None)
+        if limits is None:
+            self.begin(TemplateLimits())
+        return self._render.limits
+
+    def _range(self, *args: int) -> range:
+        span = range(*args)
+        self._limits()
+        self._render.range_left -= len(span)
+        if self._render.range_left < 0:
+            raise TemplateError("limit", f"range() of more than {self._limits().range_items:,} items in one render")
+        return span
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        most = self._limits().sequence_items
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > most:
+                    raise TemplateError("limit", f"'*' would build {len(seq) * times:,} items (limit {most:,})")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                abs(left) > 1 and max(abs(left).bit_length(), 1) * right > 4096:
+            raise TemplateError("limit", "'**' would build a number of more than 4096 bits")
+        return super().call_binop(context, operator, left, right)
+
+
+def render_limited(templates: PromptTemplates, name: str, variables: dict[str, Any], limits: TemplateLimits) -> str:
+    """Template ``name`` rendered in this process with the :class:`LimitedEnvironment` limits and at most
+    ``limits.output_chars`` characters of output (the error names the line that wrote past it)."""
+    template = templates.get(name)
+    templates.env.begin(limits)
+    parts: list[str] = []
+    size = 0
+    stream = template.generate(variables)
+    for part in stream:
+        size += len(part)
+        if size > limits.output_chars:
+            raise TemplateError("limit", f"the template writes more than {limits.output_chars:,} characters",
+                                _generator_line(stream, template))
+        parts.append(part)
+    return "".join(parts)
+
+
+def _generator_line(stream: Any, template: jinja2.Template) -> int | None:
+    """The template line a suspended ``Template.generate`` stream is at (the innermost frame of this template)."""
+    line, filename = None, template.filename or "<template>"
+    gen = stream
+    while gen is not None and getattr(gen, "gi_frame", None) is not None:
+        if gen.gi_frame.f_code.co_filename == filename:
+            line = template.get_corresponding_lineno(gen.gi_frame.f_lineno)
+        gen = gen.gi_yieldfrom
+    return line
+
+
+class PromptTemplates:
+    """Renders genrec's prompt templates; ``override_dir`` templates take precedence over packaged ones.
+
+    Registered sources are untrusted (a platform's own prompt, uploaded over the API): with ``isolate`` they
+    render in the limited child process of :mod:`genrec.template_sandbox` under ``limits`` (``sandbox``, else the
+    process-wide one); files render in this process (with the same kinds of limits, far larger, and no clock).
+    """
+
+    def __init__(self, override_dir: str | Path | None = None, *, isolate: bool = True,
+                 limits: TemplateLimits = TemplateLimits(),
+                 sandbox: template_sandbox.TemplateSandbox | None = None) -> None:
         self.override_dir = Path(override_dir).expanduser() if override_dir is not None else None
         if self.override_dir is not None and not self.override_dir.is_dir():
             raise GenrecError(f"template directory {str(self.override_dir)!r} does not exist")
         self.packaged = packaged_templates()
+        self.isolate = isolate
+        self.limits = limits
+        self._sandbox = sandbox  # None: the process-wide one
         self._registered: dict[str, str] = {}
         loaders = [jinja2.DictLoader(self._registered), jinja2.FileSystemLoader(self.search_path)]
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = LimitedEnvironment(
             loader=jinja2.ChoiceLoader(loaders),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False,
@@ -153,9 +239,12 @@ class PromptTemplates:
         ``context`` may be a dataclass instance (its fields become variables), a mapping, or ``None``; keyword
         values are added on top.
         """
-        template = self.get(name)
+        variables = {**_as_variables(context), **values}
+        if self.isolate and name in self._registered:
+            sandbox = self._sandbox or template_sandbox.shared()
+            return sandbox.render(self.search_path, name, self._registered[name], variables, self.limits).strip()
         try:
-            return template.render({**_as_variables(context), **values}).strip()
+            return render_limited(self, name, variables, TRUSTED).strip()
         except jinja2.TemplateNotFound as exc:  # a template that ``name`` includes or extends
             raise TemplateNotFoundError(str(exc.name), self.search_path) from exc
 

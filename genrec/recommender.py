@@ -184,6 +184,7 @@ class Recommender:
         self._embedder = embedder
         self._grounder = Grounder(min_similarity=self.config.min_similarity)
         self._indexes: dict[str, tuple[int, CatalogIndex]] = {}
+        self._title_maps: dict[str, tuple[int, dict[str, str]]] = {}
         self._popularity: dict[str, tuple[int, dict[str, float]]] = {}
         self._tries: dict[str, tuple[int, TitleTrie]] = {}
         self._priors: dict[str, tuple[int, dict[str, float]]] = {}
@@ -217,7 +218,7 @@ class Recommender:
             return cached[1]
         catalog = self.store.catalog(platform)
         if catalog.empty:
-            raise EmptyCatalogError(f"platform {platform!r} has no catalog: register its items first")
+            self.titles(platform)  # raises: no catalog
         if cached is not None:
             index = cached[1]
             index.add_items(catalog["item_id"].tolist(), catalog["title"].tolist())
@@ -226,6 +227,17 @@ class Recommender:
                                        self.embedder)
         self._indexes[platform] = (self.store.version, index)
         return index
+
+    def titles(self, platform: str) -> dict[str, str]:
+        """The platform's item titles by id, from the store (no embeddings: scoring given candidates needs only
+        their titles, not the catalog index)."""
+        cached = self._title_maps.get(platform)
+        if cached is None or cached[0] != self.store.version:
+            cached = self._title_maps[platform] = (self.store.version, self.store.titles(platform))
+        titles = cached[1]
+        if not titles:
+            raise EmptyCatalogError(f"platform {platform!r} has no catalog: register its items first")
+        return titles
 
     def popularity(self, platform: str) -> dict[str, float]:
         if self._fixed_popularity is not None:
@@ -334,7 +346,7 @@ class Recommender:
         out = []
         for request, (history, _, prompt) in tqdm(list(zip(requests, prepared, strict=True)), desc="scoring",
                                                   unit="request", disable=not progress):
-            items = self._candidates(request, history, self.index(request.platform))
+            items = self._candidates(request, history)
             scores = self._answer_logprobs(prompt, request.platform, items)
             if self.config.calibration:
                 scores -= self.config.calibration * self.title_priors(request.platform, items)
@@ -367,21 +379,23 @@ class Recommender:
     def _answer_logprobs(self, prompt: str, platform: str, items: Sequence[str]) -> np.ndarray:
         """Summed log-probabilities of the first ``score_tokens`` tokens of each item's answer line after
         ``prompt`` (the prompt is run once, see ``LLM.continuation_logprobs``)."""
-        index = self.index(platform)
-        head, bodies = answer_tokens([index.title(item_id) for item_id in items], self.llm.tokenizer)
+        titles = self.titles(platform)
+        head, bodies = answer_tokens([titles[item_id] for item_id in items], self.llm.tokenizer)
         prompt_ids = self.llm.tokenizer(prompt, add_special_tokens=False)["input_ids"] + head
         logprobs = self.llm.continuation_logprobs(prompt_ids, [b[: self.config.score_tokens] for b in bodies])
         return np.array([sum(lp) for lp in logprobs], dtype=np.float64)
 
-    def _candidates(self, request: Request, history: Sequence[HistoryItem], index: CatalogIndex) -> list[str]:
+    def _candidates(self, request: Request, history: Sequence[HistoryItem]) -> list[str]:
         owned = _owned(request, history)
         if request.candidates is not None:
-            unknown = [item_id for item_id in request.candidates if item_id not in index]
+            titles = self.titles(request.platform)
+            unknown = [item_id for item_id in request.candidates if item_id not in titles]
             if unknown:
                 raise NotFoundError(f"candidates not in the {request.platform!r} catalog: {', '.join(unknown[:5])}")
             items = [item_id for item_id in dict.fromkeys(request.candidates) if item_id not in owned]
         else:
             n = self.config.n_candidates
+            index = self.index(request.platform)
             popular = most_popular(index, n, owned, PopularityPrior(self.popularity(request.platform)))
             _, _, profile_vector = self.history_vectors(history)
             near = index.search(profile_vector, n, exclude_ids=owned)[0][0] if profile_vector is not None else []
@@ -429,7 +443,7 @@ class Recommender:
             raise NotFoundError(f"unknown platform {request.platform!r}; the store has: "
                                 f"{', '.join(sorted(platforms)) or 'none'}")
         history = self._history(request)
-        self.index(request.platform)  # fail early on a platform without catalog
+        self.titles(request.platform)  # fail early on a platform without catalog (without embedding it)
         profile, prompt = self.prompt(history, request.platform, explain=request.explain,
                                       instruction=request.instruction, platforms=platforms)
         return history, profile, prompt

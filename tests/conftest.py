@@ -54,6 +54,7 @@ SERVER_API_KEY = "test-key-1"
 SERVER_SETTINGS = {  # small limits so that the limit tests stay cheap; the queue exceeds the 20 concurrent clients
     "max_queue": 24, "max_batch": 8, "max_k": 20, "max_history": 40, "max_events": 500,
     "max_body_bytes": 200_000, "max_upload_bytes": 2_000_000, "request_timeout_s": 240,
+    "default_pipelines": False,  # the generate-then-ground path; tests/test_server_pipeline.py serves a pipeline
 }
 
 
@@ -66,6 +67,12 @@ class ServerProcess:
 
     @property
     def write_headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+    @property
+    def read_headers(self) -> dict[str, str]:
+        """User data (users, history, reports, recommendations by user id, chat) needs a key with the read
+        scope; the test key has read and write."""
         return {"X-API-Key": self.api_key}
 
 
@@ -128,3 +135,35 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --- an app served by a real uvicorn server in this process (127.0.0.1, a free port), for socket-level tests -----
+
+
+@pytest.fixture
+def serve_app():
+    """``serve_app(app) -> url``: run ``app`` on uvicorn in a thread until the test ends."""
+    import threading
+    import time
+
+    import uvicorn
+
+    servers = []
+
+    def serve(app) -> str:
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)

@@ -106,7 +106,7 @@ def test_conversations_expire_are_bound_to_their_user_and_bounded() -> None:
 @pytest.mark.integration
 def test_multi_turn_refinement_over_http(server) -> None:
     def say(message: str, conversation: str | None) -> dict:
-        response = httpx.post(f"{server.url}/v1/chat", timeout=240, json={
+        response = httpx.post(f"{server.url}/v1/chat", timeout=240, headers=server.read_headers, json={
             "user_id": "A7PVZNHRTX1J7", "message": message, "conversation_id": conversation, "k": 3})
         assert response.status_code == 200, response.text
         return response.json()

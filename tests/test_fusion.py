@@ -10,8 +10,8 @@ import pytest
 
 from genrec.evaluation.fusion import FusedMethod, llm_component, scale_rows
 from genrec.evaluation.generative import LEAD
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import ADAPTER_METADATA
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 CATALOG = ["a", "b", "c", "d"]
 TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})
@@ -38,7 +38,8 @@ class Fixed:
 
 
 def _cases(target: str, split: str, n: int = 6) -> list[EvalCase]:
-    return [EvalCase(f"u{i}", "p", target, (), split=split, timestamp=float(i)) for i in range(n)]
+    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=(), split=split, timestamp=float(i))
+            for i in range(n)]
 
 
 def test_components_are_scaled_to_unit_range():

@@ -13,7 +13,6 @@ from genrec.evaluation.metrics import (
     case_metrics,
     catalog_coverage,
     generation_quality,
-    popularity_counts,
     popularity_percentiles,
     rank_of_target,
     ranks_for_cases,
@@ -23,12 +22,13 @@ from genrec.evaluation.metrics import (
     top_k,
     top_k_for_cases,
 )
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.pipeline.sources import popularity_counts
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 
 def case(target: str, history: list[str], platform: str = "p", user: str = "u") -> EvalCase:
     events = tuple(Interaction(platform, item, float(t)) for t, item in enumerate(history))
-    return EvalCase(user, platform, target, events)
+    return EvalCase(user_id=user, platform=platform, target=target, history=events)
 
 
 # ----------------------------------------------------------------------------------------------- rank_of_target
@@ -137,7 +137,7 @@ def test_ranks_for_cases_excludes_the_target_platforms_history() -> None:
 
 def test_history_on_another_platform_is_not_excluded() -> None:
     other = Interaction("q", "a", 0.0)
-    c = EvalCase("u", "p", "b", (other,))
+    c = EvalCase(user_id="u", platform="p", target="b", history=(other,))
     assert ranks_for_cases(np.array([[0.9, 0.1]]), [c], ["a", "b"])[0] == 2
 
 

@@ -118,11 +118,11 @@ def test_report_for_an_amazon_user_flags_and_supports_rationales(recommender, re
 @pytest.mark.integration
 def test_report_endpoint_serves_html_markdown_and_json(server) -> None:
     url = f"{server.url}/v1/users/{AMAZON_USER}/report"
-    html = httpx.get(url, params={"platform": "amazon-office"}, timeout=240)
+    html = httpx.get(url, params={"platform": "amazon-office"}, timeout=240, headers=server.read_headers)
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert "<h2>Recommended on amazon-office</h2>" in html.text and "data:image/png;base64," in html.text
     assert html.text.count('class="card') == 5  # report_k items, each with its check
-    missing = httpx.get(f"{server.url}/v1/users/nobody/report", timeout=240)
+    missing = httpx.get(f"{server.url}/v1/users/nobody/report", timeout=240, headers=server.read_headers)
     assert missing.status_code == 404
-    bad = httpx.get(url, params={"format": "pdf"}, timeout=240)
+    bad = httpx.get(url, params={"format": "pdf"}, timeout=240, headers=server.read_headers)
     assert bad.status_code == 422 and bad.json()["field"].endswith("format")

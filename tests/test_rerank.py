@@ -12,8 +12,8 @@ import pytest
 
 from genrec.errors import GenrecError
 from genrec.evaluation.rerank import RerankMethod
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import ADAPTER_METADATA, LLMConfig
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 CATALOG = ["a", "b", "c", "d", "e", "f"]
 TRAIN = TrainData({"u0": [Interaction("p", "a", 1.0)]}, {"p": CATALOG})
@@ -71,7 +71,8 @@ class FakeLLM:
 
 def _cases(target: str, split: str, n: int = 4, owned: str = "") -> list[EvalCase]:
     history = tuple(Interaction("p", item, 0.5) for item in owned)
-    return [EvalCase(f"u{i}", "p", target, history, split=split, timestamp=float(i)) for i in range(n)]
+    return [EvalCase(user_id=f"u{i}", platform="p", target=target, history=history, split=split,
+                     timestamp=float(i)) for i in range(n)]
 
 
 def _top(method: RerankMethod, cases: list[EvalCase], n: int) -> list[list[str]]:

@@ -16,7 +16,14 @@ TIMEOUT = 240
 
 
 def post(server, path: str, **kwargs) -> httpx.Response:
+    """A POST with the test key (read and write) unless ``headers`` says otherwise."""
+    kwargs.setdefault("headers", server.read_headers)
     return httpx.post(server.url + path, timeout=TIMEOUT, **kwargs)
+
+
+def get(server, path: str, **kwargs) -> httpx.Response:
+    kwargs.setdefault("headers", server.read_headers)
+    return httpx.get(server.url + path, timeout=TIMEOUT, **kwargs)
 
 
 def test_health_docs_and_page(server) -> None:
@@ -31,13 +38,18 @@ def test_health_docs_and_page(server) -> None:
 
 def test_write_endpoints_need_an_api_key(server) -> None:
     events = {"events": [{"user_id": "auth-user", "platform": "movies", "item_id": "1", "timestamp": 1}]}
-    assert post(server, "/v1/events", json=events).status_code == 401
+    assert post(server, "/v1/events", json=events, headers={}).status_code == 401
     assert post(server, "/v1/events", json=events, headers={"X-API-Key": "wrong"}).status_code == 401
-    missing = post(server, "/v1/platforms", data={"name": "nope"}, files={"catalog": ("c.csv", b"item_id,title\n")})
+    missing = post(server, "/v1/platforms", data={"name": "nope"}, files={"catalog": ("c.csv", b"item_id,title\n")},
+                   headers={})
     assert missing.status_code == 401 and "API key" in missing.json()["error"]
     assert post(server, "/v1/events", json=events, headers={"Authorization": "Bearer test-key-2"}).status_code == 200
-    # reads need no key
+    # platforms are public; user data needs a key with the read scope
     assert httpx.get(server.url + "/v1/platforms").status_code == 200
+    for path in ("/v1/users", "/v1/users/1/history", "/v1/users/1/report"):
+        assert httpx.get(server.url + path).status_code == 401
+    assert post(server, "/v1/recommend", json={"user_id": "1", "platform": "movies"}, headers={}).status_code == 401
+    assert post(server, "/v1/chat", json={"user_id": "1", "message": "films"}, headers={}).status_code == 401
 
 
 @pytest.mark.parametrize(("path", "body", "status", "field"), [
@@ -75,7 +87,7 @@ def test_bad_events_are_rejected_whole(server) -> None:
     assert response.status_code == 422 and response.json()["field"] == "events.0.rating"
     assert events(*[good | {"item_id": str(i)} for i in range(501)]).json()["field"] == "events"  # max_events
     # nothing of the rejected batches was stored
-    assert httpx.get(f"{server.url}/v1/users/bad-events-user/history").status_code == 404
+    assert get(server, "/v1/users/bad-events-user/history").status_code == 404
     too_big = post(server, "/v1/events", content=b"{" + b" " * 300_000 + b"}", headers=server.write_headers
                    | {"Content-Type": "application/json"})
     assert too_big.status_code == 413
@@ -107,7 +119,7 @@ def test_posted_events_are_seen_by_the_next_recommendation(server) -> None:
              "value": 5}
     added = post(server, "/v1/events", json={"events": [event]}, headers=server.write_headers)
     assert added.status_code == 200 and added.json()["added"] == 1
-    latest = httpx.get(f"{server.url}/v1/users/7/history?limit=1").json()
+    latest = get(server, "/v1/users/7/history?limit=1").json()
     assert latest[0]["item_id"] == top["item_id"] and latest[0]["timestamp"].startswith("2030-01-01")
     second = post(server, "/v1/recommend", json=request).json()
     assert top["item_id"] not in {item["item_id"] for item in second["items"]}  # now part of the history
@@ -150,7 +162,7 @@ def test_onboarded_platform_serves_recommendations_and_reports_at_once(server) -
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     assert len(items) == 3 and {item["item_id"] for item in items} <= {f"m{i}" for i in range(12)}
-    report = httpx.get(f"{server.url}/v1/users/1/report", params={"platform": "albums", "format": "json"},
+    report = get(server, "/v1/users/1/report", params={"platform": "albums", "format": "json"},
                        timeout=TIMEOUT)
     assert report.status_code == 200, report.text
     body = report.json()

@@ -31,7 +31,7 @@ def test_twenty_clients_no_5xx_no_lost_events(server) -> None:
             statuses[response.status_code] += 1
 
     def recommender_client(number: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=240) as client:
+        with httpx.Client(base_url=server.url, timeout=240, headers=server.read_headers) as client:
             while time.monotonic() < stop_at:
                 record(client.post("/v1/recommend", json={"user_id": str(30 + number), "platform": "movies", "k": 2}))
 
@@ -72,7 +72,8 @@ def test_twenty_clients_no_5xx_no_lost_events(server) -> None:
     assert statuses[200] == sum(statuses.values()), statuses
     assert len(acknowledged) == CLIENTS - RECOMMENDERS and all(acknowledged.values())
     for user, sent in acknowledged.items():
-        stored = httpx.get(f"{server.url}/v1/users/{user}/history", params={"limit": 10_000}).json()
+        stored = httpx.get(f"{server.url}/v1/users/{user}/history", params={"limit": 10_000},
+                           headers=server.read_headers).json()
         assert len(stored) == sent, f"{user}: {sent} events acknowledged, {len(stored)} stored"
     worker = httpx.get(f"{server.url}/healthz").json()["worker"]
     assert worker["requests"] >= RECOMMENDERS

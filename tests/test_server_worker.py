@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import CancelledError
 from pathlib import Path
 
@@ -138,3 +139,46 @@ def test_settings_merge_file_environment_and_overrides(tmp_path: Path, monkeypat
     with pytest.raises(GenrecError, match="adapter_scale needs an adapter"):
         ServerSettings.load(config)
     assert ServerSettings.load(config, adapter="runs/adapter").adapter_scale == 0.5
+
+
+def test_admission_refuses_at_once_when_the_expected_wait_exceeds_the_deadline(worker, fake) -> None:
+    worker.stats.batch_seconds = 5.0  # one batch ahead of a new job: about 5 s
+    with pytest.raises(Overloaded, match="exceeds the request's deadline") as refused:
+        worker.submit(EchoJob("hurried"), deadline=time.monotonic() + 2)
+    assert refused.value.retry_after >= 5 and worker.stats.refused_jobs == 1
+    assert worker.submit(EchoJob("patient"), deadline=time.monotonic() + 30).result(5) == ["answer for patient"]
+    assert fake.calls == [["patient"]]
+
+
+def test_jobs_past_their_deadline_are_dropped_unstarted(worker, fake) -> None:
+    fake.gate.clear()
+    worker.submit(EchoJob("first"))
+    assert fake.entered.wait(5)
+    worker.stats.batch_seconds = 0.01  # admitted: the wait looks short, but the batch in progress hangs
+    late = worker.submit(EchoJob("late"), deadline=time.monotonic() + 0.2)
+    abandoned = worker.submit(EchoJob("abandoned"))
+    kept = worker.submit(EchoJob("kept"), deadline=time.monotonic() + 60)
+    abandoned.cancel()  # its caller went away
+    time.sleep(0.4)
+    fake.gate.set()
+    assert kept.result(5) == ["answer for kept"]
+    assert late.cancelled() and worker.stats.dropped_jobs == 2
+    assert fake.calls == [["first"], ["kept"]]
+
+
+def test_stop_refuses_queued_and_new_jobs(fake) -> None:
+    worker = BatchWorker(fake, max_batch=1, max_queue=4, wait_s=0)
+    worker.start()
+    fake.gate.clear()
+    worker.submit(EchoJob("running"))
+    assert fake.entered.wait(5)
+    queued = worker.submit(EchoJob("queued"))
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 5})
+    stopper.start()
+    with pytest.raises(Overloaded, match="shutting down"):
+        queued.result(5)
+    fake.gate.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    with pytest.raises(Overloaded, match="shutting down"):
+        worker.submit(EchoJob("too late"))

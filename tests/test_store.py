@@ -108,7 +108,7 @@ def test_unknown_platform_is_rejected_unless_allowed(store):
     with pytest.raises(DataError) as exc:
         store.ingest(batch)
     assert "unknown platform 'books'" in str(exc.value) and exc.value.line == 1
-    assert store.ingest(batch, create_platforms=True).platforms_added == ["books"]
+    assert store.ingest(batch, create_platforms=True, allow_unknown_items=True).platforms_added == ["books"]
 
 
 def test_links_unify_user_ids_and_splits_are_kept(tmp_path):
@@ -119,11 +119,12 @@ def test_links_unify_user_ids_and_splits_are_kept(tmp_path):
             "linked", platforms=[SHOP, VIDEO], links=links,
             splits=pd.DataFrame({"user_id": ["alice"], "split": ["test"]}),
             events=events([("shopper-7", "shop", "s1", 1, "buy", None), ("viewer-x", "video", "v1", 2, "view",
-                                                                         None)])))
+                                                                         None)])), allow_unknown_items=True)
         assert report.links_added == 2 and report.splits_set == 1
         assert [h.item_id for h in s.history("alice")] == ["s1", "v1"]
         # later imports are linked through the links already in the store
-        s.ingest(ImportBatch("later", events=events([("viewer-x", "video", "v2", 3, "view", None)])))
+        s.ingest(ImportBatch("later", events=events([("viewer-x", "video", "v2", 3, "view", None)])),
+                 allow_unknown_items=True)
         assert [h.item_id for h in s.history("alice")] == ["s1", "v1", "v2"]
         assert s.splits() == {"alice": "test"}
 
@@ -136,7 +137,8 @@ def test_cleaning_rules_report_what_they_removed(tmp_path):
             ("u2", "shop", "s1", 5, "buy", 4.0), ("u2", "shop", "s3", 6, "buy", 4.0)]
     config = CleaningConfig(min_value=3.0, max_events_per_minute=5, k_core_users=2, k_core_items=2)
     with Store(tmp_path / "s.duckdb") as s:
-        report = s.ingest(ImportBatch("noisy", platforms=[SHOP], events=events(rows)), config)
+        report = s.ingest(ImportBatch("noisy", platforms=[SHOP], events=events(rows)), config,
+                          allow_unknown_items=True)
         removed = {r.rule: r.removed for r in report.cleaning.rules}
         assert removed["drop event types"] == 1
         assert removed["exact duplicates"] == 1
@@ -152,13 +154,14 @@ def test_bursts_ignore_sequence_platforms(tmp_path):
     rows = [("u1", "seqshop", f"s{i}", i, "buy", None) for i in range(30)]
     with Store(tmp_path / "s.duckdb") as s:
         report = s.ingest(ImportBatch("seq", platforms=[seq], events=events(rows)),
-                          CleaningConfig(max_events_per_minute=5))
+                          CleaningConfig(max_events_per_minute=5), allow_unknown_items=True)
         assert report.events_added == 30
 
 
 def test_hashing_user_ids_needs_a_salt_and_is_stable(tmp_path, monkeypatch):
     monkeypatch.delenv("GENREC_SALT", raising=False)
-    batch = ImportBatch("h", platforms=[SHOP], events=events([("alice", "shop", "s1", 1, "buy", None)]))
+    batch = ImportBatch("h", platforms=[SHOP], events=events([("alice", "shop", "s1", 1, "buy", None)]),
+                        items=items([("shop", "s1", "Pencils")]))
     with Store(tmp_path / "s.duckdb") as s:
         with pytest.raises(ValueError, match="salt"):
             s.ingest(batch, CleaningConfig(hash_user_ids=True))

@@ -21,9 +21,9 @@ from genrec.data.importers import ImportBatch
 from genrec.data.schema import Platform
 from genrec.data.store import Store
 from genrec.errors import GenrecError
-from genrec.evaluation.generative import history_items
 from genrec.evaluation.protocol import Protocol, build
 from genrec.llm import LLM, LLMConfig, read_adapter_metadata
+from genrec.pipeline.types import history_items
 from genrec.recommender import Recommender, RecommenderConfig, Request
 from genrec.training import sft
 from genrec.training.config import LoraSettings, load, parse
@@ -229,8 +229,8 @@ def test_length_buckets_keep_padding_low():
 
 
 def test_hard_negatives_come_from_the_sources_top_items(store):
-    from genrec.evaluation.baselines.itemknn import ItemKNN
-    from genrec.evaluation.baselines.popularity import MostPop
+    from genrec.pipeline.sources.itemknn import ItemKNN
+    from genrec.pipeline.sources.popularity import MostPop
 
     data = build(store, Protocol(targets="final-timestamp", users="dataset"), ["a", "b"])
     config = sft.SFTConfig(response_items=2, max_examples_per_user=4, negatives=3, negative_pool=4)
@@ -362,6 +362,20 @@ def test_compiled_losses_equal_the_eager_ones(tiny_model_dir, adapter_dtype):
     # the compiler ran, once per loss for both batch shapes (dynamo's count of compiled graphs)
     assert counters["stats"]["unique_graphs"] - graphs[ranking_loss] == 1
     assert graphs[ranking_loss] - graphs[response_loss] == 1
+
+
+def test_load_for_training_checkpoints_from_the_first_step(tiny_model_dir):
+    """``from_pretrained`` returns a model in eval mode, where Hugging Face layers skip gradient checkpointing; the
+    loader hands the trainer a model in train mode, so a checkpointed block runs twice in a step (forward, and again
+    in backward), not only after a validation round has switched modes."""
+    model, _ = load_for_training(tiny_model_dir, LoraSettings(r=4, alpha=8), device=torch.device("cpu"),
+                                 dtype=torch.float32, gradient_checkpointing=True)
+    assert all(module.training for module in model.modules())
+    calls: list[int] = []
+    model.get_base_model().model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+    ids = torch.randint(0, 100, (2, 7))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == 2
 
 
 def test_the_lm_head_gets_a_contiguous_input_from_both_loaders(tiny_model_dir):

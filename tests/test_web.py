@@ -35,6 +35,8 @@ def test_chat_page_shows_recommendation_cards(server, browser) -> None:
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(server.url + "/")
     assert page.title() == "genrec chat"
+    page.fill("#key", server.api_key)  # user data needs a key with the read scope
+    page.dispatch_event("#key", "change")
     page.wait_for_function("document.querySelectorAll('#users option').length > 0")
     page.fill("#user", USER)
     page.click("#choose")

@@ -13,12 +13,14 @@ transaction on the staging table, in this order:
    is dropped. Platforms whose timestamps are sequence positions are exempt;
 6. ``k_core``: users with fewer than ``k_core_users`` events and items with fewer than ``k_core_items`` events
    are removed, repeatedly until none is left (within this import);
-7. ``hash_user_ids``: user ids of this import (events, links, splits) are replaced by a salted SHA-256
-   digest; ids that came from links already in the store are final and kept.
+7. ``hash_user_ids``: user ids of this import (events, links, splits) and the platform account ids of its links
+   are replaced by a salted SHA-256 digest (:func:`hash_user_id`), so no raw id is stored; ids that came from
+   links already in the store are final and kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -66,6 +68,21 @@ class CleaningReport:
         return sum(r.removed for r in self.rules if r.rule != "identity links")
 
 
+_DIGEST = "substr(sha256(? || {}), 1, 16)"  # the SQL twin of hash_user_id
+
+
+def hash_user_id(user_id: str, salt: str) -> str:
+    """The salted hash ``hash_user_ids`` stores in place of ``user_id`` (the first 16 hex digits of SHA-256)."""
+    return hashlib.sha256((salt + user_id).encode()).hexdigest()[:16]
+
+
+def _salt(config: CleaningConfig) -> str:
+    salt = config.salt or os.environ.get("GENREC_SALT")
+    if not salt:
+        raise ValueError("hash_user_ids needs a salt: set cleaning.salt or the GENREC_SALT variable")
+    return salt
+
+
 def _delete(con: duckdb.DuckDBPyConnection, where: str, params: list | None = None) -> int:
     before = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]
     con.execute(f"DELETE FROM stage_events WHERE {where}", params or [])
@@ -84,11 +101,14 @@ def clean(con: duckdb.DuckDBPyConnection, config: CleaningConfig) -> CleaningRep
         """UPDATE stage_events AS s SET user_id = l.user_id FROM stage_links AS l
            WHERE l.platform = s.platform AND l.platform_user_id = s.user_id AND l.user_id <> s.user_id"""
     ))[0]
+    # stored links of a hashed import hold the account id hashed: match it the same way
+    account = _DIGEST.format("s.user_id") if config.hash_user_ids else "s.user_id"
     relinked += first_row(con.execute(
-        """UPDATE stage_events AS s SET user_id = l.user_id, _final = true FROM links AS l
-           WHERE l.platform = s.platform AND l.platform_user_id = s.user_id AND l.user_id <> s.user_id
+        f"""UPDATE stage_events AS s SET user_id = l.user_id, _final = true FROM links AS l
+           WHERE l.platform = s.platform AND l.platform_user_id = {account} AND l.user_id <> s.user_id
              AND NOT EXISTS (SELECT 1 FROM stage_links k
-                             WHERE k.platform = s.platform AND k.platform_user_id = l.platform_user_id)"""
+                             WHERE k.platform = s.platform AND k.platform_user_id = s.user_id)""",
+        [_salt(config)] if config.hash_user_ids else []
     ))[0]
     report.rules.append(RuleReport("identity links", 0, f"{relinked} events re-assigned to linked user ids"))
 
@@ -129,12 +149,12 @@ def clean(con: duckdb.DuckDBPyConnection, config: CleaningConfig) -> CleaningRep
                                        f"users >= {config.k_core_users}, items >= {config.k_core_items}"))
 
     if config.hash_user_ids:
-        salt = config.salt or os.environ.get("GENREC_SALT")
-        if not salt:
-            raise ValueError("hash_user_ids needs a salt: set cleaning.salt or the GENREC_SALT variable")
-        digest = "substr(sha256(? || user_id), 1, 16)"
-        con.execute(f"UPDATE stage_events SET user_id = {digest} WHERE NOT _final", [salt])
-        for table in ("stage_links", "stage_splits"):
-            con.execute(f"UPDATE {table} SET user_id = {digest}", [salt])
-        report.rules.append(RuleReport("salted user-id hashing", 0, "user ids replaced by sha256(salt + id)"))
+        salt = _salt(config)
+        con.execute(f"UPDATE stage_events SET user_id = {_DIGEST.format('user_id')} WHERE NOT _final", [salt])
+        con.execute(f"UPDATE stage_splits SET user_id = {_DIGEST.format('user_id')}", [salt])
+        # links keep no raw id either: the platform account id is hashed too (later imports match it hashed)
+        con.execute(f"""UPDATE stage_links SET user_id = {_DIGEST.format('user_id')},
+                        platform_user_id = {_DIGEST.format('platform_user_id')}""", [salt, salt])
+        report.rules.append(RuleReport("salted user-id hashing", 0, "user ids and linked account ids replaced by "
+                                                                    "sha256(salt + id)"))
     return report

@@ -48,14 +48,21 @@ class ImportBatch:
     splits: pd.DataFrame | None = None
     skipped_rows: int = 0
     templates: dict[str, str] = field(default_factory=dict)
+    # the data set (user-id namespace) this batch's users belong to; None: no claim (e.g. live events)
+    dataset: str | None = None
+    # verb and time kind of platforms the store creates for this batch (``create_platforms``)
+    verb: str | None = None
+    time_kind: str | None = None
 
 
 @dataclass
 class Mapping:
-    """Which source column holds each canonical column, plus constants for columns the file lacks."""
+    """Which source column holds each canonical column, plus constants for columns the file lacks and defaults
+    that fill a column's missing (absent or empty) values."""
 
     columns: dict[str, str] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, str] = field(default_factory=dict)
 
     def source(self, canonical: str) -> str:
         return self.columns.get(canonical, canonical)
@@ -76,8 +83,14 @@ def _source(table: Table, mapping: Mapping, canonical: str, required: bool) -> s
 def _column(table: Table, mapping: Mapping, canonical: str, required: bool) -> pd.Series | None:
     if canonical in mapping.constants:
         return pd.Series(mapping.constants[canonical], index=table.frame.index, dtype="object")
-    name = _source(table, mapping, canonical, required)
-    return table.frame[name] if name is not None else None
+    default = mapping.defaults.get(canonical)
+    name = _source(table, mapping, canonical, required and default is None)
+    if default is None:
+        return table.frame[name] if name is not None else None
+    if name is None:
+        return pd.Series(default, index=table.frame.index, dtype="object")
+    column = table.frame[name].astype("object")
+    return column.where(~_blank(column), default)
 
 
 def _reject(table: Table, bad: np.ndarray, field_name: str, expected: str, skip: bool, keep: np.ndarray) -> None:
@@ -112,8 +125,12 @@ def _sql_column(table: Table, mapping: Mapping, canonical: str, required: bool) 
     """SQL for a canonical column: a constant literal, a quoted source column, or None when absent."""
     if canonical in mapping.constants:
         return _sql_literal(mapping.constants[canonical])
-    name = _source(table, mapping, canonical, required)
-    return '"' + name.replace('"', '""') + '"' if name is not None else None
+    default = mapping.defaults.get(canonical)
+    name = _source(table, mapping, canonical, required and default is None)
+    quoted = '"' + name.replace('"', '""') + '"' if name is not None else None
+    if default is None or quoted is None:
+        return quoted if default is None else _sql_literal(default)
+    return f"coalesce(NULLIF(trim(CAST({quoted} AS VARCHAR)), ''), {_sql_literal(default)})"
 
 
 def events_from_table(
@@ -131,7 +148,8 @@ def events_from_table(
     text = {name: f"NULLIF(trim(CAST({_sql_column(table, mapping, name, True)} AS VARCHAR)), '')"
             for name in ("user_id", "platform", "item_id")}
     ts_col = _sql_column(table, mapping, "timestamp", True)
-    kind = timestamps.resolve_kind(con, "src", ts_col, timestamp_kind)
+    kind = timestamps.resolve_kind(con, "src", ts_col, timestamp_kind, file=table.path, line_column=LINE,
+                                   field=mapping.source("timestamp"))
     ts = timestamps.expression(ts_col, kind)
     event_col = _sql_column(table, mapping, "event", False)
     event = f"coalesce(NULLIF(trim(CAST({event_col} AS VARCHAR)), ''), '{DEFAULT_EVENT}')" if event_col else \
@@ -139,7 +157,7 @@ def events_from_table(
     value_col = _sql_column(table, mapping, "value", False)
     value = f"TRY_CAST({value_col} AS DOUBLE)" if value_col else "CAST(NULL AS DOUBLE)"
     checks = [(f"{expr} IS NULL", name, f"a non-empty {name}") for name, expr in text.items()]
-    checks.append((f"{ts} IS NULL", "timestamp", f"a timestamp ({kind})"))
+    checks.append((f"{ts} IS NULL", "timestamp", f"a timestamp ({kind}) {timestamps.RANGE}"))
     if value_col:
         checks.append((f"{value} IS NULL AND NULLIF(trim(CAST({value_col} AS VARCHAR)), '') IS NOT NULL",
                        "value", "a number"))
@@ -265,12 +283,18 @@ def file_batch(
     timestamp_kind: str = "auto",
     skip_bad_rows: bool = False,
 ) -> ImportBatch:
-    """An :class:`ImportBatch` from one generic file of the given kind (events, items, links, splits)."""
+    """An :class:`ImportBatch` from one generic file of the given kind (events, items, links, splits).
+
+    ``platform`` is declared (registered when new) and fills the rows whose platform is missing: a file's own
+    ``platform`` column wins. Platforms the store creates for this batch get sequence time when
+    ``timestamp_kind`` is ``sequence``."""
     if platform is not None:
         mapping = mapping or Mapping()
-        mapping.constants.setdefault("platform", platform.name)
+        if "platform" not in mapping.constants:
+            mapping.defaults.setdefault("platform", platform.name)
     batch = ImportBatch(source=str(source), platforms=[platform] if platform else [],
-                        skipped_rows=table.skipped_rows)
+                        skipped_rows=table.skipped_rows,
+                        time_kind="sequence" if timestamp_kind == "sequence" else None)
     if kind == "events":
         batch.events, skipped = events_from_table(table, mapping, timestamp_kind=timestamp_kind,
                                                   skip_bad_rows=skip_bad_rows)

@@ -1,7 +1,10 @@
 """The event store: one DuckDB file holding platforms, catalog items, events, identity links and user splits.
 
 Imports are transactions (a failed import leaves the store exactly as it was) and idempotent (events already
-present, by user, platform, item, timestamp and event, are not added again; items are upserted).
+present, by user, platform, item, timestamp and event, are not added again; items are upserted). They are checked
+for references: an event's item must be in its platform's catalog, a link's or a split's user must exist, and the
+users of an import tagged with a data set must not already belong to another one (user-id namespaces), unless
+the caller says otherwise. The store also keeps data sets defined from imported data (``datasets``).
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ import duckdb
 import pandas as pd
 
 from genrec.config import default_db_path
+from genrec.data import timestamps
 from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
 from genrec.data.dbutil import first_row
 from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
 from genrec.data.readers import LINE
 from genrec.data.schema import (
+    DATASET_SPLITS,
     EVENT_COLUMNS,
     ITEM_COLUMNS,
     LINK_COLUMNS,
+    MAX_TITLE_CHARS,
     SPLIT_COLUMNS,
     TIME_KINDS,
     CatalogItem,
     HistoryItem,
     Platform,
+    StoreDataset,
+    check_platform_name,
+    default_verb,
 )
 from genrec.errors import DataError, NotFoundError
 
@@ -48,7 +57,12 @@ CREATE TABLE IF NOT EXISTS splits (user_id VARCHAR PRIMARY KEY, split VARCHAR NO
 CREATE TABLE IF NOT EXISTS platform_templates (platform VARCHAR PRIMARY KEY, source VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS imports (
     source VARCHAR, finished TIMESTAMP, events_added BIGINT, items_added BIGINT, report VARCHAR);
+CREATE TABLE IF NOT EXISTS user_datasets (user_id VARCHAR NOT NULL, dataset VARCHAR NOT NULL,
+    PRIMARY KEY (user_id, dataset));
+CREATE TABLE IF NOT EXISTS datasets (
+    name VARCHAR PRIMARY KEY, platforms VARCHAR[] NOT NULL, split VARCHAR NOT NULL, description VARCHAR);
 """
+SHOWN = 5  # rows named in a referential error
 
 
 USER_INDEX = "CREATE INDEX IF NOT EXISTS events_user ON events (user_id)"
@@ -69,6 +83,25 @@ class ImportReport:
     platforms_added: list[str] = field(default_factory=list)
     cleaning: CleaningReport = field(default_factory=CleaningReport)
     seconds: float = 0.0
+    dataset: str | None = None
+    unknown_items_created: int = 0  # items named by events but missing from the catalog (allow_unknown_items)
+    events_with_unknown_items: int = 0
+    unknown_users: int = 0  # users named by links or splits without events (allow_unknown_users)
+    users_shared: int = 0  # users that already belonged to another data set (same_people)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What was accepted although it looks wrong (only when the caller allowed it)."""
+        out = []
+        if self.unknown_items_created:
+            out.append(f"{self.events_with_unknown_items:,} events named {self.unknown_items_created:,} items "
+                       "missing from their platform's catalog: created with an empty title")
+        if self.unknown_users:
+            out.append(f"{self.unknown_users:,} link or split entries name users without events")
+        if self.users_shared:
+            out.append(f"{self.users_shared:,} users already belonged to another data set and now also belong to "
+                       f"{self.dataset!r} (same people)")
+        return out
 
 
 class Store:
@@ -114,6 +147,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------------
     def add_platform(self, platform: Platform, *, replace: bool = False) -> None:
+        check_platform_name(platform.name)
         if platform.time_kind not in TIME_KINDS:
             raise DataError(f"unknown time kind {platform.time_kind!r}", field="time_kind",
                             expected=" or ".join(TIME_KINDS))
@@ -122,12 +156,39 @@ class Store:
                          [platform.name, platform.verb, platform.time_kind, platform.description])
         self.version += 1
 
+    def set_platform(self, name: str, *, verb: str | None = None, time_kind: str | None = None,
+                     description: str | None = None) -> tuple[Platform, bool]:
+        """Create the platform, or change the given fields of an existing one; returns it and whether it is new."""
+        try:
+            current = self.platform(name)
+        except NotFoundError:
+            current = None
+        if current is None:
+            platform = Platform(name, verb or default_verb(name), time_kind or "time", description)
+        else:
+            platform = Platform(name, verb or current.verb, time_kind or current.time_kind,
+                                description if description is not None else current.description)
+        self.add_platform(platform, replace=True)
+        self._titles.clear()
+        return platform, current is None
+
     def ingest(self, batch: ImportBatch, cleaning: CleaningConfig | None = None, *,
-               create_platforms: bool = False) -> ImportReport:
-        """Import a batch in one transaction; on any error the store is left unchanged."""
+               create_platforms: bool = False, allow_unknown_items: bool = False, allow_unknown_users: bool = False,
+               same_people: bool = False, user_prefix: str | None = None) -> ImportReport:
+        """Import a batch in one transaction; on any error the store is left unchanged.
+
+        ``create_platforms`` registers platforms the batch names but does not declare (with ``batch.verb`` /
+        ``batch.time_kind``); ``allow_unknown_items`` creates catalog items that events name but no catalog has
+        (empty title, counted) instead of failing; ``allow_unknown_users`` keeps links and splits naming users
+        without events (counted); ``same_people`` lets a batch tagged with a data set claim users that belong to
+        another data set (they then belong to both); ``user_prefix`` scopes the batch's user ids (events, links'
+        both ids, splits) by prepending it, so two data sets with the same ids stay apart.
+        """
         started = time.perf_counter()
         cleaning = cleaning or CleaningConfig()
-        report = ImportReport(source=batch.source, skipped_rows=batch.skipped_rows)
+        report = ImportReport(source=batch.source, skipped_rows=batch.skipped_rows, dataset=batch.dataset)
+        checks = {"allow_unknown_items": allow_unknown_items, "allow_unknown_users": allow_unknown_users,
+                  "same_people": same_people, "user_prefix": user_prefix}
         con = self.con
         # a large batch rebuilds the user index once after commit instead of maintaining it row by row (ART
         # inserts cost several times a bulk build); the index is derived data, so it lives outside the transaction
@@ -137,7 +198,7 @@ class Store:
                 con.execute("DROP INDEX IF EXISTS events_user")
             con.execute("BEGIN TRANSACTION")
             try:
-                self._ingest(con, batch, cleaning, create_platforms, report)
+                self._ingest(con, batch, cleaning, create_platforms, report, **checks)
                 con.execute("INSERT INTO imports VALUES (?, now(), ?, ?, ?)",
                             [batch.source, report.events_added, report.items_added,
                              _summary(report)])
@@ -148,19 +209,27 @@ class Store:
                 con.execute("ROLLBACK")
                 raise
             finally:
-                for table in ("stage_events", "stage_items", "stage_links", "stage_splits"):
+                for table in ("stage_events", "stage_items", "stage_links", "stage_splits", "stage_unknown",
+                              "stage_users"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                 con.execute(USER_INDEX)
         report.seconds = time.perf_counter() - started
         return report
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, batch: ImportBatch, cleaning: CleaningConfig,
-                create_platforms: bool, report: ImportReport) -> None:
+                create_platforms: bool, report: ImportReport, *, allow_unknown_items: bool,
+                allow_unknown_users: bool, same_people: bool, user_prefix: str | None) -> None:
         for platform in batch.platforms:
             if first_row(con.execute("SELECT 1 FROM platforms WHERE platform = ?", [platform.name])) is None:
                 self.add_platform(platform)
                 report.platforms_added.append(platform.name)
         self._stage(con, batch)
+        _check_staged(con)
+        if user_prefix:
+            for table, columns in (("stage_events", ("user_id",)), ("stage_links", ("user_id", "platform_user_id")),
+                                   ("stage_splits", ("user_id",))):
+                con.execute(f"UPDATE {table} SET " + ", ".join(f"{c} = ? || {c}" for c in columns),
+                            [user_prefix] * len(columns))
         for table, what in (("stage_events", "event"), ("stage_items", "item")):
             unknown = first_row(con.execute(
                 f"""SELECT platform, _file, _line FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
@@ -171,16 +240,26 @@ class Store:
                 known = ", ".join(p.name for p in self.platforms()) or "none yet"
                 raise DataError(f"{what} for unknown platform {unknown[0]!r}", file=unknown[1], line=unknown[2],
                                 field="platform",
-                                expected=f"a registered platform ({known}); register it first (genrec platform "
-                                         "add) or allow new platforms")
-            for (name,) in con.execute(f"""SELECT DISTINCT platform FROM {table}
-                    WHERE platform NOT IN (SELECT platform FROM platforms) ORDER BY 1""").fetchall():
-                self.add_platform(Platform(name))
+                                expected=f"a registered platform ({known}); register it first (`genrec platform "
+                                         f"set {unknown[0]} --verb VERB --time-kind time|sequence`) or pass "
+                                         "--create-platforms")
+            for name, file, line in con.execute(f"""SELECT platform, min_by(_file, _seq), min_by(_line, _seq)
+                    FROM {table} WHERE platform NOT IN (SELECT platform FROM platforms)
+                    GROUP BY platform ORDER BY 1""").fetchall():
+                check_platform_name(name, file=file, line=line, field="platform")
+                self.add_platform(Platform(name, batch.verb or default_verb(name), batch.time_kind or "time"))
                 report.platforms_added.append(name)
+        self._check_items(con, report, allow_unknown_items)
+        self._check_users(con, batch.source, report, allow_unknown_users)
         report.events_in = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]
         report.cleaning = clean(con, cleaning)
+        if batch.dataset:
+            self._claim_users(con, batch.dataset, report, same_people)
         report.events_added, report.events_present = self._insert_events(con)
         report.items_added, report.items_updated = self._upsert_items(con)
+        if report.unknown_items_created:
+            con.execute("""INSERT INTO items SELECT platform, item_id, '', NULL, NULL, NULL, NULL FROM stage_unknown
+                           ON CONFLICT DO NOTHING""")
         report.links_added = first_row(con.execute(
             """INSERT INTO links SELECT DISTINCT platform, platform_user_id, user_id FROM stage_links
                ON CONFLICT DO UPDATE SET user_id = excluded.user_id"""))[0]
@@ -189,6 +268,75 @@ class Store:
                ON CONFLICT DO UPDATE SET split = excluded.split"""))[0]
         for platform, source in batch.templates.items():
             con.execute("INSERT OR REPLACE INTO platform_templates VALUES (?, ?)", [platform, source])
+
+    @staticmethod
+    def _check_items(con: duckdb.DuckDBPyConnection, report: ImportReport, allow: bool) -> None:
+        """Events whose item is in neither the store's nor this batch's catalog of its platform: an error naming
+        the first rows, or (``allow``) items to create with an empty title."""
+        con.execute("""CREATE TEMP TABLE stage_unknown AS
+            SELECT platform, item_id, count(*) AS n, min(_seq) AS first FROM stage_events s
+            WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.platform = s.platform AND i.item_id = s.item_id)
+              AND NOT EXISTS (SELECT 1 FROM stage_items t WHERE t.platform = s.platform AND t.item_id = s.item_id)
+            GROUP BY platform, item_id""")
+        items, events = first_row(con.execute("SELECT count(*), coalesce(sum(n), 0) FROM stage_unknown"))
+        if not items:
+            return
+        if allow:
+            report.unknown_items_created, report.events_with_unknown_items = int(items), int(events)
+            return
+        rows = con.execute(f"""SELECT s._file, s._line, s.platform, s.item_id FROM stage_events s
+            SEMI JOIN stage_unknown u ON u.platform = s.platform AND u.item_id = s.item_id
+            ORDER BY s._seq LIMIT {SHOWN}""").fetchall()
+        named = ", ".join(f"line {line} ({platform} item {item!r})" for _, line, platform, item in rows)
+        raise DataError(f"{events:,} event(s) name {items:,} item(s) missing from their platform's catalog: {named}"
+                        + (" ..." if events > SHOWN else ""), file=rows[0][0], field="item_id",
+                        expected="items of the platform's catalog: import the catalog first (--kind items), or "
+                                 "pass --allow-unknown-items to create them with an empty title")
+
+    @staticmethod
+    def _check_users(con: duckdb.DuckDBPyConnection, source: str, report: ImportReport, allow: bool) -> None:
+        """Links and splits must name users that have events (in the store or this batch): a link's user, or the
+        platform account it links, has events; a split's user has events or a link of this batch."""
+        known = """(SELECT user_id FROM stage_events UNION SELECT user_id FROM events
+                    UNION SELECT user_id FROM links)"""
+        checks = (
+            ("identity links", f"""SELECT DISTINCT l.user_id FROM stage_links l WHERE l.user_id NOT IN {known}
+                AND NOT EXISTS (SELECT 1 FROM stage_events e WHERE e.platform = l.platform
+                                AND e.user_id = l.platform_user_id)"""),
+            ("splits", f"""SELECT DISTINCT user_id FROM stage_splits WHERE user_id NOT IN {known}
+                AND user_id NOT IN (SELECT user_id FROM stage_links)"""),  # links were checked first
+        )
+        for what, sql in checks:
+            users = [r[0] for r in con.execute(f"{sql} ORDER BY 1").fetchall()]
+            if not users:
+                continue
+            if allow:
+                report.unknown_users += len(users)
+                continue
+            named = ", ".join(repr(u) for u in users[:SHOWN]) + (" ..." if len(users) > SHOWN else "")
+            raise DataError(f"{what} name {len(users):,} user(s) without events: {named}", file=source,
+                            field="user_id", expected="users with events: import their events first, or pass "
+                                                      "--allow-unknown-users")
+
+    @staticmethod
+    def _claim_users(con: duckdb.DuckDBPyConnection, dataset: str, report: ImportReport, same_people: bool) -> None:
+        """Tag the batch's users with ``dataset``; users that belong to another data set only are refused unless
+        they are the same people (``same_people``)."""
+        con.execute("""CREATE OR REPLACE TEMP TABLE stage_users AS SELECT user_id FROM stage_events
+                       UNION SELECT user_id FROM stage_splits UNION SELECT user_id FROM stage_links""")
+        taken = con.execute("""SELECT u.user_id, min(d.dataset) FROM stage_users u JOIN user_datasets d USING (user_id)
+            WHERE NOT EXISTS (SELECT 1 FROM user_datasets m WHERE m.user_id = u.user_id AND m.dataset = ?)
+            GROUP BY 1 ORDER BY 1""", [dataset]).fetchall()
+        if taken and not same_people:
+            named = ", ".join(repr(u) for u, _ in taken[:SHOWN]) + (" ..." if len(taken) > SHOWN else "")
+            others = ", ".join(sorted({d for _, d in taken}))
+            raise DataError(f"{len(taken):,} user id(s) of data set {dataset!r} already belong to data set(s) "
+                            f"{others}: {named}", field="user_id",
+                            expected="user ids new to the store: if they are the same people pass --same-people; "
+                                     "if not, scope this data set's ids with --user-prefix PREFIX")
+        report.users_shared = len(taken)
+        con.execute("INSERT INTO user_datasets SELECT user_id, ? FROM stage_users ON CONFLICT DO NOTHING", [dataset])
+        con.execute("DROP TABLE stage_users")
 
     @staticmethod
     def _stage(con: duckdb.DuckDBPyConnection, batch: ImportBatch) -> None:
@@ -301,6 +449,10 @@ class Store:
             out.append(HistoryItem(user, plat, item, ts, event, value, title, category))
         return out
 
+    def titles(self, platform: str) -> dict[str, str]:
+        """The platform's item titles by id (cached until the next write)."""
+        return {item: title for item, (title, _) in self._item_titles(platform).items()}
+
     def _item_titles(self, platform: str) -> dict[str, tuple[str, str | None]]:
         titles = self._titles.get(platform)
         if titles is None:
@@ -356,6 +508,55 @@ class Store:
     def splits(self) -> dict[str, str]:
         return dict(self.con.execute("SELECT user_id, split FROM splits").fetchall())
 
+    # -- data sets defined in the store and user-id namespaces ---------------------------------------
+    def _has_table(self, name: str) -> bool:
+        """Whether ``name`` exists (a store written by an older genrec, opened read-only, may lack new tables)."""
+        return first_row(self.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name])) is not None
+
+    def register_dataset(self, dataset: StoreDataset) -> None:
+        """Define (or redefine) a data set of the store's platforms; see ``genrec.data.loading.register``."""
+        if dataset.split not in DATASET_SPLITS:
+            raise DataError(f"unknown split source {dataset.split!r}", field="split", expected=" or ".join(
+                DATASET_SPLITS))
+        self.con.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?)",
+                         [dataset.name, list(dataset.platforms), dataset.split, dataset.description])
+        self.version += 1
+
+    def datasets(self) -> list[StoreDataset]:
+        if not self._has_table("datasets"):
+            return []
+        rows = self.con.execute("SELECT name, platforms, split, description FROM datasets ORDER BY 1").fetchall()
+        return [StoreDataset(name, tuple(platforms), split, description)
+                for name, platforms, split, description in rows]
+
+    def dataset(self, name: str) -> StoreDataset | None:
+        return next((d for d in self.datasets() if d.name == name), None)
+
+    def namespace_users(self, dataset: str) -> int:
+        """How many users belong to ``dataset`` (imports tagged with it)."""
+        if not self._has_table("user_datasets"):
+            return 0
+        return first_row(self.con.execute("SELECT count(*) FROM user_datasets WHERE dataset = ?", [dataset]))[0]
+
+    def namespaces(self) -> pd.DataFrame:
+        """Per data set (user-id namespace): its users, their events and the platforms they are on."""
+        if not self._has_table("user_datasets"):
+            return pd.DataFrame(columns=["dataset", "users", "events", "platforms"])
+        return self.con.execute("""SELECT d.dataset, count(DISTINCT d.user_id) AS users, count(e.user_id) AS events,
+                   list_sort(list_distinct(list(e.platform))) AS platforms
+            FROM user_datasets d LEFT JOIN events e USING (user_id) GROUP BY 1 ORDER BY 1""").df()
+
+    def namespace_overlap(self) -> pd.DataFrame:
+        """Square matrix: users that belong to both data sets (diagonal: the data set's users)."""
+        frame = self.namespaces()
+        names = frame["dataset"].tolist()
+        if not names:
+            return pd.DataFrame()
+        rows = self.con.execute("""SELECT a.dataset AS a, b.dataset AS b, count(*) AS users
+            FROM user_datasets a JOIN user_datasets b USING (user_id) GROUP BY 1, 2""").df()
+        matrix = rows.pivot(index="a", columns="b", values="users")
+        return matrix.reindex(index=names, columns=names).fillna(0).astype("int64")
+
     def links(self) -> pd.DataFrame:
         return self.con.execute("SELECT * FROM links ORDER BY 1, 2").df()
 
@@ -369,6 +570,20 @@ class Store:
             self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
             written.append(target)
         return written
+
+
+def _check_staged(con: duckdb.DuckDBPyConnection) -> None:
+    """The last guard before writing: no timestamp that a later read cannot handle, no oversized title."""
+    bad = first_row(con.execute(f"""SELECT _file, _line, CAST(timestamp AS VARCHAR) FROM stage_events
+        WHERE {timestamps.out_of_range('timestamp')} ORDER BY _seq LIMIT 1"""))
+    if bad is not None:
+        raise DataError(f"invalid timestamp {bad[2] or '(empty)'}", file=bad[0], line=bad[1], field="timestamp",
+                        expected=f"a timestamp {timestamps.RANGE}")
+    long = first_row(con.execute("""SELECT _file, _line, length(title) FROM stage_items WHERE length(title) > ?
+        ORDER BY _seq LIMIT 1""", [MAX_TITLE_CHARS]))
+    if long is not None:
+        raise DataError(f"title of {long[2]:,} characters", file=long[0], line=long[1], field="title",
+                        expected=f"at most {MAX_TITLE_CHARS:,} characters")
 
 
 def _empty(columns: tuple[str, ...]) -> pd.DataFrame:

@@ -14,17 +14,17 @@ adapter, the chosen weight is written into the adapter's metadata (``genrec_adap
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from genrec.evaluation import metrics
-from genrec.evaluation.baselines.base import Method, rank_cases
 from genrec.evaluation.generative import LEAD, GenerativeMethod
-from genrec.evaluation.types import EvalCase, TrainData
 from genrec.llm import ADAPTER_METADATA
+from genrec.pipeline.fusion import scale_rows, tuning_cases
+from genrec.pipeline.sources.base import Method, rank_cases
+from genrec.pipeline.types import EvalCase, TrainData
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 TUNING_METRIC = "NDCG@10"
@@ -35,11 +35,6 @@ def llm_component(scores: np.ndarray) -> np.ndarray:
     return np.where(scores > LEAD - 1.0, scores - (LEAD - 1.0), 0.0)
 
 
-def scale_rows(scores: np.ndarray) -> np.ndarray:
-    """Min-max scaling of every row to [0, 1] (a constant row becomes 0)."""
-    low = scores.min(axis=1, keepdims=True)
-    span = scores.max(axis=1, keepdims=True) - low
-    return np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 0.0)
 
 
 class FusedMethod:
@@ -116,11 +111,6 @@ class _Fused:
         return (1.0 - self.weight) * self.prior.score(cases, platform) + self.weight * self.llm.score(cases, platform)
 
 
-def tuning_cases(valid_cases: Sequence[EvalCase], n_users: int, seed: int) -> list[EvalCase]:
-    """The validation cases of a seeded sample of ``n_users`` users (where fusion weights are chosen)."""
-    users = sorted({c.user_id for c in valid_cases})
-    chosen = set(random.Random(seed).sample(users, min(n_users, len(users))))
-    return [c for c in valid_cases if c.user_id in chosen]
 
 
 def store_in_adapter(adapter: Path, setting: dict, key: str = "fusion") -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,11 @@ import numpy as np
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.embedding import Embedder
-from genrec.evaluation.baselines.base import HistoryScope, scoped_history
-from genrec.evaluation.metrics import popularity_counts
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
 from genrec.llm import LLMConfig, adapter_digest
+from genrec.pipeline.sources.popularity import popularity_counts
+from genrec.pipeline.types import EvalCase, HistoryScope, TrainData, history_items, scoped_history
 from genrec.recommender import RecommendationList, Recommender, RecommenderConfig, Request
+from genrec.records import append_records, read_records
 
 LEAD = 10.0  # grounded items score LEAD - rank/len, above every cosine similarity
 SAVE_EVERY = 32  # cases generated between cache writes
@@ -141,42 +140,6 @@ class GenerativeMethod:
 
     def _load_cache(self) -> dict[str, str]:
         return {record["key"]: record["raw_output"] for record in read_records(self.cache_path)}
-
-
-def append_records(path: Path | None, records: Sequence[dict]) -> None:
-    """Append JSON lines to a per-case cache in one write (nothing without a path), on lines of their own even after
-    a line that an interrupted run cut short."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab+") as fh:
-        fh.seek(0, 2)
-        if fh.tell():
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-        fh.write("".join(json.dumps(record) + "\n" for record in records).encode())
-
-
-def read_records(path: Path | None) -> list[dict]:
-    """The JSON lines of a per-case cache, skipping a line cut short by an interruption."""
-    if path is None or not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def history_items(user_id: str, interactions: Sequence[Interaction],
-                  titles: dict[tuple[str, str], str]) -> list[HistoryItem]:
-    """Harness interactions as the recommender's history items, titled from the catalog (SFT data uses this too)."""
-    return [HistoryItem(user_id, x.platform, x.item_id, datetime.fromtimestamp(x.timestamp, UTC).replace(tzinfo=None),
-                        value=x.value, title=titles.get((x.platform, x.item_id)))
-            for x in interactions]
 
 
 def case_key(case: EvalCase) -> str:

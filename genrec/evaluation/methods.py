@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genrec.config import read_yaml
 from genrec.data.store import Store
 from genrec.errors import GenrecError
-from genrec.evaluation.baselines import ContentOnly, ItemKNN, Method, MostPop, SASRec
 from genrec.evaluation.config import MethodSpec
+from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec
 
 
 @dataclass
@@ -75,6 +76,25 @@ def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     return RerankMethod(sources, llm, name=spec.title, prior=prior, cache_dir=resources.cache_dir, **tuning)
 
 
+def _pipeline(spec: MethodSpec, scope: str, resources: Resources) -> Method:
+    """A pipeline spec as an evaluated row: ``options: {spec: pipelines/NAME.yaml}`` or the spec's keys inline;
+    the row's history scope replaces the spec's."""
+    from genrec.pipeline import Pipeline, PipelineSpec, shipped_spec
+
+    options = dict(spec.options)
+    if "spec" in options:
+        path = options.pop("spec")
+        if options:
+            raise GenrecError(f"method {spec.title!r}: 'spec' takes no other options, got {sorted(options)}")
+        raw = read_yaml(path if Path(path).is_file() else shipped_spec(path), "pipeline spec")
+    else:
+        raw = {"name": spec.title, **options}
+    pipeline_spec = PipelineSpec.from_dict({**raw, "name": spec.title, "history_scope": scope},
+                                           where=f"method {spec.title!r}")
+    return Pipeline(pipeline_spec, store=resources.store, embedder=resources.embedder,
+                    cache_dir=resources.cache_dir)
+
+
 def create_named(names: Sequence[str], history_scope: str, store: Store,
                  embedder: object | None = None) -> list[Method]:
     """Harness methods by name with their default options (e.g. the training's negative and validation sources)."""
@@ -90,6 +110,7 @@ FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "genrec": _genrec,
     "fusion": _fusion,
     "rerank": _rerank,
+    "pipeline": _pipeline,
 }
 
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.stats import rankdata
 
-from genrec.evaluation.types import EvalCase, TrainData
+if TYPE_CHECKING:  # annotations only: the pipeline's sources import these metrics
+    from genrec.pipeline.types import EvalCase
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
 Ties = Literal["pessimistic", "optimistic", "mean"]
@@ -250,20 +251,6 @@ class PopularityStats:
 
     mean_count: float
     mean_percentile: float
-
-
-def popularity_counts(train: TrainData, platform: str) -> np.ndarray:
-    """Number of distinct train users who interacted with each item of ``platform``'s catalog, in catalog order.
-
-    Repeat interactions of one user count once, so a few repeat buyers do not make an item popular (this
-    also matches the MostPop reference numbers on amazon-arts-office).
-    """
-    index = {item: i for i, item in enumerate(train.catalogs[platform])}
-    counts = np.zeros(len(index), dtype=np.int64)
-    for sequence in train.sequences.values():
-        items = {index[e.item_id] for e in sequence if e.platform == platform and e.item_id in index}
-        counts[list(items)] += 1
-    return counts
 
 
 def popularity_percentiles(counts: np.ndarray) -> np.ndarray:

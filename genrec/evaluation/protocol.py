@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from genrec.data.store import Store
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.errors import GenrecError
+from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 TARGETS = ("last-per-platform", "final-timestamp")
 USERS = ("all", "dataset", "random")
@@ -147,9 +148,11 @@ def _user_roles(store: Store, protocol: Protocol, users: list[str]) -> dict[str,
         return dict.fromkeys(users, "all")
     if protocol.users == "dataset":
         splits = store.splits()
-        if not splits:
-            raise ValueError("protocol.users = 'dataset' but the store has no user split for this data set")
-        return {u: splits[u] for u in users if u in splits}
+        roles = {u: splits[u] for u in users if u in splits}
+        if not roles:
+            raise GenrecError("protocol.users = 'dataset' but the store has no user split for this data set's users "
+                             "(import one with `genrec data import-file FILE --kind splits`, or use users: random)")
+        return roles
     shuffled = list(users)
     random.Random(protocol.seed).shuffle(shuffled)
     n_test = round(len(users) * protocol.test_fraction)
@@ -183,5 +186,6 @@ def _cases(user: str, seq: list[Interaction], times: list[float], indices: list[
         target = seq[i]
         history = tuple(seq[: bisect.bisect_left(times, target.timestamp)])
         if history:
-            cases.append(EvalCase(user, target.platform, target.item_id, history, split, target.timestamp))
+            cases.append(EvalCase(user_id=user, platform=target.platform, history=history, target=target.item_id,
+                                  split=split, timestamp=target.timestamp))
     return cases

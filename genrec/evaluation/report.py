@@ -16,6 +16,7 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 CARRIED_MARK = " ‡"
+CLASSIC = ("MostPop", "ItemKNN", "SASRec", "ContentOnly")
 
 
 def write_markdown(document: dict, path: Path) -> None:
@@ -26,7 +27,7 @@ def write_markdown(document: dict, path: Path) -> None:
              f"{machine['torch_threads']}, Python {machine['python']}; date {machine['date']}; "
              f"commit {machine['git_commit'] or '-'}",
              f"- intervals: 95% percentile bootstrap over cases ({config['bootstrap']} resamples); "
-             "MRR is not cut at any K", ""]
+             "MRR is not cut at any K", "", *_leaderboard(document)]
     for variant, info in document["variants"].items():
         rows = [r for r in document["results"] if r["variant"] == variant]
         if not rows:
@@ -96,6 +97,36 @@ def write_markdown(document: dict, path: Path) -> None:
             lines += _carried_notes(paired)
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _leaderboard(document: dict) -> list[str]:
+    """The main variant's classic models and pipelines, best NDCG@10 first: every test case (a pipeline row on a
+    sample of users says so), with per-platform columns and the pipelines' paired differences."""
+    rows = [r for r in document["results"] if r["variant"] == "main"
+            and (r["method"] in CLASSIC or r["method"].startswith("pipeline"))]
+    if not rows:
+        return []
+    platforms = sorted({p for r in rows for p in r["metrics"] if p != "all"})
+    header = ["method", "history", "cases", "NDCG@10", "HR@10"]
+    header += [f"NDCG@10 {p}" for p in platforms] if len(platforms) > 1 else []
+    lines = ["## Leaderboard", "", "The main protocol's classic models and pipelines (genrec/pipeline: what `genrec "
+             "recommend` and `genrec serve` run), best first; the full tables follow.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: -r["metrics"]["all"]["NDCG@10"]["mean"]):
+        m = r["metrics"]["all"]
+        cells = [r["method"] + (f" (sample of {r['sampled_users']} users)" if r["sampled_users"] else ""),
+                 r["history"], f"{r['cases']:,}", _ci(m["NDCG@10"]), _ci(m["HR@10"])]
+        if len(platforms) > 1:
+            cells += [_ci(r["metrics"].get(p, {}).get("NDCG@10")) for p in platforms]
+        lines.append("| " + " | ".join(cells) + " |")
+    paired = [c for c in document.get("comparisons", []) if c["variant"] == "main"
+              and c["method"].startswith("pipeline")]
+    if paired:
+        lines += ["", "| pipeline | baseline | history | cases | NDCG@10 difference (paired) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {c['method']} | {c['baseline']} | {c['history']} | {c['cases']:,} | "
+                  f"{_ci(c['difference']['NDCG@10'])} |" for c in paired]
+    return [*lines, ""]
 
 
 def _carried_notes(entries: list[dict]) -> list[str]:

@@ -38,12 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from genrec.evaluation import metrics
-from genrec.evaluation.baselines.base import Method, rank_cases
-from genrec.evaluation.fusion import scale_rows, store_in_adapter, tuning_cases
-from genrec.evaluation.generative import LEAD, GenerativeMethod, append_records, case_key, read_records
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.evaluation.fusion import store_in_adapter
+from genrec.evaluation.generative import LEAD, GenerativeMethod, case_key
 from genrec.llm import adapter_digest
+from genrec.pipeline.fusion import scale_rows, standardise, tuning_cases
+from genrec.pipeline.pool import candidate_pool
+from genrec.pipeline.sources.base import Method, rank_cases
+from genrec.pipeline.types import EvalCase, TrainData
 from genrec.recommender import Request
+from genrec.records import append_records, read_records
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)  # inf: the prior's order, the LLM only breaks its ties
 CALIBRATIONS = (0.0,)  # raw likelihoods unless a grid is given (configs give one)
@@ -160,9 +163,9 @@ class RerankMethod:
             llm = np.asarray(llm)
             if self.calibration:
                 llm = llm - self.calibration * np.array([priors[item] for item in items])
-            fused = _standardise(llm)
+            fused = standardise(llm)
             if prior is not None:
-                prior_z = _standardise(prior[row, columns])
+                prior_z = standardise(prior[row, columns])
                 fused = prior_z + 1e-6 * fused if math.isinf(self.weight) else fused + self.weight * prior_z
             order = np.argsort(-fused, kind="stable")
             out[row, columns[order]] = LEAD - np.arange(len(order)) / len(order)
@@ -171,12 +174,7 @@ class RerankMethod:
     def _candidates(self, case: EvalCase, rows: Sequence[np.ndarray], catalog: Sequence[str]) -> list[str]:
         """The top ``per_source`` items of every source's score row, without the case's own target-platform
         items, in source order."""
-        owned = {x.item_id for x in case.history_on(case.platform)}
-        items: list[str] = []
-        for scores in rows:
-            best = [catalog[j] for j in np.argsort(-scores, kind="stable")[: self.per_source + len(owned)]]
-            items += [item for item in best if item not in owned][: self.per_source]
-        return list(dict.fromkeys(items))
+        return candidate_pool(dict(enumerate(rows)), catalog, case.owned(), self.per_source).items
 
     def _score_missing(self, cases: Sequence[EvalCase], platform: str, source_scores: Sequence[np.ndarray],
                        catalog: Sequence[str]) -> list[tuple[tuple[str, ...], list[float]]]:
@@ -215,10 +213,3 @@ class RerankMethod:
 
 def _digest(setup: dict) -> str:
     return hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _standardise(values: np.ndarray) -> np.ndarray:
-    """Zero mean, unit deviation (a constant vector becomes zeros)."""
-    values = np.asarray(values, dtype=np.float64)
-    spread = values.std()
-    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)

@@ -33,8 +33,9 @@ from genrec.evaluation import metrics
 from genrec.evaluation.config import EvalConfig, MethodSpec
 from genrec.evaluation.methods import Resources, create
 from genrec.evaluation.protocol import EvalData, build
-from genrec.evaluation.types import EvalCase
 from genrec.llm import ModelNotFoundError, adapter_digest
+from genrec.pipeline.sources import popularity_counts
+from genrec.pipeline.types import EvalCase
 
 TOP_K = 10  # list length for coverage and popularity bias
 
@@ -124,7 +125,7 @@ def aggregate(outcome: Outcome, data: EvalData, ks: Sequence[int], n_boot: int, 
         catalog = data.train.catalogs[platform]
         index = {item: j for j, item in enumerate(catalog)}
         lists = [[index[x] for x in outcome.tops[i] if x in index] for i in keep if outcome.platforms[i] == platform]
-        counts = metrics.popularity_counts(data.train, platform)
+        counts = popularity_counts(data.train, platform)
         pop = metrics.average_popularity(lists, counts)
         beyond[platform] = {f"coverage@{TOP_K}": metrics.catalog_coverage(lists, len(catalog)),
                             f"popularity_percentile@{TOP_K}": pop.mean_percentile,
@@ -207,12 +208,12 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
     config whose recorded outcome matches it, so a run of one new method is compared with everything recorded.
     Rows and comparisons of the previous ``metrics.json`` that neither ran nor have a recorded outcome now are
     carried over (``carry_earlier``)."""
-    out = out_root / config.name
+    platforms = ensure_dataset(store, config.dataset, platforms=config.dataset_platforms)
+    chosen = {id(spec) for spec in select_methods(config.methods, methods)}
+    out = out_root / config.name  # written only once the data set and the methods are known
     cache, recorded = out / "cache", out / "outcomes"
     cache.mkdir(parents=True, exist_ok=True)
     recorded.mkdir(exist_ok=True)
-    platforms = ensure_dataset(store, config.dataset)
-    chosen = {id(spec) for spec in select_methods(config.methods, methods)}
     scopes = ["cross", "target"] if "history_scope" in config.ablations else ["cross"]
     resources = Resources(store=store, cache_dir=cache)
     document: dict = {"run": config.name, "config": config.to_dict(), "machine": _machine(), "variants": {},

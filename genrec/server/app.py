@@ -2,41 +2,45 @@
 
 ``create_app(settings)`` returns an app whose lifespan opens the store, loads the models on the worker thread
 (``/healthz`` says ``starting`` until then) and closes everything at shutdown. Errors are JSON
-``{"error": message, "field": name}``: 404 unknown user/platform/conversation, 409 platform exists, 413 body too
-large, 422 bad payload (naming the field), 401/403 missing or wrong API key, 503 with Retry-After when the model
-queue is full or a request waited longer than ``request_timeout_s``.
+``{"error": message, "field": name}``: 404 unknown user/platform/conversation, 409 platform exists, 413 body or
+upload too large (also once decompressed), 422 bad payload (naming the field), 401/403 missing or wrong API key or
+scope (``genrec.server.security``), 503 with Retry-After when the model queue is full, its expected wait exceeds
+the request's deadline, the deadline passed, or the server is stopping. Every response carries security headers;
+``/metrics`` serves Prometheus metrics to admin keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 import genrec
 from genrec.chat import ChatEngine, ChatTurn, Conversations
+from genrec.data.cleaning import CleaningConfig, hash_user_id
 from genrec.data.importers import events_from_records, parse_mapping
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.embedding import Embedder
-from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError
+from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError, TooLargeError
 from genrec.llm import LLMConfig
 from genrec.onboarding import onboard
 from genrec.prompts import PromptTemplates
@@ -44,9 +48,12 @@ from genrec.recommender import Recommender, RecommenderConfig
 from genrec.recommender import Request as RecommendRequest
 from genrec.report import ReportBuilder
 from genrec.server.jobs import ChatJob, RecommendJob, ReportJob
+from genrec.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from genrec.server.metrics import Metrics
 from genrec.server.models import (
     ChatIn,
     ChatOut,
+    ErrorOut,
     EventsIn,
     EventsOut,
     Health,
@@ -57,10 +64,15 @@ from genrec.server.models import (
     RecommendIn,
     RecommendOut,
 )
+from genrec.server.pipelines import Pipelines
+from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
 
 STATIC = Path(__file__).parent / "static"
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+GRACEFUL_S = 5  # at shutdown, how long uvicorn lets requests in flight finish
+STOP_WAIT_S = 3.0  # at shutdown, how long the batch in progress may still run (uvicorn waits GRACEFUL_S first)
 UPLOAD_PATH = "/v1/platforms"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -93,6 +105,7 @@ class Service:
     reports: ReportBuilder
     onboarding_lock: threading.Lock
     ready: threading.Event
+    pipelines: Pipelines
 
     @classmethod
     def start(cls, settings: ServerSettings) -> Service:
@@ -109,7 +122,8 @@ class Service:
         chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
                           use_llm=settings.chat_llm)
         service = cls(settings, store, templates, recommender, Recommender(store, embedder=Embedder()), worker,
-                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event())
+                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event(),
+                      Pipelines(store, folder=settings.pipeline, defaults=settings.default_pipelines))
         worker.start()
         if settings.warm_up:
             worker.submit(CallJob(service.warm_up))
@@ -123,26 +137,68 @@ class Service:
             _ = self.recommender.llm, self.recommender.embedder.model
             for name in self.store.catalog_sizes():
                 self.recommender.index(name)
+                if self.pipelines.handles(name):  # fitted now (first use) rather than on a user's request
+                    self.pipelines.get(name)
             self.chat.vocabulary()
             self.reports.checker()
         finally:
             self.ready.set()
 
+    def user(self, user_id: str | None) -> str | None:
+        """The stored id of a user id the API received: hashed like ``--hash-user-ids`` when the server is set to
+        (so raw ids never reach the store), else as given."""
+        if user_id is None or not self.settings.hash_user_ids:
+            return user_id
+        return hash_user_id(user_id, self.settings.salt)
+
     def stop(self) -> None:
-        self.worker.stop()
+        self.worker.stop(timeout=STOP_WAIT_S)
         self.store.close()
 
-    async def run(self, job: Job) -> Any:
-        """``job``'s answer from the worker; ``Busy`` when the queue is full or the answer takes too long."""
+    async def run(self, job: Job, request: Request | None = None) -> Any:
+        """``job``'s answer from the worker within the request's deadline (``request_timeout_s``, or less when
+        the client sends ``X-Request-Timeout: seconds``); ``Busy`` (503) at once when the queue is full or its
+        expected wait ends after the deadline, or when the deadline passes, or once the server is stopping. A client
+        that disconnects drops its job (the worker skips it)."""
+        timeout = _timeout(request, self.settings.request_timeout_s)
+        if request is not None and request.app.state.stopping.is_set():
+            raise Busy("the server is shutting down", 5)
         try:
-            future = self.worker.submit(job)
+            future = self.worker.submit(job, deadline=time.monotonic() + timeout)
         except Overloaded as exc:
             raise Busy(str(exc), exc.retry_after) from None
+        answer = asyncio.ensure_future(asyncio.wrap_future(future))
+        give_up = time.monotonic() + timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
-        except TimeoutError:
-            raise Busy(f"no answer within {self.settings.request_timeout_s:g} s; the server is busy",
-                       self.worker.retry_after()) from None
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=min(DISCONNECT_POLL_S, give_up - time.monotonic()))
+                if done:
+                    if answer.cancelled():  # the worker dropped it: its deadline had passed
+                        raise Busy(f"no answer within {timeout:g} s; the server is busy", self.worker.retry_after())
+                    try:
+                        return answer.result()
+                    except Overloaded as exc:  # refused after all (shutting down)
+                        raise Busy(str(exc), exc.retry_after) from None
+                if request is not None and request.app.state.stopping.is_set():
+                    raise Busy("the server is shutting down", 5)
+                if time.monotonic() >= give_up:
+                    raise Busy(f"no answer within {timeout:g} s; the server is busy", self.worker.retry_after())
+                if request is not None and await request.is_disconnected():
+                    raise Busy("the client disconnected", self.worker.retry_after())
+        finally:
+            answer.cancel()  # cancels the worker's job too if it has not started
+
+
+def _timeout(request: Request | None, most: float) -> float:
+    """The request's deadline in seconds: ``X-Request-Timeout`` when it is a shorter positive number."""
+    raw = request.headers.get("x-request-timeout") if request is not None else None
+    try:
+        asked = float(raw) if raw is not None else most
+    except ValueError:
+        raise Invalid("X-Request-Timeout", f"not a number of seconds: {raw!r}") from None
+    if not 0 < asked < float("inf"):
+        raise Invalid("X-Request-Timeout", f"must be a positive number of seconds, got {raw!r}")
+    return min(asked, most)
 
 
 def _service(request: Request) -> Service:
@@ -150,26 +206,8 @@ def _service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(_service)]
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from GENREC_API_KEYS")
-_bearer = HTTPBearer(auto_error=False, description="An API key from GENREC_API_KEYS, as a bearer token")
-
-
-def require_api_key(service: ServiceDep, api_key: Annotated[str | None, Depends(_api_key_header)],
-                    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Write endpoints: a configured API key in ``X-API-Key`` or ``Authorization: Bearer``."""
-    keys = service.settings.api_keys
-    if not keys:
-        raise HTTPException(403, "writes are disabled: no API key is configured (set GENREC_API_KEYS or api_keys "
-                                 "in the server config)")
-    given = api_key or (bearer.credentials if bearer else None)
-    if not given:
-        raise HTTPException(401, "this endpoint needs an API key (X-API-Key header or Authorization: Bearer)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-
-
-Writer = Depends(require_api_key)
+Writer = needs("write")
+Reader = needs("read")
 
 
 class BodyLimit:
@@ -231,17 +269,34 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan,
+    app = FastAPI(title="genrec", version=genrec.__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="Generative cross-platform recommendation: recommend, chat, explain, onboard.")
+    app.state.keys = parse_keys(settings.api_keys)
+    app.state.stopping = threading.Event()  # set on SIGINT/SIGTERM: waiting requests answer 503 at once
+    redact_access_log()
     app.add_middleware(BodyLimit, limit=lambda path: settings.max_upload_bytes if path == UPLOAD_PATH
                        else settings.max_body_bytes)
+    app.add_middleware(KeysFirst, routes=lambda: app.router.routes)  # outside the body limit: keys first
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key"])
+    metrics = app.state.metrics = Metrics(lambda: getattr(getattr(app.state, "service", None), "worker", None))
+    app.add_middleware(metrics.middleware)  # counts every answer, refusals by the layers inside it included
+    app.add_middleware(Hardened)  # outermost: its headers go on every response
     _add_error_handlers(app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+# every route may answer these, always as ErrorOut; declared so that clients (and schema checks) know them
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text} for status, text in (
+        (400, "Bad request"), (401, "Missing or invalid API key"), (403, "The key lacks the scope, or no key is "
+                                                                         "configured"),
+        (404, "Unknown user, platform or conversation"), (409, "Already exists"), (413, "Body or upload too large"),
+        (422, "Invalid payload, naming the field"), (500, "Internal error"),
+        (503, "Busy or shutting down; see Retry-After"))}
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -274,6 +329,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(404, str(exc))
         if isinstance(exc, ConflictError):
             return _error(409, str(exc))
+        if isinstance(exc, TooLargeError):
+            return _error(413, str(exc), exc.field)
         if isinstance(exc, DataError):
             return _error(422, str(exc), exc.field)
         return _error(400, str(exc))
@@ -299,6 +356,23 @@ def _inline_history(store: Store, events: list[HistoryEvent]) -> list[HistoryIte
             for position, e in enumerate(events)]
 
 
+def upload_name(filename: str | None, fmt: str | None) -> str:
+    """A safe local name for an uploaded file: its last path part in letters, digits, ``.``, ``_`` and ``-``, not
+    starting with a dot (so never ``..``); an unusable name is a 422 unless ``fmt`` names the format."""
+    base = _SAFE_NAME.sub("_", PurePosixPath((filename or "").replace("\\", "/")).name).lstrip("._-")[-100:]
+    if base:
+        return base
+    if fmt:
+        return f"catalog.{fmt}"
+    raise Invalid("catalog", f"unusable file name {filename!r}: name the file like catalog.csv or set "
+                             "catalog_format")
+
+
+def _save(source: BinaryIO, target: Path) -> None:
+    with target.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -311,50 +385,67 @@ def _add_routes(app: FastAPI) -> None:
                       conversations=len(service.chat.conversations), worker=service.worker.stats.to_dict())
 
     @app.post("/v1/recommend", response_model=RecommendOut, tags=["recommend"])
-    async def recommend(body: RecommendIn, service: ServiceDep) -> dict:
-        """Top-k items of ``platform`` for a stored user (``user_id``) or an inline cross-platform ``history``."""
+    async def recommend(body: RecommendIn, service: ServiceDep, request: Request) -> dict:
+        """Top-k items of ``platform`` for a stored user (``user_id``: needs a key with the ``read`` scope) or an
+        inline cross-platform ``history`` (no key)."""
         settings = service.settings
+        if body.user_id is not None:
+            authorize(request.app.state.keys, request.headers, "read")
         _limit("k", body.k, settings.max_k)
         history = None
         if body.history is not None:
             _limit("history", len(body.history), settings.max_history)
             history = await run_in_threadpool(_inline_history, service.store, body.history)
-        request = RecommendRequest(body.platform, user_id=body.user_id, history=history, k=body.k,
-                                   explain=body.explain, exclude=frozenset(body.exclude))
-        return await service.run(RecommendJob(request))
+        if service.pipelines.handles(body.platform):
+            return await service.run(CallJob(partial(
+                service.pipelines.answer, body.platform, user_id=service.user(body.user_id), history=history,
+                k=body.k, explain=body.explain, exclude=body.exclude, candidates=body.candidates)), request)
+        job = RecommendRequest(body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
+                               explain=body.explain, exclude=frozenset(body.exclude),
+                               candidates=tuple(body.candidates) if body.candidates else None)
+        return await service.run(RecommendJob(job), request)
 
-    @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"])
-    async def chat(body: ChatIn, service: ServiceDep) -> dict:
+    @app.post("/v1/chat", response_model=ChatOut, tags=["recommend"], dependencies=[Reader])
+    async def chat(body: ChatIn, service: ServiceDep, request: Request) -> dict:
         """A chat message in a conversation (new when ``conversation_id`` is absent) -> recommendations."""
         _limit("k", body.k, service.settings.max_k)
-        turn = ChatTurn(body.user_id, body.message, body.conversation_id, body.k, body.explain)
-        return await service.run(ChatJob(service.chat, turn))
+        turn = ChatTurn(service.user(body.user_id), body.message, body.conversation_id, body.k, body.explain)
+        return await service.run(ChatJob(service.chat, turn), request)
 
-    @app.get("/v1/users", tags=["users"])
+    @app.get("/metrics", tags=["service"], dependencies=[needs("admin")], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: requests by route and status, latency, model queue and batches (``admin`` key)."""
+        return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         if platform is not None:
             service.store.platform(platform)
         return {"users": service.store.users(platform)[:limit]}
 
-    @app.get("/v1/users/{user_id}/history", response_model=list[HistoryItemOut], tags=["users"])
+    @app.get("/v1/users/{user_id}/history", response_model=list[HistoryItemOut], tags=["users"],
+             dependencies=[Reader])
     def history(user_id: str, service: ServiceDep, platform: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> list[HistoryItemOut]:
         """The user's latest events (newest last)."""
+        user_id = service.user(user_id)
         if not service.store.has_user(user_id):
             raise NotFoundError(f"unknown user {user_id!r}: the store has no events for this user")
         return [HistoryItemOut(platform=h.platform, item_id=h.item_id, title=h.title,
                                timestamp=h.timestamp.isoformat(), event=h.event, value=h.value)
                 for h in service.store.history(user_id, platform=platform, limit=limit)]
 
-    @app.get("/v1/users/{user_id}/report", tags=["explain"],
+    @app.get("/v1/users/{user_id}/report", tags=["explain"], dependencies=[Reader],
              responses={200: {"content": {"text/html": {}, "text/markdown": {}, "application/json": {}}}})
-    async def report(user_id: str, service: ServiceDep,
+    async def report(user_id: str, service: ServiceDep, request: Request,
                      fmt: Annotated[Literal["html", "md", "json"], Query(alias="format")] = "html",
                      platform: Annotated[list[str] | None, Query()] = None) -> Response:
         """Explainable report: profile per platform, activity charts, recommendations with rationale, evidence
         and a faithfulness check. ``platform`` (repeatable): target platforms [default: the user's own]."""
-        text = await service.run(ReportJob(service.reports, user_id, platform or [], fmt, service.templates))
+        text = await service.run(ReportJob(service.reports, service.user(user_id), platform or [], fmt,
+                                           service.templates), request)
         if fmt == "html":
             return HTMLResponse(text)
         if fmt == "md":
@@ -386,12 +477,13 @@ def _add_routes(app: FastAPI) -> None:
             raise Busy("another platform is being onboarded; retry shortly", 10)
         try:
             with tempfile.TemporaryDirectory(prefix="genrec-upload-") as folder:
-                path = Path(folder) / (_SAFE_NAME.sub("_", Path(catalog.filename or "catalog").name) or "catalog")
-                path.write_bytes(await catalog.read())
+                path = Path(folder) / upload_name(catalog.filename, catalog_format)
+                await run_in_threadpool(_save, catalog.file, path)
                 report = await run_in_threadpool(
                     onboard, service.store, name, path, recommender=service.onboarding,
                     mapping=parse_mapping(mapping or []), fmt=catalog_format, verb=verb, template=template,
-                    time_kind=time_kind, description=description)
+                    time_kind=time_kind, description=description, max_bytes=service.settings.max_catalog_bytes,
+                    max_rows=service.settings.max_catalog_rows)
         finally:
             service.onboarding_lock.release()
         return report.to_dict()
@@ -402,7 +494,8 @@ def _add_routes(app: FastAPI) -> None:
         _limit("events", len(body.events), service.settings.max_events)
         try:
             batch = events_from_records([e.model_dump() for e in body.events])
-            report = service.store.ingest(batch)
+            report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
+                                                                salt=service.settings.salt))
         except DataError as exc:
             where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
             raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 PlatformName = Annotated[str, Field(min_length=1, max_length=64)]
@@ -33,6 +33,8 @@ class RecommendIn(Strict):
     k: int = Field(10, ge=1, le=1000)
     explain: bool = False
     exclude: list[str] = Field(default_factory=list, max_length=1000)
+    candidates: list[Id] | None = Field(None, min_length=1, max_length=1000,
+                                        description="rank only these item ids of the platform")
 
     @model_validator(mode="after")
     def _one_source(self) -> RecommendIn:
@@ -50,12 +52,13 @@ class ChatIn(Strict):
 
 
 class EventIn(Strict):
-    """One event in the canonical schema; ``timestamp``: epoch seconds, epoch milliseconds or ISO-8601."""
+    """One event in the canonical schema; ``timestamp``: epoch seconds, epoch milliseconds or ISO-8601, one unit
+    per batch, between 1970 and 2200 (booleans are not timestamps)."""
 
     user_id: Id
     platform: PlatformName
     item_id: Id
-    timestamp: int | float | str
+    timestamp: StrictInt | StrictFloat | Annotated[StrictStr, Field(min_length=1, max_length=64)]
     event: str | None = Field(None, max_length=50)
     value: float | None = None
 
@@ -124,6 +127,9 @@ class RecommendationOut(BaseModel):
     generated_text: str | None
     rationale: str | None
     evidence: list[str]
+    sources: dict[str, float] | None = None  # a pipeline's answer: every candidate source's own score
+    llm: float | None = None  # the LLM's calibrated score
+    rationale_source: Literal["llm", "template"] | None = None
 
 
 class GenerationOut(BaseModel):
@@ -145,8 +151,9 @@ class RecommendOut(BaseModel):
     platform: str
     k: int
     items: list[RecommendationOut]
-    generation: GenerationOut
-    profile: ProfileOut
+    generation: GenerationOut | None = None  # generate-then-ground only
+    profile: ProfileOut | None = None
+    pipeline: str | None = None  # the pipeline that answered
     seconds: float
 
 

@@ -1,7 +1,8 @@
 """Server settings: a YAML config file, the ``GENREC_API_KEYS`` environment variable and command-line overrides.
 
-API keys come from both the config file (``api_keys: [...]``) and ``GENREC_API_KEYS`` (comma-separated); write
-endpoints need one of them. With no key configured, writes are refused. CORS is off unless ``cors_origins`` lists
+API keys come from both the config file (``api_keys: [...]``) and ``GENREC_API_KEYS`` (comma-separated), each as
+``KEY`` (read and write) or ``KEY:scope+scope`` (``read``, ``write``, ``admin``; see ``genrec.server.security``).
+With no key configured, the endpoints that need one are refused. CORS is off unless ``cors_origins`` lists
 origins.
 """
 
@@ -16,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from genrec.config import read_yaml
 from genrec.errors import GenrecError
 from genrec.llm import Device, DType
+from genrec.server.security import parse_keys
 
 API_KEYS_ENV = "GENREC_API_KEYS"
+SALT_ENV = "GENREC_SALT"
 
 
 class ServerSettings(BaseModel):
@@ -34,7 +37,9 @@ class ServerSettings(BaseModel):
     warm_up: bool = True
     # limits
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_upload_bytes: int = Field(64_000_000, ge=1024)
+    max_upload_bytes: int = Field(64_000_000, ge=1024)  # an upload as sent (compressed or not)
+    max_catalog_bytes: int = Field(256_000_000, ge=1024)  # an uploaded catalog once decompressed
+    max_catalog_rows: int = Field(2_000_000, ge=1)
     max_history: int = Field(500, ge=1)
     max_events: int = Field(10_000, ge=1)
     max_k: int = Field(50, ge=1)
@@ -53,6 +58,26 @@ class ServerSettings(BaseModel):
     decoding: Literal["free", "catalog", "scored"] | None = None  # None: the adapter's setting, else free generation
     calibration: float | None = Field(None, ge=0.0, le=1.0)  # scored decoding; None: the adapter's, else 0
     templates: Path | None = None
+    # the recommender: a fitted pipeline folder (`genrec fit`) for its platforms, and for the platforms of a
+    # registered data set its default pipeline (fitted on first use, cached by the store's content); every other
+    # platform (onboarded ones) gets the generate-then-ground recommender above
+    pipeline: Path | None = None
+    default_pipelines: bool = True
+    # privacy: hash every user id the API receives (events, paths, requests) like `--hash-user-ids`
+    hash_user_ids: bool = False
+    salt: str | None = None  # default: $GENREC_SALT
+
+    @model_validator(mode="after")
+    def _hashing_needs_a_salt(self) -> ServerSettings:
+        self.salt = self.salt or os.environ.get(SALT_ENV) or None
+        if self.hash_user_ids and not self.salt:
+            raise ValueError(f"hash_user_ids needs a salt: set salt in the server config or {SALT_ENV}")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_have_known_scopes(self) -> ServerSettings:
+        parse_keys(self.api_keys)
+        return self
 
     @model_validator(mode="after")
     def _scale_needs_an_adapter(self) -> ServerSettings:

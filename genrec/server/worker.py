@@ -4,7 +4,9 @@ Every job that needs the models (a recommendation, a chat turn, a report) is que
 waiting job, gathers more for up to ``wait_s`` (at most ``max_batch`` jobs), lets each job ``prepare`` its
 recommender requests, answers all of them with one ``Recommender.recommend_many`` call (one batched generation
 pass), and hands each job its results to ``finish``. A full queue raises ``Overloaded`` at once (the server
-answers 503 with Retry-After) instead of letting callers wait without bound.
+answers 503 with Retry-After) instead of letting callers wait without bound, and so does a job whose deadline
+falls before the queue's expected wait is over (admission control). A job whose caller gave up (its future
+cancelled) or whose deadline has passed is dropped unstarted.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ class CallJob:
 
 
 class Overloaded(Exception):
-    """The queue is full; ``retry_after`` is a guess (seconds) of when there will be room."""
+    """No room (full queue, or an expected wait past the job's deadline, or shutting down); ``retry_after`` is a
+    guess (seconds) of when there will be room."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the server is busy; retry in {retry_after} s")
+    def __init__(self, retry_after: int, reason: str = "the server is busy") -> None:
+        super().__init__(f"{reason}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -63,11 +66,14 @@ class WorkerStats:
     jobs: int = 0
     requests: int = 0
     failed_batches: int = 0
+    dropped_jobs: int = 0  # abandoned by their callers or past their deadline before they started
+    refused_jobs: int = 0  # refused at submission: full queue or expected wait past the deadline
     batch_seconds: float = 1.0  # moving average of one batch's duration
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "jobs": self.jobs, "requests": self.requests,
-                "failed_batches": self.failed_batches, "mean_batch_jobs": self.jobs / self.batches
+                "failed_batches": self.failed_batches, "dropped_jobs": self.dropped_jobs,
+                "refused_jobs": self.refused_jobs, "mean_batch_jobs": self.jobs / self.batches
                 if self.batches else 0.0, "batch_seconds": round(self.batch_seconds, 3)}
 
 
@@ -78,7 +84,7 @@ class BatchWorker:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.stats = WorkerStats()
-        self._queue: queue.Queue[tuple[Job, Future]] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[tuple[Job, Future, float | None]] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="genrec-model-worker", daemon=True)
 
@@ -86,29 +92,48 @@ class BatchWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in progress (waiting at most ``timeout`` s); queued jobs fail with ``Overloaded``."""
         self._stop.set()
-        self._thread.join(timeout)
-        while True:  # nothing waits forever: cancel what was never started
+        while True:  # nothing waits forever: what was never started is refused
             try:
-                _, future = self._queue.get_nowait()
+                _, future, _ = self._queue.get_nowait()
             except queue.Empty:
                 break
-            future.cancel()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(Overloaded(5, "the server is shutting down"))
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is still alive (it may be inside a batch after ``stop``)."""
+        return self._thread.is_alive()
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def retry_after(self) -> int:
-        batches_ahead = self._queue.qsize() / self.max_batch + 1
-        return max(1, math.ceil(batches_ahead * self.stats.batch_seconds))
+    def expected_wait(self) -> float:
+        """Seconds until a job queued now is answered: the batches ahead of it and its own."""
+        return (self._queue.qsize() / self.max_batch + 1) * self.stats.batch_seconds
 
-    def submit(self, job: Job) -> Future:
-        """Queue ``job``; its future holds ``job.finish``'s answer or the exception it raised."""
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.expected_wait()))
+
+    def submit(self, job: Job, deadline: float | None = None) -> Future:
+        """Queue ``job``; its future holds ``job.finish``'s answer or the exception it raised. ``deadline``
+        (``time.monotonic()`` seconds): refused at once if the expected wait ends later, dropped if still queued
+        then."""
+        if self._stop.is_set():
+            raise Overloaded(5, "the server is shutting down")
+        if deadline is not None and time.monotonic() + self.expected_wait() > deadline:
+            self.stats.refused_jobs += 1
+            raise Overloaded(self.retry_after(), f"the server is busy: the expected wait of "
+                                                 f"{self.expected_wait():.0f} s exceeds the request's deadline")
         future: Future = Future()
         try:
-            self._queue.put_nowait((job, future))
+            self._queue.put_nowait((job, future, deadline))
         except queue.Full:
+            self.stats.refused_jobs += 1
             raise Overloaded(self.retry_after()) from None
         return future
 
@@ -125,13 +150,18 @@ class BatchWorker:
                 except queue.Empty:
                     break
             started = time.perf_counter()
-            self._process(batch)
-            self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * (time.perf_counter() - started)
+            if self._process(batch):  # batches of model work only: warm-up would skew the estimate
+                self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * (time.perf_counter() - started)
 
-    def _process(self, batch: list[tuple[Job, Future]]) -> None:
+    def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
+        """Answer a batch; returns how many recommender requests it ran."""
         prepared: list[tuple[Job, Future, list[Request]]] = []
-        for job, future in batch:
+        now = time.monotonic()
+        for job, future, deadline in batch:
+            if deadline is not None and now > deadline:
+                future.cancel()  # nobody waits for it any more
             if not future.set_running_or_notify_cancel():  # the caller gave up while it waited
+                self.stats.dropped_jobs += 1
                 continue
             try:
                 prepared.append((job, future, list(job.prepare())))
@@ -148,11 +178,12 @@ class BatchWorker:
             log.debug("batch of %d requests failed; answering its jobs one by one", len(requests))
             for job, future, rs in prepared:
                 self._finish(job, future, rs, None)
-            return
+            return len(requests)
         offset = 0
         for job, future, rs in prepared:
             self._finish(job, future, rs, results[offset: offset + len(rs)])
             offset += len(rs)
+        return len(requests)
 
     def _finish(self, job: Job, future: Future, requests: list[Request],
                 results: Sequence[RecommendationList] | None) -> None:

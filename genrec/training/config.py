@@ -20,7 +20,7 @@ from genrec.errors import GenrecError
 from genrec.training.sft import SFTConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
-DTYPES = ("bfloat16", "float32", "float16")
+DTYPES = ("bfloat16", "float32", "float16", "auto")  # auto: bfloat16 where the device has it natively
 LORA_DTYPES = ("float32", "bfloat16")
 
 
@@ -55,7 +55,8 @@ class OptimSettings:
     ``max_steps`` (default: ``epochs`` over the examples), on early stopping, or when ``time_budget_s`` (training
     and validation together, across resumes) would be exceeded, keeping time for a final validation.
     ``device: auto`` trains on CUDA when present. ``load_in_4bit`` is QLoRA (bitsandbytes NF4, double
-    quantisation, bf16 compute); ``dtype`` is the weights' dtype otherwise (bf16 LoRA on CPU by default).
+    quantisation, bf16 compute); ``dtype`` is the weights' dtype otherwise (bf16 LoRA on CPU by default;
+    ``auto``: bf16 only where the CPU or GPU has it natively, else float32, see ``genrec.llm.dtype_choice``).
     With hard negatives (``sft.negatives``) the loss is the ranking one (``trainer.ranking_loss``): the softmax
     cross-entropy of the true item's answer line against the negatives' lines, plus ``sft_weight`` times the
     true line's mean token negative log-likelihood. ``rank_calibration`` (0..1) makes the loss rank what the

@@ -53,7 +53,7 @@ def lora_config(settings: LoraSettings, num_layers: int) -> Any:
 
 def load_for_training(path: Path, lora: LoraSettings, *, device: torch.device, dtype: torch.dtype,
                       load_in_4bit: bool = False, gradient_checkpointing: bool = False) -> tuple[Any, Any]:
-    """The base model at ``path`` wrapped with a trainable LoRA adapter, and its tokenizer.
+    """The base model at ``path`` wrapped with a trainable LoRA adapter, in train mode, and its tokenizer.
 
     With ``load_in_4bit`` the base is quantised to NF4 on ``device`` and prepared for k-bit training; on CPU the
     bitsandbytes repacking is disabled on every 4-bit layer, since after any forward pass without gradients
@@ -82,6 +82,7 @@ def load_for_training(path: Path, lora: LoraSettings, *, device: torch.device, d
             parameter.data = parameter.data.to(adapter_dtype)
     if load_in_4bit and device.type == "cpu":
         disable_bnb_cpu_repack(model)
+    model.train()  # from_pretrained returns eval mode, where gradient checkpointing does not run
     return model, tokenizer
 
 

@@ -16,15 +16,17 @@ from dataclasses import replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from genrec.evaluation.baselines.base import Method
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.pipeline.pool import candidate_pool
+from genrec.pipeline.sources.base import Method
+from genrec.pipeline.types import EvalCase, TrainData
 from genrec.training.sft import SFTConfig, SFTData, SFTExample, filter_platforms
 
 
 def example_case(example: SFTExample, sequences: dict) -> EvalCase:
     """The harness case an example stands for: its user's events before the cut-off, its first answer item."""
     history = tuple(x for x in sequences[example.user_id] if x.timestamp < example.cutoff)
-    return EvalCase(example.user_id, example.platform, example.targets[0], history, "train", example.cutoff)
+    return EvalCase(user_id=example.user_id, platform=example.platform, history=history, target=example.targets[0],
+                    split="train", timestamp=example.cutoff)
 
 
 def add_negatives(data: SFTData, train: TrainData, sources: Sequence[Method], config: SFTConfig, *, seed: int = 0,
@@ -70,12 +72,13 @@ def add_negatives(data: SFTData, train: TrainData, sources: Sequence[Method], co
 
 def _pool(case: EvalCase, example: SFTExample, rows: Sequence[np.ndarray], catalog: Sequence[str],
           train: TrainData, size: int) -> list[str]:
-    """The union of every source's top ``size`` titled items, without the answer and the user's own items."""
-    skip = {x.item_id for x in case.history_on(case.platform)} | set(example.targets)
+    """The union of every source's top ``size`` titled items, without the answer (nor an item sharing its title)
+    and the user's own items."""
+    skip = case.owned() | set(example.targets)
     titles = {title for item in example.targets if (title := train.titles.get((case.platform, item)))}
-    pool: list[str] = []
-    for scores in rows:
-        top = [catalog[j] for j in np.argsort(-scores, kind="stable")[: size + len(skip)]]
-        pool += [item for item in top if item not in skip and train.titles.get((case.platform, item))
-                 and train.titles[(case.platform, item)] not in titles][:size]
-    return list(dict.fromkeys(pool))
+
+    def keep(item: str) -> bool:
+        title = train.titles.get((case.platform, item))
+        return bool(title) and title not in titles
+
+    return candidate_pool(dict(enumerate(rows)), catalog, skip, size, keep=keep).items

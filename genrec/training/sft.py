@@ -34,9 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.decoding import answer_tokens
-from genrec.evaluation.generative import history_items
-from genrec.evaluation.types import Interaction, TrainData
 from genrec.llm import end_of_turn_id
+from genrec.pipeline.types import Interaction, TrainData, history_items
 from genrec.profile import Profile
 from genrec.prompts import format_answer, quote
 from genrec.recommender import Recommender
@@ -56,8 +55,8 @@ class SFTConfig:
     examples (in tokens) are dropped.
 
     ``negatives``: with ``n > 0``, every example also lists ``n`` hard negatives for a ranking objective (see
-    ``genrec.training.negatives``): items of the target platform that the ``negative_sources`` (harness methods
-    fitted on the same training data, by default the re-ranker's candidate sources) put in their top
+    ``genrec.training.negatives``): items of the target platform that the ``negative_sources`` (the pipeline's
+    candidate sources, fitted on the same training data; by default popularity and ItemKNN) put in their top
     ``negative_pool`` for that history, the true answer and the user's own items left out.
     """
 

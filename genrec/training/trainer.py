@@ -39,9 +39,9 @@ from genrec.data.loading import ensure_dataset
 from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.evaluation import config as eval_config
-from genrec.evaluation.methods import create_named
 from genrec.evaluation.protocol import EvalData, build
-from genrec.llm import LLM, LLMConfig, resolve_device
+from genrec.llm import LLM, LLMConfig, dtype_choice, resolve_device
+from genrec.pipeline.sources import build as build_source
 from genrec.recommender import Recommender, RecommenderConfig
 from genrec.training import sft
 from genrec.training.adapter import save_adapter
@@ -201,7 +201,7 @@ class Trainer:
         evaluation = eval_config.load(self.config.eval_config)
         if self._given is not None:
             return evaluation, self._given
-        platforms = ensure_dataset(self.store, evaluation.dataset)
+        platforms = ensure_dataset(self.store, evaluation.dataset, platforms=evaluation.dataset_platforms)
         return evaluation, build(self.store, evaluation.protocol, platforms)
 
     def _examples(self, accelerator: Any, data: EvalData, recommender: Recommender, evaluation: Any) -> sft.SFTData:
@@ -218,7 +218,8 @@ class Trainer:
                 data_sft = sft.build_examples(data.train, recommender, self.config.sft, seed=self.config.seed,
                                               progress=progress)
                 if self.config.sft.negatives:
-                    sources = create_named(self.config.sft.negative_sources, "cross", self.store, recommender.embedder)
+                    sources = [build_source(kind, history_scope="cross", encoder=recommender.embedder)
+                               for kind in self.config.sft.negative_sources]
                     data_sft = add_negatives(data_sft, data.train, sources, self.config.sft, seed=self.config.seed,
                                              progress=progress)
                 if calibrated:
@@ -258,10 +259,14 @@ class Trainer:
 
         evaluation, data = self._data()
         path = base_model_path(config.model)
+        dtype, why = dtype_choice(train.dtype, accelerator.device, batch_invariant=False)
+        if main:
+            self._log(f"training dtype: {why}")
         model, tokenizer = load_for_training(path, config.lora, device=accelerator.device,
-                                             dtype=getattr(torch, train.dtype), load_in_4bit=train.load_in_4bit,
+                                             dtype=dtype, load_in_4bit=train.load_in_4bit,
                                              gradient_checkpointing=train.gradient_checkpointing)
-        llm = LLM(model, tokenizer, LLMConfig(model=str(path), dtype=train.dtype, device=accelerator.device.type,
+        llm = LLM(model, tokenizer, LLMConfig(model=str(path), dtype=str(dtype).removeprefix("torch."),
+                                              device=accelerator.device.type,
                                               load_in_4bit=train.load_in_4bit, seed=config.seed))
         recommender = Recommender(self.store, llm=llm, config=RecommenderConfig(**config.prompt))
         sft_data = self._examples(accelerator, data, recommender, evaluation)

@@ -19,7 +19,7 @@ from genrec.evaluation.metrics import case_metrics
 from genrec.evaluation.protocol import EvalData
 from genrec.evaluation.rerank import RerankMethod
 from genrec.evaluation.runner import Outcome, evaluate_method
-from genrec.evaluation.types import EvalCase
+from genrec.pipeline.types import EvalCase
 from genrec.recommender import Recommender
 from genrec.training.config import ValidationSettings
 

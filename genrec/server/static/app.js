@@ -12,8 +12,17 @@ function el(tag, className, text) {
   return node;
 }
 
+// User data needs an API key with the read scope; it is kept for this browser tab only.
+function apiKey() { return $("key").value.trim(); }
+
+function withKey(options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiKey()) headers["X-API-Key"] = apiKey();
+  return { ...options, headers };
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withKey(options));
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const retry = response.headers.get("Retry-After");
@@ -25,6 +34,8 @@ async function api(path, options = {}) {
 
 async function loadUsers() {
   const list = $("users");
+  list.replaceChildren();
+  setStatus("");
   try {
     const platforms = await api("/v1/platforms");
     for (const platform of platforms) {
@@ -121,6 +132,26 @@ async function send(event) {
   }
 }
 
+// The report needs the key too, so it is fetched here and opened from memory rather than linked.
+async function openReport(event) {
+  event.preventDefault();
+  const win = window.open("", "_blank");
+  try {
+    const response = await fetch(event.currentTarget.href, withKey());
+    if (!response.ok) throw new Error((await response.json().catch(() => ({}))).error || response.statusText);
+    const html = await response.text();
+    win.location = URL.createObjectURL(new Blob([html], { type: "text/html" }));
+  } catch (error) {
+    if (win) win.close();
+    setStatus(`Could not open the report: ${error.message}`);
+  }
+}
+
+function keyChanged() {
+  sessionStorage.setItem("genrec-key", apiKey());
+  loadUsers();
+}
+
 function newConversation() {
   state.conversation = null;
   $("log").replaceChildren(el("p", "muted hint", "New conversation."));
@@ -130,5 +161,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("user-form").addEventListener("submit", chooseUser);
   $("message-form").addEventListener("submit", send);
   $("new-conversation").addEventListener("click", newConversation);
+  $("report-link").addEventListener("click", openReport);
+  $("key").addEventListener("change", keyChanged);
+  $("key").value = sessionStorage.getItem("genrec-key") || "";
   loadUsers();
 });

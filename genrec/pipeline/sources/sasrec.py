@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, rank_cases, scoped_history
 from genrec.evaluation.metrics import case_metrics
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
 
@@ -48,13 +49,24 @@ class _Layer(nn.Module):
         self.norm2 = nn.LayerNorm(hidden, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Next states of ``x`` ``(B, L, H)``; with ``rows`` (a ``(B, L)`` boolean mask) only those query positions
+        are computed, as ``(N, H)``: the last layer needs no state that no loss or score reads."""
         batch, length, hidden = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, hidden // self.heads).permute(2, 0, 3, 1, 4)
+        width = hidden // self.heads
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, width).permute(2, 0, 3, 1, 4)
         p = self.attn_dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        attended = attended.transpose(1, 2).reshape(batch, length, hidden)
-        x = self.norm1(x + self.dropout(self.proj(attended)))
+        if rows is None:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            attended = attended.transpose(1, 2).reshape(batch, length, hidden)
+            residual = x
+        else:
+            which, where = rows.nonzero(as_tuple=True)  # window and position of each computed query
+            q = q[which, :, where].unsqueeze(2)  # (N, heads, 1, width) against the keys of its own window
+            attended = F.scaled_dot_product_attention(q, k[which], v[which], attn_mask=mask[which, :, where, None], dropout_p=p)
+            attended = attended.reshape(len(which), hidden)
+            residual = x[which, where]
+        x = self.norm1(residual + self.dropout(self.proj(attended)))
         return self.norm2(x + self.dropout(self.ff_out(F.gelu(self.ff_in(x)))))
 
 
@@ -86,16 +98,17 @@ class _Network(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``(B, L, H)`` of left-aligned, right-padded item sequences ``(B, L)``."""
+    def forward(self, seq: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``(B, L, H)`` of left-aligned, right-padded item sequences ``(B, L)``; with ``rows`` (a
+        ``(B, L)`` boolean mask) only the states of those positions, ``(N, H)`` in row-major order."""
         length = seq.shape[1]
         x = self.items(seq) + self.positions(torch.arange(length, device=seq.device))
         x = self.dropout(self.norm(x))
         causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
         mask = (causal & (seq != PAD)[:, None, :])[:, None]  # (B, 1, L, L): query row may see key column
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, rows if i == len(self.layers) - 1 else None)
+        return x[rows] if rows is not None and not self.layers else x
 
     def logits(self, hidden: torch.Tensor, items: slice | None = None) -> torch.Tensor:
         """Scores of real items (vocabulary rows 1..n, or the given slice of them) for each hidden state."""
@@ -103,7 +116,7 @@ class _Network(nn.Module):
         return hidden @ table.T
 
 
-class SASRec:
+class SASRec(CandidateSource):
     """Sequential recommender with self-attention; see the module docstring for the training scheme.
 
     With ``history_scope="target"`` the train sequences are split per platform and a case's input is its
@@ -112,6 +125,10 @@ class SASRec:
     excluded) and stops after ``patience`` epochs without improvement, or once ``time_budget_s`` is spent.
     ``torch.set_num_threads`` is left as the caller set it.
     """
+
+    kind = "sasrec"
+    OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout", "attn_dropout", "lr",
+               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "seed")
 
     def __init__(
         self,
@@ -153,19 +170,25 @@ class SASRec:
         self.time_budget_s = time_budget_s
         self.seed = seed
         self.progress = progress
-        self.log: list[dict[str, float]] = []  # one row per epoch: epoch, loss, valid_ndcg10, seconds
+        self.log: list[dict[str, float]] = []  # per epoch: epoch, loss, fraction trained, valid_ndcg10, seconds
+        self.info: dict = {}  # how the last fit went: epochs, why it stopped, seconds, best validation
         self._vocab: ItemVocabulary | None = None
         self._net: _Network | None = None
 
     # ------------------------------------------------------------------------------------------- training
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
+        self.catalogs = train.catalogs
         self._vocab = vocab = ItemVocabulary(train.catalogs, offset=1)
         inputs, targets = self._windows(
             [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
         )
         if len(inputs) == 0:
             raise ValueError("SASRec needs at least one train sequence with two items")
+        started = time.perf_counter()
+        # training stops early enough to leave time for one more validation (the last one's duration)
+        budget_end = None if self.time_budget_s is None else started + self.time_budget_s
+        validation_s = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._net = net = _Network(
@@ -179,27 +202,42 @@ class SASRec:
                 self.attn_dropout,
             )
             optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
-            best, best_state, stale, started = -1.0, copy.deepcopy(net.state_dict()), 0, time.perf_counter()
-            self.log = []
+            best, best_state, best_epoch, stale = -1.0, copy.deepcopy(net.state_dict()), 0, 0
+            self.log, stopped = [], "max_epochs"
             epochs = tqdm(range(1, self.max_epochs + 1), desc="SASRec", unit="epoch", disable=not self.progress)
             for epoch in epochs:
-                loss = self._train_epoch(net, optimiser, inputs, targets)
-                row = {"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started}
-                if valid_cases:
+                deadline = None if budget_end is None else budget_end - validation_s
+                loss, fraction = self._train_epoch(net, optimiser, inputs, targets, deadline)
+                row = {"epoch": epoch, "loss": loss, "fraction": fraction, "seconds": time.perf_counter() - started}
+                if valid_cases and fraction > 0:
+                    validating = time.perf_counter()
                     row["valid_ndcg10"] = ndcg = self._validate(valid_cases, train.catalogs)
+                    validation_s = time.perf_counter() - validating
+                    row["seconds"] = time.perf_counter() - started
                     if ndcg > best:
-                        best, best_state, stale = ndcg, copy.deepcopy(net.state_dict()), 0
+                        best, best_state, best_epoch, stale = ndcg, copy.deepcopy(net.state_dict()), epoch, 0
                     else:
                         stale += 1
                 self.log.append(row)
                 epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-                if stale >= self.patience:
+                if fraction < 1.0 or (budget_end is not None and time.perf_counter() >= budget_end - validation_s):
+                    stopped = "time_budget"
                     break
-                if self.time_budget_s is not None and time.perf_counter() - started > self.time_budget_s:
+                if stale >= self.patience:
+                    stopped = "patience"
                     break
             if valid_cases:
                 net.load_state_dict(best_state)
         net.eval()
+        self.info = {
+            "epochs": round(sum(row["fraction"] for row in self.log), 3),
+            "stopped": stopped,
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "window_stride": self.window_stride,
+            "train_windows": len(inputs),
+        }
+        if valid_cases:
+            self.info.update(best_epoch=best_epoch, valid_ndcg10=best)
 
     def _validate(self, cases: Sequence[EvalCase], catalogs: dict[str, list[str]]) -> float:
         """Mean NDCG@10 over ``cases`` (full ranking, history excluded)."""
@@ -228,8 +266,17 @@ class SASRec:
         return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
 
     def _train_epoch(
-        self, net: _Network, optimiser: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> float:
+        self,
+        net: _Network,
+        optimiser: torch.optim.Optimizer,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        deadline: float | None = None,
+    ) -> tuple[float, float]:
+        """One pass over the windows in a seeded random order, in batches of about ``batch_size`` targets.
+
+        Stops before a batch once ``time.perf_counter()`` passes ``deadline`` (an epoch can take far longer than
+        a budget). Returns the mean loss and the share of the epoch's targets trained."""
         net.train()
         order = torch.randperm(len(inputs)).numpy()
         per_window = np.cumsum((targets[order] != PAD).sum(dim=1).numpy())
@@ -238,22 +285,24 @@ class SASRec:
         for batch in np.split(order, np.unique(cuts)):
             if len(batch) == 0:
                 continue
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
             width = int((inputs[batch] != PAD).sum(dim=1).max())  # drop all-padding columns
             seq, tgt = inputs[batch, :width], targets[batch, :width]
             keep = tgt != PAD
-            hidden = net(seq)[keep]
+            hidden = net(seq, keep)
             loss = F.cross_entropy(net.logits(hidden), tgt[keep] - 1)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * int(keep.sum())
             count += int(keep.sum())
-        return total / max(count, 1)
+        return total / max(count, 1), count / int(per_window[-1])
 
     # -------------------------------------------------------------------------------------------- scoring
 
     @torch.no_grad()
-    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+    def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None or self._net is None:
             raise RuntimeError("fit() first")
         block = self._vocab.block(platform)
@@ -265,8 +314,28 @@ class SASRec:
         lengths = torch.tensor([max(len(s), 1) for s in seqs])
         width = int(lengths.max())
         batch = torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
-        hidden = self._net(batch)[torch.arange(len(seqs)), lengths - 1]
+        last = torch.zeros_like(batch, dtype=torch.bool)
+        last[torch.arange(len(seqs)), lengths - 1] = True
+        hidden = self._net(batch, last)
         scores = self._net.logits(hidden, block).numpy()
         scores[[i for i, s in enumerate(seqs) if not s]] = 0.0  # no usable history: no preference
         self._net.train(was_training)
         return scores
+
+    # ------------------------------------------------------------------------------------------ save / load
+
+    def options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.OPTIONS}
+
+    def state(self) -> dict[str, Any]:
+        if self._net is None:
+            raise RuntimeError("fit() first")
+        return {"vocab": self._vocab, "weights": {k: v.clone() for k, v in self._net.state_dict().items()},
+                "log": self.log}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._vocab, self.log = state["vocab"], state["log"]
+        self._net = _Network(self._vocab.size - 1, self.max_len, self.hidden_size, self.n_layers, self.n_heads,
+                             self.inner_size, self.dropout, self.attn_dropout)
+        self._net.load_state_dict(state["weights"])
+        self._net.eval()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, scoped_history
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
 
 
 class TextEncoder(Protocol):
@@ -17,23 +17,30 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
-class ContentOnly:
+class ContentOnly(CandidateSource):
     """score(user, j) = cosine(mean of the history's title embeddings, title embedding of j).
 
     Items without a title get a zero embedding (score 0, never counted in the history mean). A case whose
-    history has no titled item gets all-zero scores.
+    history has no titled item gets all-zero scores. The embeddings are saved with the source; the encoder is
+    only needed to fit.
     """
+
+    kind = "content"
 
     def __init__(self, encoder: TextEncoder | None = None, history_scope: HistoryScope = "cross") -> None:
         self.name = "ContentOnly"
         self.history_scope = history_scope
-        if encoder is None:
-            from genrec.embedding import Embedder
-
-            encoder = Embedder()
-        self.encoder: TextEncoder = encoder
+        self._encoder = encoder
         self._vocab: ItemVocabulary | None = None
         self._embeddings = np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:  # loaded on first use: a loaded source scores from its saved embeddings
+            from genrec.embedding import Embedder
+
+            self._encoder = Embedder()
+        return self._encoder
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
         vocab = ItemVocabulary(train.catalogs)
@@ -42,10 +49,11 @@ class ContentOnly:
         vectors = np.asarray(self.encoder.encode([train.titles[keys[i]] for i in titled]), dtype=np.float32)
         embeddings = np.zeros((vocab.size, vectors.shape[1] if len(titled) else 1), dtype=np.float32)
         embeddings[titled] = _normalise(vectors)
+        self.catalogs = train.catalogs
         self._vocab = vocab
         self._embeddings = embeddings
 
-    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+    def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None:
             raise RuntimeError("fit() first")
         queries = np.zeros((len(cases), self._embeddings.shape[1]), dtype=np.float32)
@@ -54,6 +62,15 @@ class ContentOnly:
             if items:
                 queries[r] = self._embeddings[items].sum(axis=0)
         return _normalise(queries) @ self._embeddings[self._vocab.block(platform)].T
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        return {"vocab": self._vocab, "embeddings": self._embeddings}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._vocab, self._embeddings = state["vocab"], state["embeddings"]
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:

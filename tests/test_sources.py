@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.evaluation.baselines import (
+from genrec.pipeline.sources import (
     ContentOnly,
     ItemKNN,
     ItemVocabulary,
@@ -17,9 +17,8 @@ from genrec.evaluation.baselines import (
     MostPop,
     SASRec,
     rank_cases,
-    scoped_history,
 )
-from genrec.evaluation.types import EvalCase, Interaction, TrainData
+from genrec.pipeline.types import EvalCase, Interaction, TrainData, scoped_history
 
 
 def events(*items: str) -> list[Interaction]:
@@ -29,7 +28,7 @@ def events(*items: str) -> list[Interaction]:
 
 def make_case(target: str, *history: str, user: str = "t") -> EvalCase:
     platform, item = target.split(":")
-    return EvalCase(user, platform, item, tuple(events(*history)))
+    return EvalCase(user_id=user, platform=platform, target=item, history=tuple(events(*history)))
 
 
 CATALOGS = {"p": ["a", "b", "c", "d"], "q": ["x", "y", "z"]}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from genrec.evaluation.baselines.base import HistoryScope, ItemVocabulary, scoped_history
-from genrec.evaluation.types import EvalCase, TrainData
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
 
 
-class ItemKNN:
+class ItemKNN(CandidateSource):
     """score(user, j) = sum over the distinct history items i of sim(i, j).
 
     sim(i, j) = |U_i & U_j| / (sqrt(|U_i| |U_j|) + shrink), where U_i is the set of train users who interacted
@@ -19,6 +20,8 @@ class ItemKNN:
     ``neighbours=k`` each target item j keeps only its k most similar items i. An item is never its own
     neighbour.
     """
+
+    kind = "itemknn"
 
     def __init__(self, history_scope: HistoryScope = "cross", neighbours: int | None = None, shrink: float = 0.0):
         if neighbours is not None and neighbours < 1:
@@ -47,10 +50,11 @@ class ItemKNN:
         row_of = np.repeat(np.arange(vocab.size), np.diff(cooc.indptr))
         cooc.data = cooc.data / (norms[row_of] * norms[cooc.indices] + self.shrink)
         sim = cooc if self.neighbours is None else _keep_top_per_column(cooc, self.neighbours)
+        self.catalogs = train.catalogs
         self._vocab = vocab
         self._blocks = {platform: sim[:, vocab.block(platform)].tocsr() for platform in train.catalogs}
 
-    def score(self, cases: Sequence[EvalCase], platform: str) -> np.ndarray:
+    def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None:
             raise RuntimeError("fit() first")
         rows, cols = [], []
@@ -62,6 +66,15 @@ class ItemKNN:
             (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(cases), self._vocab.size)
         )
         return np.asarray((history @ self._blocks[platform]).todense(), dtype=np.float32)
+
+    def options(self) -> dict[str, Any]:
+        return {"neighbours": self.neighbours, "shrink": self.shrink}
+
+    def state(self) -> dict[str, Any]:
+        return {"vocab": self._vocab, "blocks": self._blocks}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._vocab, self._blocks = state["vocab"], state["blocks"]
 
 
 def _keep_top_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:

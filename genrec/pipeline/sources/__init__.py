@@ -1,0 +1,36 @@
+"""Candidate sources: popularity, item-item CF, sequential (SASRec) and content neighbours, by kind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genrec.errors import GenrecError
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, Method, rank_cases, top_items
+from genrec.pipeline.sources.content import ContentOnly, TextEncoder
+from genrec.pipeline.sources.itemknn import ItemKNN
+from genrec.pipeline.sources.popularity import MostPop, popularity_counts
+from genrec.pipeline.sources.sasrec import SASRec
+from genrec.pipeline.types import HistoryScope
+
+KINDS: dict[str, type[CandidateSource]] = {"popularity": MostPop, "itemknn": ItemKNN, "sasrec": SASRec,
+                                           "content": ContentOnly}
+ALIASES = {"mostpop": "popularity"}
+
+
+def build(kind: str, options: dict[str, Any] | None = None, history_scope: HistoryScope = "cross", *,
+          encoder: TextEncoder | None = None, **_: Any) -> CandidateSource:
+    """An unfitted source of ``kind`` with its ``options`` (``encoder``: the embedder content sources share)."""
+    kind = ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise GenrecError(f"unknown candidate source {kind!r}; known: {', '.join([*KINDS, *ALIASES])}")
+    options = dict(options or {})
+    if kind == "content":
+        options["encoder"] = encoder
+    try:
+        return KINDS[kind](history_scope=history_scope, **options)
+    except TypeError as exc:
+        raise GenrecError(f"source {kind!r}: bad options {options} ({exc})") from exc
+
+
+__all__ = ["KINDS", "CandidateSource", "ContentOnly", "ItemKNN", "ItemVocabulary", "Method", "MostPop", "SASRec",
+           "TextEncoder", "build", "popularity_counts", "rank_cases", "top_items"]

@@ -1,0 +1,342 @@
+"""The recommender: candidate sources -> pool -> LLM scoring -> fusion, described by a ``PipelineSpec`` and saved
+as one folder.
+
+``Pipeline`` is what every entry point runs: ``genrec fit`` fits it on the store and saves it, ``genrec
+recommend|serve`` load it, and the evaluation ranks test cases with the very same object (``fit``/``score`` are
+the harness's ``Method`` protocol). A saved folder holds ``pipeline.yaml`` (the spec), ``sources/<name>/`` (each
+fitted source), ``fusion.json`` (the tuned weights and how they were chosen), ``titles.pkl`` (the catalog titles
+the LLM's prompts name) and ``fit.json`` (validation metrics, the store fingerprint, the time it was fitted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from genrec.config import read_yaml
+from genrec.errors import GenrecError, NotFoundError
+from genrec.pipeline.fusion import LLM, Fusion, FusionSpec, TuningCase, order, scale_rows, tune, tuning_cases
+from genrec.pipeline.pool import Pool, candidate_pool
+from genrec.pipeline.scorer import LLMScorer, LLMSpec
+from genrec.pipeline.sources import CandidateSource, build
+from genrec.pipeline.sources.base import CandidateSource as _Base
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, ScoredItem, TrainData
+
+SPEC_FILE = "pipeline.yaml"
+FUSION_FILE = "fusion.json"
+TITLES_FILE = "titles.pkl"
+FIT_FILE = "fit.json"
+LEAD = 10.0  # pooled items score LEAD - position / pool size: above every non-candidate (scaled to [0, 1])
+
+
+@dataclass
+class SourceSpec:
+    """One candidate source: its ``kind`` (popularity, itemknn, sasrec, content), a unique ``name`` (default: the
+    kind), how many items it proposes (``n``) and its own ``options``."""
+
+    kind: str
+    name: str | None = None
+    n: int = 50
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.kind
+        if self.n < 1:
+            raise GenrecError(f"source {self.name!r}: n must be at least 1, got {self.n}")
+
+
+@dataclass
+class PipelineSpec:
+    """What to build. ``dataset`` and ``protocol`` say what ``genrec fit`` fits on (the protocol's training data;
+    its validation cases tune the fusion); ``llm: null`` is a pipeline of classic sources only."""
+
+    name: str
+    sources: list[SourceSpec]
+    dataset: str | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    history_scope: HistoryScope = "cross"
+    llm: LLMSpec | None = None
+    fusion: FusionSpec = field(default_factory=FusionSpec)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise GenrecError(f"pipeline {self.name!r}: at least one candidate source is needed")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names) or LLM in names:
+            raise GenrecError(f"pipeline {self.name!r}: source names must be unique and not {LLM!r}: {names}")
+        if self.history_scope not in ("cross", "target"):
+            raise GenrecError(f"history_scope must be 'cross' or 'target', got {self.history_scope!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "pipeline spec") -> PipelineSpec:
+        if not isinstance(raw, dict):
+            raise GenrecError(f"{where}: expected a mapping at the top level")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(raw) - known
+        if unknown:
+            raise GenrecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(sorted(known))}")
+        if "name" not in raw or "sources" not in raw:
+            raise GenrecError(f"{where}: 'name' and 'sources' are required")
+        try:
+            sources = [SourceSpec(**({"kind": s} if isinstance(s, str) else s)) for s in raw["sources"]]
+            llm = LLMSpec(**raw["llm"]) if raw.get("llm") else None
+            fusion = FusionSpec(**(raw.get("fusion") or {}))
+            rest = {k: v for k, v in raw.items() if k not in ("sources", "llm", "fusion")}
+            return cls(sources=sources, llm=llm, fusion=fusion, **rest)
+        except TypeError as exc:
+            raise GenrecError(f"{where}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineSpec:
+        return cls.from_dict(read_yaml(path, "pipeline spec"), where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pipeline:
+    """Candidate sources, the LLM scorer and the fusion of one spec; see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, *, store=None, embedder: object | None = None,
+                 cache_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.store, self._embedder, self._explainer = store, embedder, None
+        self.name = spec.name
+        self.history_scope = spec.history_scope
+        self.sources: dict[str, CandidateSource] = {
+            s.name: build(s.kind, s.options, spec.history_scope, encoder=embedder) for s in spec.sources}
+        self.scorer: LLMScorer | None = None
+        if spec.llm is not None:
+            if store is None:
+                raise GenrecError(f"pipeline {spec.name!r} scores with an LLM: it needs the event store")
+            self.scorer = LLMScorer(spec.llm, store, history_scope=spec.history_scope, embedder=embedder,
+                                    cache_dir=cache_dir)
+        self.fusion: Fusion | None = None
+        self.fit_info: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}  # what the harness records of the fit
+
+    @property
+    def components(self) -> list[str]:
+        return [*self.sources, *([LLM] if self.scorer else [])]
+
+    # -- fitting ---------------------------------------------------------------------------------------
+    def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None, *,
+            progress: bool = False) -> None:
+        """Fit every source on ``train`` (``valid_cases`` for early stopping), then tune the fusion on the
+        validation cases of a seeded sample of users (``progress``: a bar over the LLM's tuning cases)."""
+        started = time.perf_counter()
+        for source in self.sources.values():
+            source.fit(train, valid_cases)
+        if self.scorer is not None:
+            self.scorer.fit(train)
+        self.titles = dict(train.titles)
+        fixed = self.spec.fusion.fixed
+        if fixed is not None:
+            unknown = set(fixed["weights"]) - set(self.components)
+            if unknown:
+                raise GenrecError(f"pipeline {self.name!r}: fusion.fixed names unknown component(s) "
+                                  f"{', '.join(sorted(unknown))}; components: {', '.join(self.components)}")
+            self.fusion = Fusion({c: float(fixed["weights"].get(c, 0.0)) for c in self.components},
+                                 float(fixed.get("calibration", 0.0)),
+                                 report={"rule": "fixed in the spec", **{k: v for k, v in fixed.items()
+                                                                         if k not in ("weights", "calibration")}})
+        elif len(self.components) == 1:
+            self.fusion = Fusion({self.components[0]: 1.0}, report={"rule": "a single component"})
+        else:
+            tune_on = tuning_cases(valid_cases or [], self.spec.fusion.tune_users, self.spec.fusion.seed)
+            if not tune_on:
+                raise GenrecError(f"pipeline {self.name!r}: tuning the fusion needs validation cases")
+            cases = self._tuning_cases(tune_on, progress)
+            calibrations = self.spec.llm.calibrations if self.spec.llm else [0.0]
+            self.fusion = tune(cases, self.components, self.spec.fusion, calibrations)
+        self.fit_info = {"fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                         "fit_seconds": round(time.perf_counter() - started, 2),
+                         "train_users": len(train.sequences),
+                         "train_interactions": sum(len(s) for s in train.sequences.values()),
+                         "valid_cases": len(valid_cases or [])}
+        self.info = {"fusion": self.fusion.to_dict()}
+
+    def _tuning_cases(self, cases: Sequence[EvalCase], progress: bool = False) -> list[TuningCase]:
+        from tqdm.auto import tqdm
+
+        out = []
+        bar = tqdm(total=len(cases), desc="tuning cases", unit="case", disable=not progress)
+        for platform in sorted({c.platform for c in cases}):
+            batch = [c for c in cases if c.platform == platform]
+            for case, (pool, llm, priors) in zip(batch, self._pools(batch, platform, bar), strict=True):
+                components = dict(pool.scores)
+                if llm is not None:
+                    components[LLM] = llm
+                target = pool.items.index(case.target) if case.target in pool.items else None
+                out.append(TuningCase(components, priors, target))
+        bar.close()
+        return out
+
+    # -- ranking ---------------------------------------------------------------------------------------
+    def _pools(self, contexts: Sequence[Context], platform: str, bar=None, *,
+               candidates: Sequence[str] | None = None, exclude: Sequence[str] = (),
+               ) -> list[tuple[Pool, np.ndarray | None, np.ndarray | None]]:
+        """Per context: its candidate pool (``candidates``: only these items), the LLM's raw scores of the pool and
+        their title priors. The user's own items and ``exclude`` never enter a pool."""
+        catalog = self._catalog(platform)
+        rows = {name: source.score(contexts, platform) for name, source in self.sources.items()}
+        n: int | dict[str, int] = {s.name: s.n for s in self.spec.sources}
+        keep = None
+        if candidates is not None:
+            known = set(catalog)
+            unknown = [item for item in candidates if item not in known]
+            if unknown:
+                raise NotFoundError(f"candidates not in the {platform!r} catalog: {', '.join(unknown[:5])}")
+            keep, n = set(candidates).__contains__, len(set(candidates))
+        out = []
+        for r, context in enumerate(contexts):
+            pool = candidate_pool({name: rows[name][r] for name in rows}, catalog, context.owned() | set(exclude), n,
+                                  keep=keep)
+            llm = priors = None
+            if self.scorer is not None and pool.items:
+                llm = self.scorer.score(context, pool.items)
+                priors = self.scorer.priors(platform, pool.items)
+            out.append((pool, llm, priors))
+            if bar is not None:
+                bar.update()
+        return out
+
+    def rank(self, contexts: Sequence[Context], platform: str, *, candidates: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> list[tuple[Pool, np.ndarray, np.ndarray | None]]:
+        """Per context: its pool, the fused score of each pooled item and the LLM's calibrated scores."""
+        if self.fusion is None:
+            raise RuntimeError(f"pipeline {self.name!r}: fit() or load() first")
+        out = []
+        for pool, llm, priors in self._pools(contexts, platform, candidates=candidates, exclude=exclude):
+            components = dict(pool.scores)
+            if llm is not None:
+                components[LLM] = llm
+            fused = self.fusion.combine(components, priors) if pool.items else np.zeros(0)
+            calibrated = llm - self.fusion.calibration * priors if llm is not None else None
+            out.append((pool, fused, calibrated))
+        return out
+
+    def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
+        """Full-catalog scores (the harness's ``Method`` protocol): the pool in fused order leads, every other
+        item follows in the first source's order."""
+        catalog = self._catalog(platform)
+        position = {item: j for j, item in enumerate(catalog)}
+        first = next(iter(self.sources.values())).score(cases, platform).astype(np.float64)
+        out = scale_rows(first)
+        for row, (pool, fused, _) in enumerate(self.rank(cases, platform)):
+            if not pool.items:
+                continue
+            columns = np.array([position[item] for item in pool.items], dtype=int)
+            ranked = order(fused)
+            out[row, columns[ranked]] = LEAD - np.arange(len(ranked)) / len(ranked)
+        return out.astype(np.float32)
+
+    def recommend(self, context: Context, k: int = 10, *, explain: bool = False,
+                  candidates: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> list[ScoredItem]:
+        """The ``k`` best pooled items for one context, each with every component's score (and, with
+        ``explain``, a rationale citing the user's history: ``genrec.pipeline.explain``). ``candidates``: rank
+        only these items; ``exclude``: items never to recommend (besides the user's own)."""
+        if k < 1:
+            raise GenrecError(f"k must be at least 1, got {k}")
+        [(pool, fused, calibrated)] = self.rank([context], context.platform, candidates=candidates,
+                                                exclude=exclude)
+        items = []
+        for rank, j in enumerate(order(fused)[:k], 1):
+            item = pool.items[j]
+            items.append(ScoredItem(
+                rank=rank, item_id=item, title=self.titles.get((context.platform, item), ""),
+                platform=context.platform, score=float(fused[j]),
+                sources={name: float(values[j]) for name, values in pool.scores.items()},
+                proposed_by=tuple(pool.proposed_by[item]),
+                llm=None if calibrated is None else float(calibrated[j])))
+        if explain:
+            titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
+            items = self.explainer.explain(items, titles, verb=self._verb(context.platform))
+        return items
+
+    @property
+    def explainer(self):
+        """The explain stage, on the scorer's LLM and embedder (the default ones for a pipeline without LLM)."""
+        if self._explainer is None:
+            from genrec.pipeline.explain import Explainer
+            from genrec.prompts import PromptTemplates
+
+            if self.scorer is not None:
+                llm, embedder = self.scorer.recommender.llm, self.scorer.recommender.embedder
+            else:
+                from genrec.embedding import Embedder
+                from genrec.llm import LLM
+
+                llm, embedder = LLM.load(), self._embedder or Embedder()
+            self._explainer = Explainer(llm, embedder, PromptTemplates(), list(self.titles.values()))
+        return self._explainer
+
+    def _verb(self, platform: str) -> str:
+        from genrec.data.schema import default_verb
+
+        if self.store is not None:
+            known = {p.name: p for p in self.store.platforms()}.get(platform)
+            if known is not None and known.verb:
+                return known.verb
+        return default_verb(platform)
+
+    def _catalog(self, platform: str) -> list[str]:
+        return next(iter(self.sources.values()))._catalog(platform)
+
+    # -- save / load -----------------------------------------------------------------------------------
+    def save(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+        """Write the pipeline folder (into a temporary sibling first, so a failed save leaves nothing behind)."""
+        if self.fusion is None:
+            raise RuntimeError(f"pipeline {self.name!r}: fit() before save()")
+        directory = Path(directory)
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            _remove(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(self.spec.to_dict(), sort_keys=False))
+        for name, source in self.sources.items():
+            source.save(tmp / "sources" / name)
+        (tmp / FUSION_FILE).write_text(json.dumps(self.fusion.to_dict(), indent=2) + "\n")
+        with (tmp / TITLES_FILE).open("wb") as fh:
+            pickle.dump(self.titles, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        (tmp / FIT_FILE).write_text(json.dumps({**self.fit_info, **(extra or {})}, indent=2, default=str) + "\n")
+        if directory.exists():
+            _remove(directory)
+        tmp.rename(directory)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, store=None, embedder: object | None = None,
+             cache_dir: Path | None = None) -> Pipeline:
+        directory = Path(directory)
+        if not (directory / SPEC_FILE).is_file():
+            raise GenrecError(f"{directory} is not a pipeline folder (no {SPEC_FILE}); make one with `genrec fit`")
+        spec = PipelineSpec.from_yaml(directory / SPEC_FILE)
+        pipeline = cls(spec, store=store, embedder=embedder, cache_dir=cache_dir)
+        for name in pipeline.sources:
+            pipeline.sources[name] = _Base.load(directory / "sources" / name, encoder=embedder)
+        fused = json.loads((directory / FUSION_FILE).read_text())
+        pipeline.fusion = Fusion(fused["weights"], fused["calibration"], fused.get("report", {}))
+        with (directory / TITLES_FILE).open("rb") as fh:
+            pipeline.titles = pickle.load(fh)  # noqa: S301 - a pipeline folder is the user's own artifact
+        if pipeline.scorer is not None:
+            pipeline.scorer.titles = pipeline.titles
+        pipeline.fit_info = json.loads((directory / FIT_FILE).read_text())
+        return pipeline
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)

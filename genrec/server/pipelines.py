@@ -1,0 +1,61 @@
+"""Which pipeline answers a recommendation: the server's configured pipeline folder for its platforms, else the
+default pipeline of the data set (built-in, or defined in the store) a platform belongs to (loaded, or fitted on
+first use and cached by the store's content). Runs on the model worker's thread.
+
+Events posted while the server runs reach every source at once through the user's history, which each request
+reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
+profile); the counts behind popularity and the item similarities are those of the fit, refreshed when the
+pipeline is fitted again (a restart fits the default pipeline anew when the store has changed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from genrec.data.schema import HistoryItem
+from genrec.data.store import Store
+from genrec.pipeline import Pipeline
+from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
+
+
+class Pipelines:
+    def __init__(self, store: Store, *, folder=None, defaults: bool = True) -> None:
+        self.store, self.defaults = store, defaults
+        self.configured = Pipeline.load(folder, store=store) if folder is not None else None
+        self._fitted: dict[str, Pipeline] = {}  # data set -> its default pipeline
+        self._lock = threading.Lock()
+
+    def handles(self, platform: str) -> bool:
+        """Whether a pipeline answers for ``platform`` (cheap: nothing is loaded or fitted)."""
+        if self.configured is not None and platform in self._platforms(self.configured):
+            return True
+        return self.defaults and dataset_of(platform, self.store) is not None
+
+    def get(self, platform: str) -> Pipeline:
+        if self.configured is not None and platform in self._platforms(self.configured):
+            return self.configured
+        dataset = dataset_of(platform, self.store)
+        with self._lock:
+            if dataset not in self._fitted:
+                self._fitted[dataset] = default_pipeline(self.store, dataset)
+            return self._fitted[dataset]
+
+    def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
+               explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
+        """The answer of ``POST /v1/recommend`` from a pipeline."""
+        started = time.perf_counter()
+        pipeline = self.get(platform)
+        context = history_context(user_id, platform, history) if history is not None else \
+            user_context(self.store, user_id, platform)
+        items = pipeline.recommend(context, k, explain=explain, candidates=candidates, exclude=exclude)
+        return {"user_id": user_id, "platform": platform, "k": k, "pipeline": pipeline.name,
+                "seconds": time.perf_counter() - started,
+                "items": [{"rank": item.rank, "item_id": item.item_id, "title": item.title, "platform": platform,
+                           "score": item.score, "similarity": None, "source": item.origin, "generated_text": None,
+                           "rationale": item.rationale, "evidence": list(item.evidence), "sources": item.sources,
+                           "llm": item.llm, "rationale_source": item.rationale_source} for item in items]}
+
+    @staticmethod
+    def _platforms(pipeline: Pipeline) -> set[str]:
+        return set(next(iter(pipeline.sources.values())).catalogs)
