@@ -182,3 +182,15 @@ def test_stop_refuses_queued_and_new_jobs(fake) -> None:
     assert not stopper.is_alive()
     with pytest.raises(Overloaded, match="shutting down"):
         worker.submit(EchoJob("too late"))
+
+
+def test_a_batch_running_long_raises_the_expected_wait_at_once(worker, fake) -> None:
+    worker.stats.batch_seconds = 0.1
+    fake.gate.clear()
+    worker.submit(EchoJob("slow"))
+    assert fake.entered.wait(5)
+    time.sleep(1.0)  # the batch in progress has run ten times its average
+    assert worker.expected_wait() >= 2.0  # the rest of it (as long again) and a batch as slow for the new job
+    with pytest.raises(Overloaded, match="deadline"):
+        worker.submit(EchoJob("hurried"), deadline=time.monotonic() + 1.5)
+    fake.gate.set()

@@ -86,6 +86,7 @@ class BatchWorker:
         self.stats = WorkerStats()
         self._queue: queue.Queue[tuple[Job, Future, float | None]] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
+        self._batch_started: float | None = None  # time.monotonic() when the batch in progress began
         self._thread = threading.Thread(target=self._run, name="genrec-model-worker", daemon=True)
 
     def start(self) -> None:
@@ -113,8 +114,17 @@ class BatchWorker:
         return self._queue.qsize()
 
     def expected_wait(self) -> float:
-        """Seconds until a job queued now is answered: the batches ahead of it and its own."""
-        return (self._queue.qsize() / self.max_batch + 1) * self.stats.batch_seconds
+        """Seconds until a job queued now is answered: the rest of the batch in progress, the batches queued ahead
+        of it and its own. A batch running longer than the average is expected to take as long again (and so are
+        the batches after it), so a slowdown is seen before it is averaged in."""
+        per_batch = self.stats.batch_seconds
+        started = self._batch_started
+        remaining = 0.0
+        if started is not None:
+            elapsed = time.monotonic() - started
+            remaining = per_batch - elapsed if elapsed < per_batch else elapsed
+            per_batch = max(per_batch, elapsed)
+        return remaining + (self._queue.qsize() / self.max_batch + 1) * per_batch
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.expected_wait()))
@@ -150,7 +160,12 @@ class BatchWorker:
                 except queue.Empty:
                     break
             started = time.perf_counter()
-            if self._process(batch):  # batches of model work only: warm-up would skew the estimate
+            self._batch_started = time.monotonic()
+            try:
+                ran = self._process(batch)
+            finally:
+                self._batch_started = None
+            if ran:  # batches of model work only: warm-up would skew the estimate
                 self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * (time.perf_counter() - started)
 
     def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
