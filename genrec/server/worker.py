@@ -68,7 +68,8 @@ class WorkerStats:
     failed_batches: int = 0
     dropped_jobs: int = 0  # abandoned by their callers or past their deadline before they started
     refused_jobs: int = 0  # refused at submission: full queue or expected wait past the deadline
-    batch_seconds: float = 1.0  # moving average of one batch's duration
+    batch_seconds: float = 1.0  # moving average of one batch's duration (a guess until ``measured``)
+    measured: bool = False
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "jobs": self.jobs, "requests": self.requests,
@@ -135,6 +136,11 @@ class BatchWorker:
         then."""
         if self._stop.is_set():
             raise Overloaded(5, "the server is shutting down")
+        if deadline is not None and not self.stats.measured and (self._batch_started is not None or
+                                                                 self._queue.qsize() >= self.max_batch):
+            # no batch measured yet: promise only the first batch, whose time then calibrates the estimate
+            self.stats.refused_jobs += 1
+            raise Overloaded(self.retry_after(), "the server is busy measuring its first batch")
         if deadline is not None and time.monotonic() + self.expected_wait() > deadline:
             self.stats.refused_jobs += 1
             raise Overloaded(self.retry_after(), f"the server is busy: the expected wait of "
@@ -166,7 +172,10 @@ class BatchWorker:
             finally:
                 self._batch_started = None
             if ran:  # batches of model work only: warm-up would skew the estimate
-                self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * (time.perf_counter() - started)
+                took = time.perf_counter() - started
+                self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * took if self.stats.measured \
+                    else took  # the first measurement replaces the initial guess
+                self.stats.measured = True
 
     def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
         """Answer a batch; returns how many recommender requests it ran."""
