@@ -38,7 +38,7 @@ def test_cleaning_rules_hold_for_any_events(tmp_path_factory, rows, k_users, k_i
         assert report.events_added == len(stored) <= len(rows)
         assert report.events_in - report.cleaning.removed == report.events_added
         assert "ad_click" not in set(stored["event"])
-        assert not stored.duplicated(["user_id", "platform", "item_id", "timestamp", "event"]).any()
+        assert not stored.duplicated(["user_id", "platform", "item_id", "timestamp", "event", "value"]).any()
         if min_value is not None:
             assert (stored["value"].isna() | (stored["value"] >= min_value)).all()
         if per_minute:

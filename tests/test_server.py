@@ -18,12 +18,14 @@ TIMEOUT = 240
 def post(server, path: str, **kwargs) -> httpx.Response:
     """A POST with the test key (read and write) unless ``headers`` says otherwise."""
     kwargs.setdefault("headers", server.read_headers)
-    return httpx.post(server.url + path, timeout=TIMEOUT, **kwargs)
+    kwargs.setdefault("timeout", TIMEOUT)
+    return httpx.post(server.url + path, **kwargs)
 
 
 def get(server, path: str, **kwargs) -> httpx.Response:
     kwargs.setdefault("headers", server.read_headers)
-    return httpx.get(server.url + path, timeout=TIMEOUT, **kwargs)
+    kwargs.setdefault("timeout", TIMEOUT)
+    return httpx.get(server.url + path, **kwargs)
 
 
 def test_health_docs_and_page(server) -> None:
@@ -162,8 +164,7 @@ def test_onboarded_platform_serves_recommendations_and_reports_at_once(server) -
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     assert len(items) == 3 and {item["item_id"] for item in items} <= {f"m{i}" for i in range(12)}
-    report = get(server, "/v1/users/1/report", params={"platform": "albums", "format": "json"},
-                       timeout=TIMEOUT)
+    report = get(server, "/v1/users/1/report", params={"platform": "albums", "format": "json"})
     assert report.status_code == 200, report.text
     body = report.json()
     assert [r["platform"] for r in body["recommendations"]] == ["albums"]

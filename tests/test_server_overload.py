@@ -45,7 +45,7 @@ def busy_server(tmp_path, monkeypatch, serve_app):
 
 def test_a_deadline_before_the_expected_wait_gets_503_at_once(busy_server):
     url, service, recorder, release = busy_server
-    service.worker.stats.batch_seconds = 30.0
+    service.worker.stats.batch_seconds, service.worker.stats.measured = 30.0, True
     response = httpx.post(f"{url}/v1/recommend", json=INLINE, headers={"X-Request-Timeout": "2"}, timeout=30)
     assert response.status_code == 503 and int(response.headers["retry-after"]) >= 30
     assert "deadline" in response.json()["error"] and service.worker.depth == 0
@@ -55,7 +55,7 @@ def test_a_deadline_before_the_expected_wait_gets_503_at_once(busy_server):
 
 def test_a_client_that_goes_away_drops_its_job(busy_server):
     url, service, recorder, release = busy_server
-    service.worker.stats.batch_seconds = 0.01
+    service.worker.stats.batch_seconds, service.worker.stats.measured = 0.01, True
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/recommend", json=INLINE, timeout=1.0)
     (_, future, _), = list(service.worker._queue.queue)

@@ -142,7 +142,7 @@ def test_settings_merge_file_environment_and_overrides(tmp_path: Path, monkeypat
 
 
 def test_admission_refuses_at_once_when_the_expected_wait_exceeds_the_deadline(worker, fake) -> None:
-    worker.stats.batch_seconds = 5.0  # one batch ahead of a new job: about 5 s
+    worker.stats.batch_seconds, worker.stats.measured = 5.0, True  # one batch ahead of a new job: about 5 s
     with pytest.raises(Overloaded, match="exceeds the request's deadline") as refused:
         worker.submit(EchoJob("hurried"), deadline=time.monotonic() + 2)
     assert refused.value.retry_after >= 5 and worker.stats.refused_jobs == 1
@@ -154,7 +154,7 @@ def test_jobs_past_their_deadline_are_dropped_unstarted(worker, fake) -> None:
     fake.gate.clear()
     worker.submit(EchoJob("first"))
     assert fake.entered.wait(5)
-    worker.stats.batch_seconds = 0.01  # admitted: the wait looks short, but the batch in progress hangs
+    worker.stats.batch_seconds, worker.stats.measured = 0.01, True  # admitted: looks short, but the batch hangs
     late = worker.submit(EchoJob("late"), deadline=time.monotonic() + 0.2)
     abandoned = worker.submit(EchoJob("abandoned"))
     kept = worker.submit(EchoJob("kept"), deadline=time.monotonic() + 60)
@@ -182,3 +182,28 @@ def test_stop_refuses_queued_and_new_jobs(fake) -> None:
     assert not stopper.is_alive()
     with pytest.raises(Overloaded, match="shutting down"):
         worker.submit(EchoJob("too late"))
+
+
+def test_a_batch_running_long_raises_the_expected_wait_at_once(worker, fake) -> None:
+    worker.stats.batch_seconds, worker.stats.measured = 0.1, True
+    fake.gate.clear()
+    worker.submit(EchoJob("slow"))
+    assert fake.entered.wait(5)
+    time.sleep(1.0)  # the batch in progress has run ten times its average
+    assert worker.expected_wait() >= 2.0  # the rest of it (as long again) and a batch as slow for the new job
+    with pytest.raises(Overloaded, match="deadline"):
+        worker.submit(EchoJob("hurried"), deadline=time.monotonic() + 1.5)
+    fake.gate.set()
+
+
+def test_before_any_measured_batch_only_the_first_batch_is_promised(worker, fake) -> None:
+    fake.gate.clear()
+    first = worker.submit(EchoJob("first"), deadline=time.monotonic() + 60)  # the idle worker takes it
+    assert fake.entered.wait(5)
+    with pytest.raises(Overloaded, match="first batch"):  # its time is unknown: nothing more is promised
+        worker.submit(EchoJob("second"), deadline=time.monotonic() + 60)
+    time.sleep(0.3)
+    fake.gate.set()
+    assert first.result(5) == ["answer for first"]
+    assert worker.stats.measured and worker.stats.batch_seconds >= 0.3  # the measurement, not a blend with 1 s
+    assert worker.submit(EchoJob("third"), deadline=time.monotonic() + 60).result(5) == ["answer for third"]

@@ -149,7 +149,7 @@ def test_api_rejects_bad_timestamps_with_422_naming_the_event(client, stamp):
     assert response.status_code == 422, response.text
     assert response.json()["field"].startswith("events.1.timestamp") or \
         response.json()["field"] == "events[1].timestamp", response.json()
-    assert client.get("/v1/users/ts-user/history").status_code == 404  # nothing was stored
+    assert client.get("/v1/users/ts-user/history", headers={"X-API-Key": "k"}).status_code == 404  # nothing was stored
 
 
 def test_api_rejects_a_batch_mixing_units_and_reads_keep_working(client):
@@ -158,7 +158,7 @@ def test_api_rejects_a_batch_mixing_units_and_reads_keep_working(client):
     assert "events[0].timestamp" == response.json()["field"]
     assert _post(client, "2021-05-01T10:00:00+02:00", 1620000000).status_code == 422  # ISO and numbers mixed
     assert _post(client, "2021-05-01T10:00:00+02:00", "2021-05-03").status_code == 200
-    history = client.get("/v1/users/ts-user/history")
+    history = client.get("/v1/users/ts-user/history", headers={"X-API-Key": "k"})
     assert history.status_code == 200
     assert [h["timestamp"] for h in history.json()] == ["2021-05-01T08:00:00", "2021-05-03T00:00:00"]
 

@@ -412,8 +412,8 @@ def _add_routes(app: FastAPI) -> None:
         turn = ChatTurn(service.user(body.user_id), body.message, body.conversation_id, body.k, body.explain)
         return await service.run(ChatJob(service.chat, turn), request)
 
-    @app.get("/metrics", tags=["service"], dependencies=[needs("admin")], response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {}}}})
+    @app.get("/metrics", tags=["service"], dependencies=[needs("admin")],
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics(request: Request) -> Response:
         """Prometheus metrics: requests by route and status, latency, model queue and batches (``admin`` key)."""
         return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)

@@ -68,7 +68,8 @@ class WorkerStats:
     failed_batches: int = 0
     dropped_jobs: int = 0  # abandoned by their callers or past their deadline before they started
     refused_jobs: int = 0  # refused at submission: full queue or expected wait past the deadline
-    batch_seconds: float = 1.0  # moving average of one batch's duration
+    batch_seconds: float = 1.0  # moving average of one batch's duration (a guess until ``measured``)
+    measured: bool = False
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "jobs": self.jobs, "requests": self.requests,
@@ -86,6 +87,7 @@ class BatchWorker:
         self.stats = WorkerStats()
         self._queue: queue.Queue[tuple[Job, Future, float | None]] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
+        self._batch_started: float | None = None  # time.monotonic() when the batch in progress began
         self._thread = threading.Thread(target=self._run, name="genrec-model-worker", daemon=True)
 
     def start(self) -> None:
@@ -113,8 +115,17 @@ class BatchWorker:
         return self._queue.qsize()
 
     def expected_wait(self) -> float:
-        """Seconds until a job queued now is answered: the batches ahead of it and its own."""
-        return (self._queue.qsize() / self.max_batch + 1) * self.stats.batch_seconds
+        """Seconds until a job queued now is answered: the rest of the batch in progress, the batches queued ahead
+        of it and its own. A batch running longer than the average is expected to take as long again (and so are
+        the batches after it), so a slowdown is seen before it is averaged in."""
+        per_batch = self.stats.batch_seconds
+        started = self._batch_started
+        remaining = 0.0
+        if started is not None:
+            elapsed = time.monotonic() - started
+            remaining = per_batch - elapsed if elapsed < per_batch else elapsed
+            per_batch = max(per_batch, elapsed)
+        return remaining + (self._queue.qsize() / self.max_batch + 1) * per_batch
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.expected_wait()))
@@ -125,6 +136,11 @@ class BatchWorker:
         then."""
         if self._stop.is_set():
             raise Overloaded(5, "the server is shutting down")
+        if deadline is not None and not self.stats.measured and (self._batch_started is not None or
+                                                                 self._queue.qsize() >= self.max_batch):
+            # no batch measured yet: promise only the first batch, whose time then calibrates the estimate
+            self.stats.refused_jobs += 1
+            raise Overloaded(self.retry_after(), "the server is busy measuring its first batch")
         if deadline is not None and time.monotonic() + self.expected_wait() > deadline:
             self.stats.refused_jobs += 1
             raise Overloaded(self.retry_after(), f"the server is busy: the expected wait of "
@@ -150,8 +166,16 @@ class BatchWorker:
                 except queue.Empty:
                     break
             started = time.perf_counter()
-            if self._process(batch):  # batches of model work only: warm-up would skew the estimate
-                self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * (time.perf_counter() - started)
+            self._batch_started = time.monotonic()
+            try:
+                ran = self._process(batch)
+            finally:
+                self._batch_started = None
+            if ran:  # batches of model work only: warm-up would skew the estimate
+                took = time.perf_counter() - started
+                self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * took if self.stats.measured \
+                    else took  # the first measurement replaces the initial guess
+                self.stats.measured = True
 
     def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
         """Answer a batch; returns how many recommender requests it ran."""

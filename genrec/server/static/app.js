@@ -164,5 +164,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("report-link").addEventListener("click", openReport);
   $("key").addEventListener("change", keyChanged);
   $("key").value = sessionStorage.getItem("genrec-key") || "";
-  loadUsers();
+  if (apiKey()) loadUsers();
+  else setStatus("Enter an API key with the read scope to see users.");
 });
