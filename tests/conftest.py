@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from servers import free_port, wait_ready
 
 # --- genrec.llm: the real default model, loaded once per session ------------------------------------------------
 
@@ -76,23 +77,13 @@ class ServerProcess:
         return {"X-API-Key": self.api_key}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """``genrec serve`` in a subprocess over a fresh store with both real data sets; waits until it is ready."""
     import os
     import subprocess
     import sys
-    import time
 
-    import httpx
     import yaml
 
     from genrec.data.loading import import_dataset
@@ -105,7 +96,7 @@ def server(tmp_path_factory):
         import_dataset(store, "amazon-arts-office")
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({"server": SERVER_SETTINGS}))
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     env = os.environ | {"GENREC_API_KEYS": f"{SERVER_API_KEY}, test-key-2", "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as out:
@@ -113,20 +104,8 @@ def server(tmp_path_factory):
             [sys.executable, "-m", "genrec.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
              "--config", str(config), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    # cold caches (a fresh machine) embed every catalog (~48k titles) and convert the GGUF model first
-    deadline = time.monotonic() + 900
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).json().get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not get ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(process, url, log, timeout_s=900)  # cold caches embed every catalog (~48k titles) first
         yield ServerProcess(url, log, db)
     finally:
         process.terminate()
@@ -151,7 +130,7 @@ def serve_app():
     servers = []
 
     def serve(app) -> str:
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -97,3 +97,12 @@ def amazon_2023(root: Path) -> Path:
     with gzip.open(path / "meta_Office_Products.jsonl.gz", "wt") as fh:
         fh.write(_jsonl(meta))
     return path
+
+
+def catalog(platform: str, item_ids: list[str]):
+    """A canonical items frame (the store's catalog rows) titled "Item <id>", for stores built in a test."""
+    import pandas as pd
+
+    return pd.DataFrame({"platform": platform, "item_id": item_ids, "title": [f"Item {i}" for i in item_ids],
+                         "description": None, "category": None, "attributes": None, "year": None, "_file": "catalog",
+                         "_line": range(1, len(item_ids) + 1)})

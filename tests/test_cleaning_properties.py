@@ -33,7 +33,7 @@ def test_cleaning_rules_hold_for_any_events(tmp_path_factory, rows, k_users, k_i
     config = CleaningConfig(k_core_users=k_users, k_core_items=k_items, min_value=min_value,
                             max_events_per_minute=per_minute)
     with Store(tmp_path_factory.mktemp("clean") / "s.duckdb") as store:
-        report = store.ingest(_batch(rows), config)
+        report = store.ingest(_batch(rows), config, allow_unknown_items=True)
         stored = store.events()
         assert report.events_added == len(stored) <= len(rows)
         assert report.events_in - report.cleaning.removed == report.events_added
@@ -48,5 +48,5 @@ def test_cleaning_rules_hold_for_any_events(tmp_path_factory, rows, k_users, k_i
             assert (stored.groupby("user_id").size() >= k_users).all()
         if k_items:
             assert (stored.groupby(["platform", "item_id"]).size() >= k_items).all()
-        again = store.ingest(_batch(rows), config)  # idempotent: nothing new the second time
+        again = store.ingest(_batch(rows), config, allow_unknown_items=True)  # idempotent: nothing new the second time
         assert again.events_added == 0 and len(store.events()) == len(stored)

@@ -7,14 +7,12 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from servers import free_port, wait_ready
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
 BLOCK = re.compile(r"^```(\w+)(?: (\S+))?\n(.*?)^```", re.M | re.S)
@@ -22,12 +20,6 @@ BLOCK = re.compile(r"^```(\w+)(?: (\S+))?\n(.*?)^```", re.M | re.S)
 
 def guide_blocks() -> list[tuple[str, str | None, str]]:
     return [(lang, name, body) for lang, name, body in BLOCK.findall(GUIDE.read_text())]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_guide_names_files_and_commands():
@@ -69,7 +61,7 @@ def test_the_guide_runs_as_written(tmp_path):
                 if args[0] == "genrec" and args[1] == "serve":
                     server = subprocess.Popen(cli + args[1:], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE, text=True)
-                    _wait_for(server, port)
+                    wait_ready(server, f"http://127.0.0.1:{port}", timeout_s=180)
                     continue
                 command = cli + args[1:] if args[0] == "genrec" else args
                 result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -88,16 +80,3 @@ def test_the_guide_runs_as_written(tmp_path):
     answer = json.loads(outputs["curl -s -X"])
     played = {"m1", "m2", "m3"}  # ann's music: m1 from the shop, m3 and m2 from the app through the link
     assert len(answer["items"]) == 3 and not {item["item_id"] for item in answer["items"]} & played
-
-
-def _wait_for(server: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"genrec serve exited: {server.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/platforms", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise AssertionError("genrec serve did not answer within 180 s")

@@ -17,6 +17,8 @@ from genrec.data.store import Store
 from genrec.server import ServerSettings, create_app
 from genrec.server.security import RedactUserIds
 
+from datafiles import catalog
+
 SALT = "pepper"
 
 
@@ -31,6 +33,7 @@ def test_hashed_imports_keep_no_raw_id_in_links_and_still_link_later_imports(tmp
     hashed = CleaningConfig(hash_user_ids=True, salt=SALT)
     with Store(tmp_path / "s.duckdb") as store:
         store.ingest(ImportBatch("first", platforms=[Platform("shop")], links=links,
+                                 items=catalog("shop", ["i1", "i2"]),
                                  events=_events([("acct-1", "shop", "i1", 1_600_000_000, "buy", None)])), hashed)
         stored = store.links()
         assert stored.to_dict("records") == [{"platform": "shop", "platform_user_id": hash_user_id("acct-1", SALT),
@@ -51,7 +54,7 @@ def make_client(tmp_path, monkeypatch):
     monkeypatch.delenv("GENREC_SALT", raising=False)
     db = tmp_path / "p.duckdb"
     with Store(db) as store:
-        store.add_platform(Platform("shop"))
+        store.ingest(ImportBatch("catalog", platforms=[Platform("shop")], items=catalog("shop", ["i1"])))
 
     def make(**settings) -> TestClient:
         app = create_app(ServerSettings(db=db, warm_up=False, api_keys=["rw", "reader:read", "writer:write"],

@@ -6,23 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import yaml
+from servers import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
 KEY = "pipeline-test-key"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def served(tmp_path_factory):
         restricted = [item.item_id for item in loaded.recommend(context, 3, candidates=chosen, exclude=[chosen[0]])]
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False}}))
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     env = os.environ | {"GENREC_API_KEYS": KEY, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as out:
@@ -56,18 +48,7 @@ def served(tmp_path_factory):
             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).json().get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not get ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(process, url, log)
         yield url, expected, (chosen, restricted)
     finally:
         process.terminate()

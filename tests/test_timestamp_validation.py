@@ -23,6 +23,8 @@ from genrec.data.schema import Platform
 from genrec.data.store import Store
 from genrec.errors import DataError
 
+from datafiles import catalog
+
 EPOCH = datetime(1970, 1, 1)
 
 
@@ -128,8 +130,8 @@ def client(tmp_path, monkeypatch):
 
     monkeypatch.delenv("GENREC_API_KEYS", raising=False)
     db = tmp_path / "api.duckdb"
-    with Store(db) as store:
-        store.add_platform(Platform("shop"))
+    with Store(db) as store:  # the catalog holds the items _post names
+        store.ingest(ImportBatch("catalog", platforms=[Platform("shop")], items=catalog("shop", ["i0", "i1", "i2"])))
     app = create_app(ServerSettings(db=db, warm_up=False, api_keys=["k"]))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client

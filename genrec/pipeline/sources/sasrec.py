@@ -63,7 +63,8 @@ class _Layer(nn.Module):
         else:
             which, where = rows.nonzero(as_tuple=True)  # window and position of each computed query
             q = q[which, :, where].unsqueeze(2)  # (N, heads, 1, width) against the keys of its own window
-            attended = F.scaled_dot_product_attention(q, k[which], v[which], attn_mask=mask[which, :, where, None], dropout_p=p)
+            attended = F.scaled_dot_product_attention(q, k[which], v[which], attn_mask=mask[which, :, where, None],
+                                                      dropout_p=p)
             attended = attended.reshape(len(which), hidden)
             residual = x[which, where]
         x = self.norm1(residual + self.dropout(self.proj(attended)))
