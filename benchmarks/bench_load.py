@@ -19,8 +19,6 @@ Usage: ``python benchmarks/bench_load.py [--clients 50] [--seconds 60] [--deadli
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import threading
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_server import API_KEY, machine, percentile, server
+from bench_server import API_KEY, machine, percentile, save_result, server
 
 from genrec.data.loading import import_dataset
 from genrec.data.store import Store
@@ -170,10 +168,7 @@ def main() -> None:
         "no_event_lost": result["events"]["lost"] == 0,
     }
     result["refusals_p95_s"] = round(percentile(all_refusals, 0.95), 3) if all_refusals else None
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,13 @@ recorded before and after: absolute times on a shared 2-core machine drift with 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+from bench_server import machine, save_result
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -42,8 +40,7 @@ def main() -> None:
     from genrec.pipeline import Pipeline
     from genrec.pipeline.fitting import default_spec, fit_pipeline, user_context
 
-    results: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                                 "python": platform.python_version(), "load_average_before": os.getloadavg()},
+    results: dict = {"machine": machine(),
                      "date": date.today().isoformat(), "datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         with Store(Path(tmp) / "bench.duckdb") as store:
@@ -83,10 +80,7 @@ def main() -> None:
                     "recommend_k5_with_rationales_seconds": _percentiles(explained),
                     "rationales": {"total": total, "llm_written_share": written / max(total, 1),
                                    "faithful_share": faithful / max(total, 1)}}
-    results["machine"]["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save_result(results, args.out)
 
 
 if __name__ == "__main__":

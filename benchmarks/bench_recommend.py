@@ -13,9 +13,6 @@ Users alternate between amazon-arts-office test users (target amazon-office) and
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,6 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from bench_server import machine, save_result
 
 
 def _users(store, n: int) -> list[tuple[str, str]]:
@@ -45,8 +43,7 @@ def main() -> None:
     from genrec.data.store import Store
     from genrec.recommender import Recommender, Request
 
-    results: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.machine(),
-                                 "python": platform.python_version(), "load_average_before": os.getloadavg()},
+    results: dict = {"machine": machine(),
                      "date": date.today().isoformat()}
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
@@ -83,10 +80,7 @@ def main() -> None:
         results["cli_cold_start_s"] = time.perf_counter() - t0
         if done.returncode:
             raise SystemExit(done.stderr)
-    results["machine"]["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save_result(results, args.out)
 
 
 if __name__ == "__main__":

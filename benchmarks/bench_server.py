@@ -182,6 +182,14 @@ def machine() -> dict[str, Any]:
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def save_result(result: dict[str, Any], out: Path) -> None:
+    """Record the load average at the end beside the one at the start, write ``out`` (JSON) and print it."""
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10, help="sequential requests for the latency numbers")
@@ -215,10 +223,7 @@ def main() -> None:
         "batching_speedup": speedup >= TARGET_SPEEDUP,
         "onboarding": result["onboarding_20k"]["seconds"] <= TARGET_ONBOARD_S,
     }
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":
