@@ -66,8 +66,7 @@ class LLMConfig:
     OpenAI-compatible server such as vLLM at ``llm_url``, e.g. ``http://host:8000/v1``; setting ``llm_url`` selects
     it). With ``"openai"``, ``model`` is where the local tokenizer comes from (default SmolLM2-135M-Instruct's),
     ``served_model`` the model's name on the server (default: the one it serves), and ``adapter`` the name of a LoRA
-    the server serves (a local adapter folder: the model served under its path or folder name); see
-    ``genrec.engines.openai_api``.
+    the server serves (or the local adapter folder it serves); see ``genrec.engines.openai_api``.
     """
 
     model: str | None = None

@@ -159,12 +159,12 @@ def test_adapter_is_a_served_model_name(server: str, models: dict[str, Path], se
     assert tuned.backend.model_name == str(models["tuned"])
     reference = LLM.load(LLMConfig(adapter=str(models["adapter"])))
     prompts = _chats(tuned)
-    tuned_texts = tuned.generate(prompts, max_new_tokens=16)
-    assert tuned_texts == reference.generate(prompts, max_new_tokens=16)
-    assert tuned_texts != llm.generate(prompts, max_new_tokens=16)
+    tuned_texts, base_texts = tuned.generate(prompts, max_new_tokens=12), llm.generate(prompts, max_new_tokens=12)
+    assert tuned_texts == reference.generate(prompts, max_new_tokens=12)
+    assert tuned_texts != base_texts
     with tuned.without_adapter():
         assert tuned.backend.model_name == str(models["base"])
-        assert tuned.generate(prompts, max_new_tokens=16) == llm.generate(prompts, max_new_tokens=16)
+        assert tuned.generate(prompts, max_new_tokens=12) == base_texts
     assert tuned.backend.model_name == str(models["tuned"])
 
 

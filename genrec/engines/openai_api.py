@@ -13,8 +13,9 @@ The tokenizer stays local (``LLM`` formats and encodes the prompts), so both sid
   prefix caching runs the shared prompt once). A server that returns no prompt log-probabilities (``transformers
   serve``) raises ``EngineUnsupportedError``.
 - adapters: ``LLMConfig.adapter`` names a LoRA the server serves (vLLM ``--lora-modules NAME=PATH``): requests ask
-  for that model name; ``without_adapter`` asks for the base model's. A local adapter folder stands for the model
-  served under its path, else under its folder name.
+  for that model name; ``without_adapter`` asks for the base model's. A local adapter folder (whose
+  ``genrec_adapter.json`` then applies) stands for the LoRA the server loaded from it (vLLM lists its path as the
+  model's ``root``), else the model served under its path or folder name.
 
 Connection failures, timeouts and HTTP errors raise ``LLMServerError`` naming the URL. The API key comes from
 ``$GENREC_LLM_API_KEY`` (default ``none``: local servers ignore it).
@@ -66,8 +67,7 @@ class OpenAIBackend:
         with self._errors("listing the served models"):
             models = {entry.id: entry for entry in self.client.models.list().data}
         if adapter is not None and adapter not in models and Path(adapter).expanduser().is_dir():
-            folder = Path(adapter).expanduser().resolve()  # served under its path, else its folder's name
-            adapter = next((name for name in (str(folder), folder.name) if name in models), folder.name)
+            adapter = _served_name(Path(adapter).expanduser().resolve(), models)
         served = ", ".join(sorted(models)) or "none"
         if adapter is not None and adapter not in models:
             raise LLMServerError(f"the LLM server at {self.url} does not serve the adapter {adapter!r} (it serves: "
@@ -215,6 +215,16 @@ class OpenAIBackend:
                                              "tokens")
             scores.append([float(value) for value in row])
         return scores
+
+
+def _served_name(folder: Path, models: dict[str, Any]) -> str:
+    """The name a local adapter folder is served under: the model whose ``root`` is that folder (vLLM lists a LoRA
+    of ``--lora-modules NAME=PATH`` with ``root`` PATH), else the one named by its path, else its folder's name."""
+    for name, entry in models.items():
+        root = getattr(entry, "root", None)
+        if root and Path(root).expanduser().resolve() == folder:
+            return name
+    return str(folder) if str(folder) in models else folder.name
 
 
 def _detail(exc: Any) -> str:
