@@ -312,9 +312,15 @@ AdapterScaleOption = Annotated[float, typer.Option("--adapter-scale", min=0.0,
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")]
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
-EngineOption = Annotated[str, typer.Option("--engine", help="transformers (every feature) or openvino (CPU "
+EngineOption = Annotated[str, typer.Option("--engine", help="transformers (every feature), openvino (CPU "
                                                             "generation from the GGUF file; no scored or catalog "
-                                                            "decoding, no adapters)")]
+                                                            "decoding, no adapters) or openai (a server: "
+                                                            "--llm-url)")]
+LLMUrlOption = Annotated[str | None, typer.Option("--llm-url", help="Base URL of an OpenAI-compatible server that "
+                                                                   "runs the LLM, e.g. http://localhost:8000/v1 "
+                                                                   "(vLLM); selects engine openai. --adapter then "
+                                                                   "names a LoRA it serves; API key from "
+                                                                   "$GENREC_LLM_API_KEY.")]
 DecodingOption = Annotated[str | None, typer.Option("--decoding", help="free (generate, then ground), catalog "
                                                                       "(beam search over the target catalog's "
                                                                       "titles) or scored (the LLM ranks popular "
@@ -330,13 +336,13 @@ TemplatesOption = Annotated[Path | None, typer.Option("--templates", help="Folde
 
 
 def _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding=None, calibration=None,
-                 adapter_scale=1.0, engine="transformers"):
+                 adapter_scale=1.0, engine="transformers", llm_url=None):
     from genrec.llm import LLMConfig
     from genrec.prompts import PromptTemplates
     from genrec.recommender import Recommender, RecommenderConfig
 
     config = LLMConfig(model=model, adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit,
-                       adapter_scale=adapter_scale, engine=engine)
+                       adapter_scale=adapter_scale, engine=engine, llm_url=llm_url)
     settings = RecommenderConfig.for_adapter(adapter, decoding=decoding, calibration=calibration)
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
@@ -397,7 +403,7 @@ def recommend(
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
     decoding: DecodingOption = None, calibration: CalibrationOption = None, adapter_scale: AdapterScaleOption = 1.0,
-    pipeline: PipelineOption = None, engine: EngineOption = "transformers",
+    pipeline: PipelineOption = None, engine: EngineOption = "transformers", llm_url: LLMUrlOption = None,
 ) -> None:
     """Recommend k items of a target platform to a user, from their cross-platform history."""
     from genrec.data.loading import ensure_dataset
@@ -406,7 +412,7 @@ def recommend(
         if dataset:
             ensure_dataset(store, dataset, data_dir=data_dir)
         legacy = any(v is not None for v in (decoding, model, adapter, templates, calibration)) or four_bit \
-            or adapter_scale != 1.0 or engine != "transformers"
+            or adapter_scale != 1.0 or engine != "transformers" or llm_url is not None
         if pipeline is not None or not legacy:
             from genrec.pipeline import Pipeline
             from genrec.pipeline.fitting import dataset_of, default_pipeline
@@ -422,7 +428,7 @@ def recommend(
                 _recommend_with_pipeline(store, fitted, user, platform, k, explain, as_json)
                 return
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates, decoding,
-                                   calibration, adapter_scale, engine)
+                                   calibration, adapter_scale, engine, llm_url)
         result = recommender.recommend(user, platform=platform, k=k, explain=explain)
     if as_json:
         console.print_json(json.dumps(result.to_dict(), default=str))

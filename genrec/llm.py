@@ -38,8 +38,8 @@ ADAPTER_METADATA = "genrec_adapter.json"  # written beside a PEFT adapter by gen
 _log = logging.getLogger(__name__)
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
-Engine = Literal["transformers", "openvino"]
-ENGINES = ("transformers", "openvino")
+Engine = Literal["transformers", "openvino", "openai"]
+ENGINES = ("transformers", "openvino", "openai")
 Message = dict[str, str]
 
 
@@ -61,8 +61,12 @@ class LLMConfig:
     sampling reproducible. ``adapter_scale`` multiplies the adapter's update (LoRA's ``B A``): 1 is the tuned
     model, 0 the base model, and values between interpolate their weights linearly (WiSE-FT, Wortsman et al.
     2022). ``engine`` runs the model: ``"transformers"`` (eager PyTorch, the reference, every feature, the one
-    genrec trains with) or ``"openvino"`` (openvino-genai on CPU: opens the GGUF file itself, continuous batching
-    with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``).
+    genrec trains with), ``"openvino"`` (openvino-genai on CPU: opens the GGUF file itself, continuous batching
+    with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``) or ``"openai"`` (an
+    OpenAI-compatible server such as vLLM at ``llm_url``, e.g. ``http://host:8000/v1``; setting ``llm_url`` selects
+    it). With ``"openai"``, ``model`` is where the local tokenizer comes from (default SmolLM2-135M-Instruct's),
+    ``served_model`` the model's name on the server (default: the one it serves), and ``adapter`` the name of a LoRA
+    the server serves (or the local adapter folder it serves); see ``genrec.engines.openai_api``.
     """
 
     model: str | None = None
@@ -73,8 +77,16 @@ class LLMConfig:
     seed: int = 0
     adapter_scale: float = 1.0
     engine: Engine = "transformers"
+    llm_url: str | None = None
+    served_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.llm_url is not None and self.engine == "transformers":
+            self.engine = "openai"
+        if self.engine == "openai" and not self.llm_url:
+            raise GenrecError("engine 'openai' needs llm_url, the server's base URL (e.g. http://localhost:8000/v1)")
+        if self.engine != "openai" and (self.llm_url is not None or self.served_model is not None):
+            raise GenrecError(f"llm_url and served_model need engine 'openai', not {self.engine!r}")
         if self.engine not in ENGINES:
             raise GenrecError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine != "transformers" and self.load_in_4bit:
@@ -92,6 +104,9 @@ class LLMConfig:
             del fields["adapter_scale"]
         if fields["engine"] == "transformers":  # the reference engine keys answers as before engines existed
             del fields["engine"]
+        for name in ("llm_url", "served_model"):  # the served model's settings key only its own answers
+            if fields[name] is None:
+                del fields[name]
         return fields
 
 
@@ -334,6 +349,10 @@ class LLM:
             from genrec.engines.openvino import load_openvino
 
             return load_openvino(cls, config)
+        if config.engine == "openai":
+            from genrec.engines.openai_api import load_openai
+
+            return load_openai(cls, config)
         path = _check_local_model(config.model) if config.model is not None else None
         adapter = _check_adapter(config.adapter) if config.adapter is not None else None
         from transformers import AutoModelForCausalLM, AutoTokenizer
