@@ -225,7 +225,7 @@ def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, em
     items = [ScoredItem(rank=i, item_id=str(i), title=title, platform="movies", score=1.0 / i, sources={},
                         proposed_by=("itemknn",)) for i, title in enumerate(["Monsters, Inc. (2001)", "Casino (1995)",
                                                                              "Up (2009)"], 1)]
-    explainer = Explainer(llm, embedder, PromptTemplates(), catalog)
+    explainer = Explainer(llm, embedder, PromptTemplates(), catalog, names=["movies"])
     explained = explainer.explain(items, history, verb="watched")
     assert [item.item_id for item in explained] == ["1", "2", "3"]
     assert explained[1].evidence[0] in ("The Godfather (1972)", "Goodfellas (1990)")  # the nearest history titles
@@ -235,3 +235,6 @@ def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, em
         assert explainer.checker.check(item.rationale, history, item.title).status == "supported"
     no_history = explainer.explain(items[:1], [], verb="watched")
     assert no_history[0].rationale_source == "template" and not no_history[0].evidence
+    # the platform, which the prompt names, is not an item a rationale could wrongly claim
+    quoting = 'On "Movies", "Up (2009)" is close to "Toy Story (1995)".'
+    assert explainer.checker.check(quoting, history, "Up (2009)").status == "supported"

@@ -25,11 +25,13 @@ RECENT = 20  # most recent titled history items considered as evidence
 class Explainer:
     """LLM rationales with evidence and a faithfulness check (``llm``: ``genrec.llm.LLM``; ``embedder``: the
     sentence embedder; ``templates``: ``genrec.prompts.PromptTemplates``; ``catalog_titles``: every title a
-    rationale could wrongly name)."""
+    rationale could wrongly name; ``names``: names that are not items, such as the platforms, which the prompt
+    mentions and a rationale may repeat)."""
 
-    def __init__(self, llm, embedder, templates, catalog_titles: Sequence[str], *, max_new_tokens: int = 40) -> None:
+    def __init__(self, llm, embedder, templates, catalog_titles: Sequence[str], *, names: Sequence[str] = (),
+                 max_new_tokens: int = 40) -> None:
         self.llm, self.embedder, self.templates = llm, embedder, templates
-        self.checker = FaithfulnessChecker(catalog_titles)
+        self.checker = FaithfulnessChecker(catalog_titles, names=names)
         self.max_new_tokens = max_new_tokens
 
     def explain(self, items: Sequence[ScoredItem], history_titles: Sequence[str], *, verb: str) -> list[ScoredItem]:

@@ -279,7 +279,8 @@ class Pipeline:
                 from genrec.llm import LLM
 
                 llm, embedder = LLM.load(), self._embedder or Embedder()
-            self._explainer = Explainer(llm, embedder, PromptTemplates(), list(self.titles.values()))
+            self._explainer = Explainer(llm, embedder, PromptTemplates(), list(self.titles.values()),
+                                        names=sorted({platform for platform, _ in self.titles}))
         return self._explainer
 
     def _verb(self, platform: str) -> str:
