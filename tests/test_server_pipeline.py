@@ -36,6 +36,12 @@ def served(tmp_path_factory):
         expected = [item.item_id for item in loaded.recommend(context, 10)]
         chosen = expected[3:8]
         restricted = [item.item_id for item in loaded.recommend(context, 3, candidates=chosen, exclude=[chosen[0]])]
+        # a movie no train user watched, and user 1's items: new users who watch both make it user 1's neighbour
+        counts = loaded.sources["popularity"].score([context], "movies")[0]
+        owned = {e.item_id for e in context.history}
+        unseen = next(item for item, count in zip(loaded.sources["popularity"].catalogs["movies"], counts, strict=True)
+                      if count == 0 and item not in owned)
+        neighbourhood = (unseen, [e.item_id for e in context.history][-30:])
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False}}))
     port = free_port()
@@ -49,7 +55,7 @@ def served(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(process, url, log)
-        yield url, expected, (chosen, restricted)
+        yield url, expected, (chosen, restricted), neighbourhood
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -60,7 +66,7 @@ def _recommend(url: str, **body) -> httpx.Response:
 
 
 def test_the_server_ranks_as_the_pipeline_object(served) -> None:
-    url, expected, _ = served
+    url, expected, *_ = served
     answer = _recommend(url, user_id="1", platform="movies", k=10)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -71,7 +77,7 @@ def test_the_server_ranks_as_the_pipeline_object(served) -> None:
 
 
 def test_candidates_and_exclude_restrict_the_answer(served) -> None:
-    url, _, (chosen, restricted) = served
+    url, _, (chosen, restricted), _ = served
     answer = _recommend(url, user_id="1", platform="movies", k=3, candidates=chosen, exclude=[chosen[0]])
     assert answer.status_code == 200, answer.text
     items = [item["item_id"] for item in answer.json()["items"]]
@@ -81,10 +87,30 @@ def test_candidates_and_exclude_restrict_the_answer(served) -> None:
 
 
 def test_an_inline_history_needs_no_stored_user(served) -> None:
-    url, _, _ = served
+    url, *_ = served
     history = [{"platform": "movies", "item_id": "1", "timestamp": "2020-01-01T00:00:00"},
                {"platform": "movies", "item_id": "2", "timestamp": "2020-01-02T00:00:00"}]
     answer = httpx.post(f"{url}/v1/recommend", json={"history": history, "platform": "movies", "k": 5}, timeout=120)
     assert answer.status_code == 200, answer.text
     items = [item["item_id"] for item in answer.json()["items"]]
     assert len(items) == 5 and not {"1", "2"} & set(items)
+
+
+def test_posted_events_reach_the_served_counts_without_a_refit(served) -> None:
+    """Runs last in this module: it changes the served pipeline's counts. Twenty new users watch user 1's recent
+    movies and one movie nobody had watched; popularity and ItemKNN count them at the next answer."""
+    url, _, _, (unseen, recent) = served
+
+    def scores() -> dict[str, float]:
+        answer = _recommend(url, user_id="1", platform="movies", k=1, candidates=[unseen])
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"][0]["sources"]
+
+    assert scores() == {"popularity": 0.0, "itemknn": 0.0}
+    events = [{"user_id": f"newcomer-{n}", "platform": "movies", "item_id": item,
+               "timestamp": f"2030-01-01T00:{minute:02d}:00"}
+              for n in range(20) for minute, item in enumerate([*recent, unseen])]
+    posted = httpx.post(f"{url}/v1/events", json={"events": events}, headers={"X-API-Key": KEY}, timeout=120)
+    assert posted.status_code == 200 and posted.json()["added"] == len(events), posted.text
+    after = scores()
+    assert after["popularity"] == 20.0 and after["itemknn"] > 1.0  # 20 users; similar to each of 30 history items

@@ -171,6 +171,36 @@ def small_sasrec(**overrides: object) -> SASRec:
     return SASRec(**settings)
 
 
+def _random_sequences(seed: int, users: int) -> dict[str, list[Interaction]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in range(users):
+        platforms = rng.choice(["p", "q"], size=int(rng.integers(1, 7)))
+        out[f"u{seed}-{u}"] = [Interaction(p, str(rng.choice(CATALOGS[p])), float(t)) for t, p in enumerate(platforms)]
+    return out
+
+
+@pytest.mark.parametrize("make", [MostPop, ItemKNN, lambda: ItemKNN(shrink=1.0), lambda: ItemKNN(neighbours=2)])
+def test_updates_with_new_interactions_equal_a_refit(make) -> None:
+    """Folding new events in (old users' further items, new users) scores exactly as fitting on all of them."""
+    old = _random_sequences(0, 12)
+    new = _random_sequences(1, 5) | {user: events("p:a", "q:z", "p:a") for user in list(old)[:4]}
+    everything = {user: old.get(user, []) + new.get(user, []) for user in old | new}
+    updated, refitted = make(), make()
+    updated.fit(TrainData(old, CATALOGS))
+    refitted.fit(TrainData(everything, CATALOGS))
+    for user, added in new.items():
+        assert updated.update(old.get(user, []), added)
+    cases = [make_case("q:x", "p:a", "q:y"), make_case("p:a", "p:b"), make_case("q:z", "q:x", "p:d")]
+    for platform in ("p", "q"):
+        batch = [case for case in cases if case.platform == platform]
+        np.testing.assert_allclose(updated.score(batch, platform), refitted.score(batch, platform), rtol=1e-6)
+
+
+def test_only_sources_that_keep_counts_update() -> None:
+    assert not SASRec().update([], events("p:a"))
+
+
 def test_sasrec_learns_a_cycle(one_thread: None) -> None:
     method = small_sasrec()
     method.fit(cycle_train())

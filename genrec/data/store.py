@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -447,6 +448,16 @@ class Store:
         for user, plat, item, ts, event, value in reversed(rows):
             title, category = self._item_titles(plat).get(item, (None, None))
             out.append(HistoryItem(user, plat, item, ts, event, value, title, category))
+        return out
+
+    def user_items(self, user_ids: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
+        """The distinct (platform, item) pairs each of ``user_ids`` has events for (users without events: empty)."""
+        out: dict[str, set[tuple[str, str]]] = {user: set() for user in user_ids}
+        if out:
+            rows = self.con.execute("SELECT DISTINCT user_id, platform, item_id FROM events "
+                                    "WHERE user_id IN (SELECT unnest(?))", [list(out)]).fetchall()
+            for user, platform, item in rows:
+                out[user].add((platform, item))
         return out
 
     def titles(self, platform: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from genrec.pipeline.pool import Pool, candidate_pool
 from genrec.pipeline.scorer import LLMScorer, LLMSpec
 from genrec.pipeline.sources import CandidateSource, build
 from genrec.pipeline.sources.base import CandidateSource as _Base
-from genrec.pipeline.types import Context, EvalCase, HistoryScope, ScoredItem, TrainData
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, ScoredItem, TrainData
 
 SPEC_FILE = "pipeline.yaml"
 FUSION_FILE = "fusion.json"
@@ -125,6 +125,11 @@ class Pipeline:
         self.fusion: Fusion | None = None
         self.fit_info: dict[str, Any] = {}
         self.info: dict[str, Any] = {}  # what the harness records of the fit
+
+    def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> list[str]:
+        """Fold one user's new interactions into every source that keeps counts (popularity, ItemKNN) without a
+        refit; the names of the sources updated (the others learn them at the next fit)."""
+        return [name for name, source in self.sources.items() if source.update(before, new)]
 
     @property
     def components(self) -> list[str]:

@@ -4,8 +4,10 @@ first use and cached by the store's content). Runs on the model worker's thread.
 
 Events posted while the server runs reach every source at once through the user's history, which each request
 reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
-profile); the counts behind popularity and the item similarities are those of the fit, refreshed when the
-pipeline is fitted again (a restart fits the default pipeline anew when the store has changed)."""
+profile). They also reach what popularity and ItemKNN learned: each posted batch's new (user, item) pairs are
+queued for every pipeline loaded at the time and folded into their counts on the worker thread before its next
+answer (``Pipeline.update``, as a refit would count them); SASRec learns them at the next fit (a restart fits the
+default pipeline anew when the store has changed)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
+from genrec.pipeline.types import Interaction
 
 
 class Pipelines:
@@ -25,6 +28,8 @@ class Pipelines:
         self.configured = Pipeline.load(folder, store=store) if folder is not None else None
         self._fitted: dict[str, Pipeline] = {}  # data set -> its default pipeline
         self._lock = threading.Lock()
+        self._pending: dict[int, list[tuple[set, set]]] = {}  # id(pipeline) -> (items before, items added)
+        self._pending_lock = threading.Lock()  # apart from _lock, which a first-use fit holds for minutes
 
     def handles(self, platform: str) -> bool:
         """Whether a pipeline answers for ``platform`` (cheap: nothing is loaded or fitted)."""
@@ -41,11 +46,32 @@ class Pipelines:
                 self._fitted[dataset] = default_pipeline(self.store, dataset)
             return self._fitted[dataset]
 
+    def loaded(self) -> list[Pipeline]:
+        return [*([self.configured] if self.configured is not None else []), *self._fitted.values()]
+
+    def observe(self, before: dict[str, set[tuple[str, str]]], after: dict[str, set[tuple[str, str]]]) -> None:
+        """Queue the (platform, item) pairs each user gained (``after`` less ``before``, the store's pairs around an
+        import) for every pipeline loaded now; a pipeline fitted later reads them from the store."""
+        gained = [(before.get(user, set()), items - before.get(user, set())) for user, items in after.items()]
+        gained = [(had, added) for had, added in gained if added]
+        if not gained:
+            return
+        with self._pending_lock:
+            for pipeline in self.loaded():
+                self._pending.setdefault(id(pipeline), []).extend(gained)
+
+    def _catch_up(self, pipeline: Pipeline) -> None:
+        with self._pending_lock:
+            pending = self._pending.pop(id(pipeline), [])
+        for had, added in pending:
+            pipeline.update(_interactions(had), _interactions(added))
+
     def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
                explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
         """The answer of ``POST /v1/recommend`` from a pipeline."""
         started = time.perf_counter()
         pipeline = self.get(platform)
+        self._catch_up(pipeline)
         context = history_context(user_id, platform, history) if history is not None else \
             user_context(self.store, user_id, platform)
         items = pipeline.recommend(context, k, explain=explain, candidates=candidates, exclude=exclude)
@@ -59,3 +85,7 @@ class Pipelines:
     @staticmethod
     def _platforms(pipeline: Pipeline) -> set[str]:
         return set(next(iter(pipeline.sources.values())).catalogs)
+
+
+def _interactions(pairs: set[tuple[str, str]]) -> list[Interaction]:
+    return [Interaction(platform, item, 0.0) for platform, item in sorted(pairs)]

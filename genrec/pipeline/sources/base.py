@@ -70,6 +70,11 @@ class CandidateSource:
     def restore(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
+        """Fold one user's new interactions into what the source learned, without refitting (``before``: the
+        user's history before them). Returns False when the source learns only by refitting (the default)."""
+        return False
+
     def candidates(self, context: Context, n: int) -> list[tuple[str, float]]:
         """The source's ``n`` best items of the context's platform with its own scores, the user's own items left
         out (a source with no preference for this context, e.g. an empty usable history, still answers: ties

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
-from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 
 class ItemKNN(CandidateSource):
@@ -18,7 +18,8 @@ class ItemKNN(CandidateSource):
     sim(i, j) = |U_i & U_j| / (sqrt(|U_i| |U_j|) + shrink), where U_i is the set of train users who interacted
     with item i on any platform, so items of different platforms become similar through shared users. With
     ``neighbours=k`` each target item j keeps only its k most similar items i. An item is never its own
-    neighbour.
+    neighbour. The co-occurrence counts |U_i & U_j| and |U_i| are what the source keeps, so new interactions
+    update them exactly as a refit would (``update``); the similarities follow at the next ``score``.
     """
 
     kind = "itemknn"
@@ -31,7 +32,9 @@ class ItemKNN(CandidateSource):
         self.neighbours = neighbours
         self.shrink = shrink
         self._vocab: ItemVocabulary | None = None
-        self._blocks: dict[str, sp.csr_matrix] = {}
+        self._cooc: sp.csr_matrix | None = None  # |U_i & U_j|, zero diagonal
+        self._users: np.ndarray | None = None  # |U_i|
+        self._blocks: dict[str, sp.csr_matrix] = {}  # similarities to each platform's items (derived, cached)
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
         vocab = ItemVocabulary(train.catalogs)
@@ -46,13 +49,41 @@ class ItemKNN(CandidateSource):
         cooc = (users.T @ users).tocsr()
         cooc.setdiag(0)
         cooc.eliminate_zeros()
-        norms = np.sqrt(np.asarray(users.sum(axis=0)).ravel())
-        row_of = np.repeat(np.arange(vocab.size), np.diff(cooc.indptr))
-        cooc.data = cooc.data / (norms[row_of] * norms[cooc.indices] + self.shrink)
-        sim = cooc if self.neighbours is None else _keep_top_per_column(cooc, self.neighbours)
         self.catalogs = train.catalogs
         self._vocab = vocab
-        self._blocks = {platform: sim[:, vocab.block(platform)].tocsr() for platform in train.catalogs}
+        self._cooc, self._users = cooc, np.asarray(users.sum(axis=0), dtype=np.float32).ravel()
+        self._blocks = {}
+
+    def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
+        """Items the user had not had join the user's set: each pairs once with every other item of the set."""
+        if self._vocab is None or self._cooc is None:
+            return False  # a folder saved before the counts were kept: only a refit updates it
+        had = set(self._vocab.encode(before))
+        added = sorted(set(self._vocab.encode(new)) - had)
+        if not added:
+            return True
+        rows, cols = [], []
+        for n, j in enumerate(added):
+            others = [*had, *added[:n]]
+            rows.extend([j] * len(others) + others)
+            cols.extend(others + [j] * len(others))
+        delta = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=self._cooc.shape)
+        self._cooc = (self._cooc + delta).tocsr()
+        self._users[added] += 1
+        self._blocks = {}
+        return True
+
+    def _block(self, platform: str) -> sp.csr_matrix:
+        """Similarities of every item to ``platform``'s items (cosine over the kept counts, cached)."""
+        if not self._blocks:
+            sim = self._cooc.copy()
+            norms = np.sqrt(self._users)
+            row_of = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
+            sim.data = sim.data / (norms[row_of] * norms[sim.indices] + self.shrink)
+            if self.neighbours is not None:
+                sim = _keep_top_per_column(sim, self.neighbours)
+            self._blocks = {name: sim[:, self._vocab.block(name)].tocsr() for name in self.catalogs}
+        return self._blocks[platform]
 
     def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None:
@@ -65,16 +96,17 @@ class ItemKNN(CandidateSource):
         history = sp.csr_matrix(
             (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(cases), self._vocab.size)
         )
-        return np.asarray((history @ self._blocks[platform]).todense(), dtype=np.float32)
+        return np.asarray((history @ self._block(platform)).todense(), dtype=np.float32)
 
     def options(self) -> dict[str, Any]:
         return {"neighbours": self.neighbours, "shrink": self.shrink}
 
     def state(self) -> dict[str, Any]:
-        return {"vocab": self._vocab, "blocks": self._blocks}
+        return {"vocab": self._vocab, "cooc": self._cooc, "users": self._users}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._vocab, self._blocks = state["vocab"], state["blocks"]
+        self._vocab, self._cooc, self._users = state["vocab"], state.get("cooc"), state.get("users")
+        self._blocks = state.get("blocks", {})  # folders saved before the counts were kept hold similarities
 
 
 def _keep_top_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:

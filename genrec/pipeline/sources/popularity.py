@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from genrec.pipeline.sources.base import CandidateSource
-from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData
 
 
 class MostPop(CandidateSource):
@@ -20,14 +20,30 @@ class MostPop(CandidateSource):
         self.name = "MostPop"
         self.history_scope = history_scope
         self._counts: dict[str, np.ndarray] = {}
+        self._index: dict[str, dict[str, int]] = {}  # item -> catalog position, per platform (for updates)
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
-        self.catalogs = train.catalogs
+        self.catalogs, self._index = train.catalogs, {}
         self._counts = {platform: popularity_counts(train, platform) for platform in train.catalogs}
 
     def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         counts = self._counts[platform].astype(np.float32)
         return np.broadcast_to(counts, (len(cases), len(counts))).copy()
+
+    def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
+        """Each item the user had not had on its platform counts one more user, as a refit would count it."""
+        had = {(e.platform, e.item_id) for e in before}
+        for platform, item in {(e.platform, e.item_id) for e in new} - had:
+            position = self._positions(platform).get(item)
+            if position is not None:
+                self._counts[platform][position] += 1
+        return True
+
+    def _positions(self, platform: str) -> dict[str, int]:
+        if platform not in self._index:
+            catalog = self.catalogs.get(platform, [])
+            self._index[platform] = {item: i for i, item in enumerate(catalog)}
+        return self._index[platform]
 
     def options(self) -> dict[str, Any]:
         return {}
@@ -36,7 +52,7 @@ class MostPop(CandidateSource):
         return {"counts": self._counts}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._counts = state["counts"]
+        self._counts, self._index = state["counts"], {}
 
 
 def popularity_counts(train: TrainData, platform: str) -> np.ndarray:
