@@ -34,6 +34,7 @@ class ItemKNN(CandidateSource):
         self._vocab: ItemVocabulary | None = None
         self._cooc: sp.csr_matrix | None = None  # |U_i & U_j|, zero diagonal
         self._users: np.ndarray | None = None  # |U_i|
+        self._added: tuple[list[int], list[int]] = ([], [])  # co-occurring pairs of updates not yet summed in
         self._blocks: dict[str, sp.csr_matrix] = {}  # similarities to each platform's items (derived, cached)
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
@@ -52,7 +53,7 @@ class ItemKNN(CandidateSource):
         self.catalogs = train.catalogs
         self._vocab = vocab
         self._cooc, self._users = cooc, np.asarray(users.sum(axis=0), dtype=np.float32).ravel()
-        self._blocks = {}
+        self._added, self._blocks = ([], []), {}
 
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
         """Items the user had not had join the user's set: each pairs once with every other item of the set."""
@@ -62,21 +63,26 @@ class ItemKNN(CandidateSource):
         added = sorted(set(self._vocab.encode(new)) - had)
         if not added:
             return True
-        rows, cols = [], []
         for n, j in enumerate(added):
             others = [*had, *added[:n]]
-            rows.extend([j] * len(others) + others)
-            cols.extend(others + [j] * len(others))
-        delta = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=self._cooc.shape)
-        self._cooc = (self._cooc + delta).tocsr()
+            self._added[0].extend([j] * len(others) + others)
+            self._added[1].extend(others + [j] * len(others))
         self._users[added] += 1
         self._blocks = {}
         return True
 
+    def _counts(self) -> sp.csr_matrix:
+        """The co-occurrence counts with the pairs of every update since the last call added (one sparse sum)."""
+        rows, cols = self._added
+        if rows:
+            delta = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=self._cooc.shape)
+            self._cooc, self._added = (self._cooc + delta).tocsr(), ([], [])
+        return self._cooc
+
     def _block(self, platform: str) -> sp.csr_matrix:
         """Similarities of every item to ``platform``'s items (cosine over the kept counts, cached)."""
         if not self._blocks:
-            sim = self._cooc.copy()
+            sim = self._counts().copy()
             norms = np.sqrt(self._users)
             row_of = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
             sim.data = sim.data / (norms[row_of] * norms[sim.indices] + self.shrink)
@@ -102,11 +108,14 @@ class ItemKNN(CandidateSource):
         return {"neighbours": self.neighbours, "shrink": self.shrink}
 
     def state(self) -> dict[str, Any]:
-        return {"vocab": self._vocab, "cooc": self._cooc, "users": self._users}
+        if self._cooc is None:
+            return {"vocab": self._vocab, "blocks": self._blocks}
+        return {"vocab": self._vocab, "cooc": self._counts(), "users": self._users}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._vocab, self._cooc, self._users = state["vocab"], state.get("cooc"), state.get("users")
-        self._blocks = state.get("blocks", {})  # folders saved before the counts were kept hold similarities
+        # a folder saved before the counts were kept holds the similarities only
+        self._added, self._blocks = ([], []), state.get("blocks", {})
 
 
 def _keep_top_per_column(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
