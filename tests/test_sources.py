@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from genrec.pipeline.sources import (
+    CandidateSource,
     ContentOnly,
     ItemKNN,
     ItemVocabulary,
@@ -181,8 +182,9 @@ def _random_sequences(seed: int, users: int) -> dict[str, list[Interaction]]:
 
 
 @pytest.mark.parametrize("make", [MostPop, ItemKNN, lambda: ItemKNN(shrink=1.0), lambda: ItemKNN(neighbours=2)])
-def test_updates_with_new_interactions_equal_a_refit(make) -> None:
-    """Folding new events in (old users' further items, new users) scores exactly as fitting on all of them."""
+def test_updates_with_new_interactions_equal_a_refit(make, tmp_path) -> None:
+    """Folding new events in (old users' further items, new users) scores exactly as fitting on all of them, and
+    the updated source saves and loads as it scores."""
     old = _random_sequences(0, 12)
     new = _random_sequences(1, 5) | {user: events("p:a", "q:z", "p:a") for user in list(old)[:4]}
     everything = {user: old.get(user, []) + new.get(user, []) for user in old | new}
@@ -195,6 +197,10 @@ def test_updates_with_new_interactions_equal_a_refit(make) -> None:
     for platform in ("p", "q"):
         batch = [case for case in cases if case.platform == platform]
         np.testing.assert_allclose(updated.score(batch, platform), refitted.score(batch, platform), rtol=1e-6)
+    updated.update([], events("p:b", "q:x"))  # pending until saved
+    updated.save(tmp_path / "source")
+    loaded = CandidateSource.load(tmp_path / "source")
+    np.testing.assert_array_equal(loaded.score(cases[:1], "q"), updated.score(cases[:1], "q"))
 
 
 def test_only_sources_that_keep_counts_update() -> None:
