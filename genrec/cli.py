@@ -515,17 +515,25 @@ def report(
     db: DbOption = None,
     model: ModelOption = None, adapter: AdapterOption = None, dtype: DtypeOption = "auto",
     device: DeviceOption = "auto", four_bit: FourBitOption = False, templates: TemplatesOption = None,
-    adapter_scale: AdapterScaleOption = 1.0,
+    adapter_scale: AdapterScaleOption = 1.0, pipeline: PipelineOption = None,
 ) -> None:
-    """Explainable report: profile, activity charts, recommendations with evidence and a faithfulness check."""
+    """Explainable report: profile, activity charts, recommendations with evidence and a faithfulness check.
+
+    A platform of a data set gets its default pipeline's ranking and rationales (or those of ``--pipeline``);
+    ``--model``/``--adapter``/``--templates`` run the generate-then-ground recommender instead."""
+    from genrec.pipeline.serving import Pipelines
     from genrec.report import FORMATS, build_report, render
 
     if fmt not in FORMATS:
         raise GenrecError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    legacy = any(v is not None for v in (model, adapter, templates)) or four_bit or adapter_scale != 1.0
     with _store(db) as store:
         recommender = _recommender(store, model, adapter, dtype, device, four_bit, templates,
                                    adapter_scale=adapter_scale)
-        text = render(build_report(recommender, user, platform or [], k=k), fmt, recommender.templates)
+        pipelines = Pipelines(store, folder=pipeline, defaults=not legacy)
+        with err.status("ranking (a data set's default pipeline is fitted on first use)"):
+            built = build_report(recommender, user, platform or [], k=k, pipelines=pipelines)
+        text = render(built, fmt, recommender.templates)
     if out is None:
         sys.stdout.write(text)
         return

@@ -2,15 +2,18 @@
 
 A report holds, per platform of the user, a profile summary and an activity chart; and, per target platform,
 recommendations with their rationale, their evidence (the user's history items most similar to each item, with
-cosine similarities) and a faithfulness check of the rationale (``genrec.faithfulness``). ``ReportBuilder``
-splits the work so that a server can batch the model part: ``requests()`` gives the recommendation requests,
-``build()`` turns their answers into a ``Report``. ``render()`` writes HTML, Markdown or JSON through the
-``report.html.j2`` / ``report.md.j2`` templates.
+cosine similarities) and a faithfulness check of the rationale (``genrec.faithfulness``). A platform that a
+pipeline answers (``genrec.pipeline.serving.Pipelines``: a data set's default pipeline, or a configured one) gets
+the pipeline's ranking and rationales; any other gets the generate-then-ground recommender's. ``ReportBuilder``
+splits the work so that a server can batch the recommender's part: ``requests()`` gives the recommendation
+requests, ``model_requests()`` those the recommender answers, ``build()`` turns the answers into a ``Report``.
+``render()`` writes HTML, Markdown or JSON through the ``report.html.j2`` / ``report.md.j2`` templates.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -86,6 +89,7 @@ class PlatformRecommendations:
     n_generated: int
     validity: float
     seconds: float
+    pipeline: str | None = None  # the pipeline that ranked and explained them (None: generated and grounded)
 
     @property
     def flagged(self) -> int:
@@ -104,7 +108,7 @@ class Report:
     def to_dict(self) -> dict:
         return {"user_id": self.user_id, "generated_at": self.generated_at, "profile_text": self.profile_text,
                 "activity": [asdict(a) | {"summary": a.summary} for a in self.activity],
-                "recommendations": [{"platform": r.platform, "n_generated": r.n_generated,
+                "recommendations": [{"platform": r.platform, "pipeline": r.pipeline, "n_generated": r.n_generated,
                                      "validity": r.validity, "seconds": r.seconds, "flagged": r.flagged,
                                      "items": [item.to_dict() for item in r.items]} for r in self.recommendations],
                 "faithfulness": self.faithfulness}
@@ -113,10 +117,11 @@ class Report:
 class ReportBuilder:
     """Builds reports with a ``Recommender`` (its store, embedder and catalog indexes)."""
 
-    def __init__(self, recommender: Recommender, *, k: int = 5, evidence: int = 3) -> None:
+    def __init__(self, recommender: Recommender, *, k: int = 5, evidence: int = 3, pipelines=None) -> None:
         self.recommender = recommender
         self.k = k
         self.evidence = evidence
+        self.pipelines = pipelines  # genrec.pipeline.serving.Pipelines, or None: the recommender answers all
         self._checker: tuple[tuple, FaithfulnessChecker] | None = None
 
     @property
@@ -133,16 +138,28 @@ class ReportBuilder:
             self.store.platform(name)  # NotFoundError for an unknown platform
         return [Request(name, user_id=user_id, k=self.k, explain=True) for name in targets]
 
-    def build(self, user_id: str, results: Sequence[RecommendationList]) -> Report:
+    def model_requests(self, requests: Sequence[Request]) -> list[Request]:
+        """The requests the recommender answers (the others' platforms have a pipeline)."""
+        return [request for request in requests if not self._piped(request.platform)]
+
+    def _piped(self, platform: str) -> bool:
+        return self.pipelines is not None and self.pipelines.handles(platform)
+
+    def build(self, user_id: str, requests: Sequence[Request], results: Sequence[RecommendationList]) -> Report:
+        """The report from ``requests`` (``requests()``) and the recommender's answers to ``model_requests()``
+        of them, in order; the pipelines answer the rest here."""
         history = self.store.history(user_id)
         platforms = {p.name: p for p in self.store.platforms()}
         pool = [h for h in history if h.title][-EVIDENCE_POOL:]
         vectors = self.recommender.embedder.encode([h.title for h in pool])
         titles = [h.title for h in history if h.title]
         checker = self.checker()
-        recommendations = [self._explain(result, pool, vectors, titles, checker) for result in results]
+        answered = iter(results)
+        recommendations = [self._from_pipeline(request, pool, vectors, titles, checker)
+                           if self._piped(request.platform) else
+                           self._explain(next(answered), pool, vectors, titles, checker) for request in requests]
         statuses = Counter(i.faithfulness.status for r in recommendations for i in r.items)
-        profile_text = results[0].profile.text if results else ""
+        profile_text = results[0].profile.text if results else self.recommender.profiles.build(history, platforms).text
         return Report(user_id=user_id, generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                       profile_text=profile_text, activity=_activity(history, platforms),
                       recommendations=recommendations, faithfulness=dict(statuses))
@@ -164,16 +181,35 @@ class ReportBuilder:
                  titles: list[str], checker: FaithfulnessChecker) -> PlatformRecommendations:
         index = self.recommender.index(result.platform)
         item_vectors = index.vectors([item.item_id for item in result.items])
+        explained = self._evidence(result.items, item_vectors, pool, vectors, titles, checker)
+        return PlatformRecommendations(result.platform, explained, result.n_generated, result.validity,
+                                       result.seconds)
+
+    def _from_pipeline(self, request: Request, pool: list[HistoryItem], vectors: np.ndarray, titles: list[str],
+                       checker: FaithfulnessChecker) -> PlatformRecommendations:
+        started = time.perf_counter()
+        pipeline, ranked = self.pipelines.recommend(request.platform, user_id=request.user_id, k=request.k,
+                                                    explain=True)
+        items = [Recommendation(rank=item.rank, item_id=item.item_id, title=item.title, platform=request.platform,
+                                score=item.score, similarity=None, source=item.origin, generated_text=None,
+                                rationale=item.rationale, evidence=item.evidence) for item in ranked]
+        # the recommended titles alone are embedded (not the platform's whole catalog)
+        item_vectors = self.recommender.embedder.encode([item.title for item in items])
+        explained = self._evidence(items, item_vectors, pool, vectors, titles, checker)
+        return PlatformRecommendations(request.platform, explained, n_generated=0, validity=1.0,
+                                       seconds=time.perf_counter() - started, pipeline=pipeline.name)
+
+    def _evidence(self, items: Sequence[Recommendation], item_vectors: np.ndarray, pool: list[HistoryItem],
+                  vectors: np.ndarray, titles: list[str], checker: FaithfulnessChecker) -> tuple[ExplainedItem, ...]:
         explained = []
-        for item, vector in zip(result.items, item_vectors, strict=True):
+        for item, vector in zip(items, item_vectors, strict=True):
             evidence: tuple[Evidence, ...] = ()
             if len(pool):
                 sims = vectors @ vector
                 evidence = tuple(Evidence(pool[j].title, pool[j].platform, round(float(sims[j]), 4))
                                  for j in np.argsort(-sims, kind="stable")[: self.evidence])
             explained.append(ExplainedItem(item, evidence, checker.check(item.rationale, titles, item.title)))
-        return PlatformRecommendations(result.platform, tuple(explained), result.n_generated, result.validity,
-                                       result.seconds)
+        return tuple(explained)
 
 
 def _activity(history: Sequence[HistoryItem], platforms: dict[str, Platform]) -> list[PlatformActivity]:
@@ -211,7 +247,9 @@ def render(report: Report, fmt: Format = "html", templates: PromptTemplates | No
     return (templates or PromptTemplates()).render(TEMPLATES[fmt], report=report) + "\n"
 
 
-def build_report(recommender: Recommender, user_id: str, platforms: Sequence[str] = (), *, k: int = 5) -> Report:
+def build_report(recommender: Recommender, user_id: str, platforms: Sequence[str] = (), *, k: int = 5,
+                 pipelines=None) -> Report:
     """A report for one user, in one go (the CLI's path; servers use ``ReportBuilder`` to batch)."""
-    builder = ReportBuilder(recommender, k=k)
-    return builder.build(user_id, recommender.recommend_many(builder.requests(user_id, platforms)))
+    builder = ReportBuilder(recommender, k=k, pipelines=pipelines)
+    requests = builder.requests(user_id, platforms)
+    return builder.build(user_id, requests, recommender.recommend_many(builder.model_requests(requests)))

@@ -206,6 +206,11 @@ def test_fit_and_recommend_through_the_cli_rank_as_the_pipeline_object(tmp_path:
         scores = pipeline.score([context], "movies")[0]
     ranked = [catalog[j] for j in np.argsort(-scores, kind="stable") if catalog[j] not in context.owned()]
     assert ranked[:5] == [item["item_id"] for item in items]
+    report = _genrec("report", "--pipeline", str(tmp_path / "p"), "--user", "1", "--platform", "movies", "-k", "3",
+                     "--format", "json", "--db", db, env=env)
+    assert report.returncode == 0, report.stderr
+    movies = json.loads(report.stdout)["recommendations"][0]
+    assert movies["pipeline"] == "tiny-hybrid" and [item["item_id"] for item in movies["items"]] == ranked[:3]
 
     bad = _genrec("recommend", "--pipeline", str(tmp_path), "--user", "1", "--platform", "movies", "--db", db,
                   env=env)

@@ -92,7 +92,7 @@ def test_report_for_an_amazon_user_flags_and_supports_rationales(recommender, re
                     "A handy tool for any craft table."]
     results[0].items = [replace(item, rationale=text) for item, text in zip(results[0].items, hand_written,
                                                                           strict=True)]
-    report = builder.build(AMAZON_USER, results)
+    report = builder.build(AMAZON_USER, requests, results)
 
     assert [a.platform for a in report.activity] == ["amazon-arts", "amazon-office"]
     assert all(a.time_kind == "sequence" and a.first.isdigit() for a in report.activity)

@@ -96,6 +96,22 @@ def test_an_inline_history_needs_no_stored_user(served) -> None:
     assert len(items) == 5 and not {"1", "2"} & set(items)
 
 
+def test_the_report_ranks_and_explains_with_the_pipeline(served) -> None:
+    url, expected, *_ = served
+    answer = httpx.get(f"{url}/v1/users/1/report", params={"format": "json", "platform": "movies"},
+                       headers={"X-API-Key": KEY}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    movies = answer.json()["recommendations"][0]
+    assert movies["pipeline"] == "ml-classic" and movies["platform"] == "movies"
+    items = movies["items"]
+    assert [item["item_id"] for item in items] == expected[: len(items)] and items  # the pipeline's ranking
+    for item in items:
+        assert item["rationale"] and item["evidence"] and item["faithfulness"]["status"] != "flagged"
+    page = httpx.get(f"{url}/v1/users/1/report", params={"platform": "movies"}, headers={"X-API-Key": KEY},
+                     timeout=300)
+    assert page.status_code == 200 and "Ranked and explained by pipeline ml-classic" in page.text
+
+
 def test_posted_events_reach_the_served_counts_without_a_refit(served) -> None:
     """Runs last in this module: it changes the served pipeline's counts. Twenty new users watch user 1's recent
     movies and one movie nobody had watched; popularity and ItemKNN count them at the next answer."""

@@ -43,6 +43,7 @@ from genrec.embedding import Embedder
 from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError, TooLargeError
 from genrec.llm import LLMConfig
 from genrec.onboarding import onboard
+from genrec.pipeline.serving import Pipelines
 from genrec.prompts import PromptTemplates
 from genrec.recommender import Recommender, RecommenderConfig
 from genrec.recommender import Request as RecommendRequest
@@ -64,7 +65,6 @@ from genrec.server.models import (
     RecommendIn,
     RecommendOut,
 )
-from genrec.server.pipelines import Pipelines
 from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
 from genrec.server.worker import BatchWorker, CallJob, Job, Overloaded
@@ -121,9 +121,10 @@ class Service:
                              wait_s=settings.batch_wait_ms / 1000)
         chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
                           use_llm=settings.chat_llm)
+        pipelines = Pipelines(store, folder=settings.pipeline, defaults=settings.default_pipelines)
         service = cls(settings, store, templates, recommender, Recommender(store, embedder=Embedder()), worker,
-                      chat, ReportBuilder(recommender, k=settings.report_k), threading.Lock(), threading.Event(),
-                      Pipelines(store, folder=settings.pipeline, defaults=settings.default_pipelines))
+                      chat, ReportBuilder(recommender, k=settings.report_k, pipelines=pipelines), threading.Lock(),
+                      threading.Event(), pipelines)
         worker.start()
         if settings.warm_up:
             worker.submit(CallJob(service.warm_up))

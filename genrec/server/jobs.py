@@ -45,8 +45,11 @@ class ReportJob:
     fmt: Format
     templates: PromptTemplates
 
+    _requests: Sequence[Request] = field(default=(), init=False)
+
     def prepare(self) -> Sequence[Request]:
-        return self.builder.requests(self.user_id, self.platforms)
+        self._requests = self.builder.requests(self.user_id, self.platforms)
+        return self.builder.model_requests(self._requests)
 
     def finish(self, results: Sequence[RecommendationList]) -> str:
-        return render(self.builder.build(self.user_id, results), self.fmt, self.templates)
+        return render(self.builder.build(self.user_id, self._requests, results), self.fmt, self.templates)

@@ -1,6 +1,7 @@
-"""Which pipeline answers a recommendation: the server's configured pipeline folder for its platforms, else the
-default pipeline of the data set (built-in, or defined in the store) a platform belongs to (loaded, or fitted on
-first use and cached by the store's content). Runs on the model worker's thread.
+"""Which pipeline answers a recommendation: a configured pipeline folder for its platforms, else the default
+pipeline of the data set (built-in, or defined in the store) a platform belongs to (loaded, or fitted on first use
+and cached by the store's content). The server's recommendations and reports and the CLI's reports use it; in the
+server it runs on the model worker's thread.
 
 Events posted while the server runs reach every source at once through the user's history, which each request
 reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
@@ -19,7 +20,7 @@ from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
-from genrec.pipeline.types import Interaction
+from genrec.pipeline.types import Interaction, ScoredItem
 
 
 class Pipelines:
@@ -66,15 +67,22 @@ class Pipelines:
         for had, added in pending:
             pipeline.update(_interactions(had), _interactions(added))
 
-    def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
-               explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
-        """The answer of ``POST /v1/recommend`` from a pipeline."""
-        started = time.perf_counter()
+    def recommend(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None = None,
+                  k: int, explain: bool, exclude: Sequence[str] = (),
+                  candidates: Sequence[str] | None = None) -> tuple[Pipeline, list[ScoredItem]]:
+        """The pipeline for ``platform`` and its top ``k`` for the user (stored, or an inline ``history``)."""
         pipeline = self.get(platform)
         self._catch_up(pipeline)
         context = history_context(user_id, platform, history) if history is not None else \
             user_context(self.store, user_id, platform)
-        items = pipeline.recommend(context, k, explain=explain, candidates=candidates, exclude=exclude)
+        return pipeline, pipeline.recommend(context, k, explain=explain, candidates=candidates, exclude=exclude)
+
+    def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
+               explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
+        """The answer of ``POST /v1/recommend`` from a pipeline."""
+        started = time.perf_counter()
+        pipeline, items = self.recommend(platform, user_id=user_id, history=history, k=k, explain=explain,
+                                         exclude=exclude, candidates=candidates)
         return {"user_id": user_id, "platform": platform, "k": k, "pipeline": pipeline.name,
                 "seconds": time.perf_counter() - started,
                 "items": [{"rank": item.rank, "item_id": item.item_id, "title": item.title, "platform": platform,
