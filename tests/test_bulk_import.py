@@ -85,6 +85,30 @@ def test_streamed_and_in_memory_imports_store_the_same(tmp_path, monkeypatch):
         (eager.events_in, eager.events_added, eager.cleaning.removed) == (6, 4, 2)
 
 
+def test_streamed_imports_apply_every_option_as_the_in_memory_path(tmp_path, monkeypatch):
+    from genrec.data.cleaning import CleaningConfig
+
+    rows = [*ROWS, *[("u6", "shop", "7", 1_600_000_300 + i % 2, "view", float(i)) for i in range(5)]]
+    path = write_events(tmp_path / "e.parquet", rows)
+    options = {"user_prefix": "x/", "cleaning": CleaningConfig(hash_user_ids=True, salt="pepper",
+                                                               max_events_per_minute=4, k_core_users=2)}
+
+    def run(db: Path) -> tuple:
+        with Store(db) as store:
+            store.ingest(catalog())
+            batch = file_batch(path, kind="events", table=read_table(path))
+            batch.dataset = "ds"
+            report = store.ingest(batch, **options)
+            return ([(r.rule, r.removed) for r in report.cleaning.rules], report.events_added,
+                    store.events().drop(columns="seq"), store.namespaces())
+
+    eager = run(tmp_path / "a.duckdb")
+    monkeypatch.setattr(readers, "LAZY_ROWS", 1)
+    streamed = run(tmp_path / "b.duckdb")
+    assert streamed[:2] == eager[:2] and eager[1] == 2
+    assert streamed[2].equals(eager[2]) and streamed[3].equals(eager[3])
+
+
 def test_a_streamed_bad_row_names_file_line_and_field_and_changes_nothing(tmp_path, lazy):
     db = tmp_path / "s.duckdb"
     good = write_events(tmp_path / "good.parquet", ROWS[:2])
