@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genrec.data import timestamps
+from genrec.data import readers, timestamps
 from genrec.data.dbutil import first_row
 from genrec.data.readers import LINE, Table
 from genrec.data.schema import (
@@ -150,6 +150,7 @@ class EventSource:
     fields: dict[str, str]  # canonical field -> the file's column name
     skip_bad_rows: bool
     rows: int
+    arrow: pa.Table | None = None  # the rows already read (registered as ``scan`` while the store stages them)
 
     def __len__(self) -> int:
         return self.rows
@@ -182,10 +183,15 @@ def event_source(
     by default the unread file itself)."""
     mapping = mapping or Mapping()
     own = con is None
+    arrow = None
     if own:
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
-        src = f"{table.scan} AS src"
+        if table.scan is not None:
+            src = f"{table.scan} AS src"
+        else:
+            arrow = table.arrow
+            con.register("src", arrow)
     try:
         text = {name: f"NULLIF(trim(CAST({_sql_column(table, mapping, name, True)} AS VARCHAR)), '')"
                 for name in ("user_id", "platform", "item_id")}
@@ -211,21 +217,23 @@ def event_source(
               f"{ts} AS timestamp, {event} AS event, {value} AS value, {LINE}, {bad} AS _bad FROM {{src}}")
     raw = {name: _sql_column(table, mapping, name, True) for name in ("user_id", "platform", "item_id")}
     raw |= {"timestamp": ts_col, "value": value_col}
-    return EventSource(table.path, table.scan or "", select.replace("{", "{{").replace("}", "}}")
+    return EventSource(table.path, table.scan or "_events_src", select.replace("{", "{{").replace("}", "}}")
                        .replace("{{src}}", "{src}"), checks, raw,
-                       {name: mapping.source(name) for name in raw}, skip_bad_rows, len(table))
+                       {name: mapping.source(name) for name in raw}, skip_bad_rows, len(table), arrow)
 
 
 def events_from_table(
-    table: Table, mapping: Mapping | None = None, *, timestamp_kind: str = "auto", skip_bad_rows: bool = False
+    table: Table, mapping: Mapping | None = None, *, timestamp_kind: str = "auto", skip_bad_rows: bool = False,
+    stream: bool = False,
 ) -> tuple[pa.Table | EventSource, int]:
     """Canonical events (an Arrow table with ``_file``/``_line``) and the number of rows skipped here.
 
     Conversion and validation run vectorised in DuckDB; the first bad row (or, with ``skip_bad_rows``, every
-    bad row) is found by line. A table not read into memory (a large Parquet file) gives an :class:`EventSource`
-    instead, converted and checked by the store as it imports (its bad rows are counted there).
+    bad row) is found by line. With ``stream``, a table not read into memory (a large Parquet file) or a large one
+    (from ``LAZY_ROWS`` rows on) gives an :class:`EventSource` instead, converted and checked by the store as it
+    imports (its bad rows are counted there), sparing the copies of a converted table.
     """
-    if table.scan is not None:
+    if stream and (table.scan is not None or len(table) >= readers.LAZY_ROWS):
         return event_source(table, mapping, timestamp_kind=timestamp_kind, skip_bad_rows=skip_bad_rows), 0
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -354,7 +362,7 @@ def file_batch(
                         time_kind="sequence" if timestamp_kind == "sequence" else None)
     if kind == "events":
         batch.events, skipped = events_from_table(table, mapping, timestamp_kind=timestamp_kind,
-                                                  skip_bad_rows=skip_bad_rows)
+                                                  skip_bad_rows=skip_bad_rows, stream=True)
         batch.skipped_rows += skipped
     elif kind == "items":
         batch.items, skipped = items_from_table(table, mapping, skip_bad_rows=skip_bad_rows)

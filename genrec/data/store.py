@@ -593,8 +593,9 @@ class Store:
 
 
 def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:
-    """Stream an unread file's events into ``stage_events`` (DuckDB reads it: nothing passes through Python) and
-    check them there; returns the bad rows dropped (``skip_bad_rows``), else raises for the first one."""
+    """Stream an unread file's (or a large read table's) events into ``stage_events`` (DuckDB reads it: nothing
+    passes through Python) and check them there; returns the bad rows dropped (``skip_bad_rows``), else raises
+    for the first one."""
     path = "'" + str(source.path).replace("'", "''") + "'"
     # one file: its path is a constant and the line the arrival order, so neither takes room per row
     con.execute(f"""CREATE TEMP TABLE stage_events (user_id VARCHAR, platform VARCHAR, item_id VARCHAR,
@@ -602,6 +603,8 @@ def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:
         {FILE} VARCHAR GENERATED ALWAYS AS ({path}) VIRTUAL, _seq BIGINT GENERATED ALWAYS AS ({LINE}) VIRTUAL)""")
     zone = first_row(con.execute("SELECT current_setting('TimeZone')"))[0]
     con.execute("SET TimeZone = 'UTC'")  # the timestamp expressions read offsets and native times as UTC
+    if source.arrow is not None:
+        con.register(source.scan, source.arrow)
     try:
         con.execute(f"INSERT INTO stage_events (user_id, platform, item_id, timestamp, event, value, {LINE}, _bad) "
                     + source.sql())
@@ -610,6 +613,8 @@ def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:
         raise DataError(f"cannot read the file ({exc})", file=source.path) from exc
     finally:
         con.execute(f"SET TimeZone = '{zone}'")
+        if source.arrow is not None:
+            con.unregister(source.scan)
     if skipped:
         con.execute("DELETE FROM stage_events WHERE _bad IS NOT NULL")
     return skipped
