@@ -109,6 +109,25 @@ def test_streamed_imports_apply_every_option_as_the_in_memory_path(tmp_path, mon
     assert streamed[2].equals(eager[2]) and streamed[3].equals(eager[3])
 
 
+def test_a_large_csv_file_is_staged_from_arrow_with_its_lines(tmp_path, monkeypatch):
+    path = tmp_path / "e.csv"
+    path.write_text('user_id,platform,item_id,timestamp,event,value\n'
+                    'u1,shop,1,1600000000,"a\nmulti-line event",1\n\n'
+                    'u2,video,3,1600000000,view,\n'
+                    'u3,shop,4,yesterday,view,2\n')
+    monkeypatch.setattr(readers, "LAZY_ROWS", 1)
+    batch = file_batch(path, kind="events", table=read_table(path))
+    assert isinstance(batch.events, EventSource) and batch.events.arrow is not None
+    with Store(tmp_path / "s.duckdb") as store:
+        store.ingest(catalog())
+        with pytest.raises(DataError) as exc:
+            store.ingest(batch)
+        assert (exc.value.line, exc.value.field) == (6, "timestamp") and "'yesterday'" in str(exc.value)
+        report = store.ingest(file_batch(path, kind="events", table=read_table(path), skip_bad_rows=True))
+        assert (report.events_added, report.skipped_rows) == (2, 1)
+        assert sorted(store.events()["event"]) == ["a\nmulti-line event", "view"]
+
+
 def test_a_streamed_bad_row_names_file_line_and_field_and_changes_nothing(tmp_path, lazy):
     db = tmp_path / "s.duckdb"
     good = write_events(tmp_path / "good.parquet", ROWS[:2])
