@@ -170,6 +170,8 @@ def test_a_streamed_import_is_idempotent_and_checks_items(tmp_path, lazy):
     import_file(db, path)
     again, stored = import_file(db, path)
     assert (again.events_added, again.events_present, len(stored)) == (0, 4, 4)
+    with Store(db) as store:  # the stage was a table of the store for the import only
+        assert not store.con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name LIKE 'stage%'").fetchall()
     unknown = write_events(tmp_path / "u.parquet", [("u1", "shop", "404", 1_600_000_000, "view", 1.0)])
     with pytest.raises(DataError, match="missing from their platform's catalog") as exc:
         import_file(db, unknown)
@@ -206,6 +208,7 @@ def snapshot(db: Path) -> dict:
         out["events_hash"] = con.execute("""SELECT sum(hash(user_id, platform, item_id, timestamp, event, value,
                                             seq)) FROM events""").fetchall()[0][0]
         out["items_hash"] = con.execute("SELECT sum(hash(platform, item_id, title)) FROM items").fetchall()[0][0]
+        out["tables"] = sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
         out["index"] = con.execute("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'events_user'"
                                    ).fetchall()[0][0]
         return out

@@ -207,6 +207,7 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 self._ingest(con, batch, cleaning, create_platforms, report, **checks)
+                con.execute("DROP TABLE IF EXISTS stage_events")  # a streamed stage is not temporary: never commit it
                 con.execute("INSERT INTO imports VALUES (?, now(), ?, ?, ?)",
                             [batch.source, report.events_added, report.items_added,
                              _summary(report)])
@@ -597,8 +598,11 @@ def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:
     passes through Python) and check them there; returns the bad rows dropped (``skip_bad_rows``), else raises
     for the first one."""
     path = "'" + str(source.path).replace("'", "''") + "'"
-    # one file: its path is a constant and the line the arrival order, so neither takes room per row
-    con.execute(f"""CREATE TEMP TABLE stage_events (user_id VARCHAR, platform VARCHAR, item_id VARCHAR,
+    # one file: its path is a constant and the line the arrival order, so neither takes room per row. The stage is
+    # a table of the store, not a temporary one: DuckDB writes its full row groups compressed to free blocks of the
+    # file as they come (a temporary table stays uncompressed and spills), and the import drops it before COMMIT,
+    # so it is never visible and a crash leaves only unreferenced blocks
+    con.execute(f"""CREATE TABLE stage_events (user_id VARCHAR, platform VARCHAR, item_id VARCHAR,
         timestamp TIMESTAMP, event VARCHAR, value DOUBLE, {LINE} BIGINT, _bad INTEGER, _final BOOLEAN DEFAULT false,
         {FILE} VARCHAR GENERATED ALWAYS AS ({path}) VIRTUAL, _seq BIGINT GENERATED ALWAYS AS ({LINE}) VIRTUAL)""")
     zone = first_row(con.execute("SELECT current_setting('TimeZone')"))[0]
