@@ -223,6 +223,14 @@ class Store:
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                 try:
                     con.execute(USER_INDEX)
+                except duckdb.OutOfMemoryException:
+                    if not saved:
+                        raise
+                    # the import is committed: an index too large for the bulk limit (~100M events) is built
+                    # with the store's usual one rather than failing after the fact
+                    for name, value in saved.items():
+                        con.execute(f"SET {name} = '{value}'")
+                    con.execute(USER_INDEX)
                 finally:
                     for name, value in saved.items():
                         con.execute(f"SET {name} = '{value}'")
