@@ -113,9 +113,16 @@ def clean(con: duckdb.DuckDBPyConnection, config: CleaningConfig) -> CleaningRep
     report.rules.append(RuleReport("identity links", 0, f"{relinked} events re-assigned to linked user ids"))
 
     if config.drop_duplicates:
-        removed = _delete(con, """_seq NOT IN (
-            SELECT min(_seq) FROM stage_events
-            GROUP BY user_id, platform, item_id, timestamp, event, value)""")
+        # the groups holding duplicates are few: find them (an aggregate that spills if it must), then delete
+        # their later rows by a join against that small set
+        keys = ("user_id", "platform", "item_id", "timestamp", "event", "value")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE stage_dups AS SELECT {', '.join(keys)}, min(_seq) AS _keep
+            FROM stage_events GROUP BY ALL HAVING count(*) > 1""")
+        removed = 0
+        if first_row(con.execute("SELECT count(*) FROM stage_dups"))[0]:
+            same = " AND ".join(f"d.{k} IS NOT DISTINCT FROM stage_events.{k}" for k in keys)
+            removed = _delete(con, f"EXISTS (SELECT 1 FROM stage_dups d WHERE {same} AND d._keep <> stage_events._seq)")
+        con.execute("DROP TABLE stage_dups")
         report.rules.append(RuleReport("exact duplicates", removed))
 
     if config.min_value is not None:

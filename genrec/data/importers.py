@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from genrec.data import timestamps
+from genrec.data import readers, timestamps
 from genrec.data.dbutil import first_row
 from genrec.data.readers import LINE, Table
 from genrec.data.schema import (
@@ -42,7 +42,7 @@ class ImportBatch:
 
     source: str
     platforms: list[Platform] = field(default_factory=list)
-    events: pd.DataFrame | pa.Table | None = None
+    events: pd.DataFrame | pa.Table | EventSource | None = None
     items: pd.DataFrame | None = None
     links: pd.DataFrame | None = None
     splits: pd.DataFrame | None = None
@@ -133,23 +133,74 @@ def _sql_column(table: Table, mapping: Mapping, canonical: str, required: bool) 
     return f"coalesce(NULLIF(trim(CAST({quoted} AS VARCHAR)), ''), {_sql_literal(default)})"
 
 
-def events_from_table(
-    table: Table, mapping: Mapping | None = None, *, timestamp_kind: str = "auto", skip_bad_rows: bool = False
-) -> tuple[pa.Table, int]:
-    """Canonical events (an Arrow table with ``_file``/``_line``) and the number of rows skipped here.
+@dataclass
+class EventSource:
+    """Events of a file not read into memory: SQL converting the file's rows (DuckDB streams it) into canonical
+    columns plus ``_line`` and ``_bad`` (the index of the first failed check, NULL for a good row).
 
-    Conversion and validation run vectorised in DuckDB; the first bad row (or, with ``skip_bad_rows``, every
-    bad row) is found by line.
+    The store stages it inside its import transaction and calls :meth:`reject` there, so a large file is read
+    once, by DuckDB, under the store's memory limit.
     """
+
+    path: Path
+    scan: str  # a subquery reading the file, ``_line`` included
+    select: str  # SELECT ... FROM {src}
+    checks: list[tuple[str, str, str]]  # (SQL condition, canonical field, expected)
+    raw: dict[str, str]  # canonical field -> SQL of its source value
+    fields: dict[str, str]  # canonical field -> the file's column name
+    skip_bad_rows: bool
+    rows: int
+    arrow: pa.Table | None = None  # the rows already read (registered as ``scan`` while the store stages them)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def sql(self, src: str | None = None) -> str:
+        """The conversion reading ``src`` (a relation name; default: the file itself)."""
+        return self.select.format(src=src or f"{self.scan} AS src")
+
+    def reject(self, con: duckdb.DuckDBPyConnection, relation: str, src: str | None = None) -> int:
+        """Raise for the first bad row of the converted ``relation`` (by line), or, with ``skip_bad_rows``,
+        return how many there are (the caller drops them)."""
+        first = first_row(con.execute(
+            f"SELECT _bad, {LINE} FROM {relation} WHERE _bad IS NOT NULL ORDER BY {LINE} LIMIT 1"))
+        if first is None:
+            return 0
+        if not self.skip_bad_rows:
+            _, field_name, expected = self.checks[first[0]]
+            raw = first_row(con.execute(f"SELECT CAST({self.raw[field_name]} AS VARCHAR) FROM "
+                                        f"{src or self.scan + ' AS src'} WHERE {LINE} = ?", [first[1]]))
+            raise DataError(f"invalid value {_show(raw[0] if raw else None)}", file=self.path, line=int(first[1]),
+                            field=self.fields[field_name], expected=expected)
+        return int(first_row(con.execute(f"SELECT count(*) FROM {relation} WHERE _bad IS NOT NULL"))[0])
+
+
+def event_source(
+    table: Table, mapping: Mapping | None = None, *, timestamp_kind: str = "auto", skip_bad_rows: bool = False,
+    con: duckdb.DuckDBPyConnection | None = None, src: str = "src",
+) -> EventSource:
+    """The conversion and checks of ``table``'s events (the timestamp kind resolved by reading ``src`` on ``con``,
+    by default the unread file itself)."""
     mapping = mapping or Mapping()
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("src", table.arrow)
-    text = {name: f"NULLIF(trim(CAST({_sql_column(table, mapping, name, True)} AS VARCHAR)), '')"
-            for name in ("user_id", "platform", "item_id")}
-    ts_col = _sql_column(table, mapping, "timestamp", True)
-    kind = timestamps.resolve_kind(con, "src", ts_col, timestamp_kind, file=table.path, line_column=LINE,
-                                   field=mapping.source("timestamp"))
+    own = con is None
+    arrow = None
+    if own:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        if table.scan is not None:
+            src = f"{table.scan} AS src"
+        else:
+            arrow = table.arrow
+            con.register("src", arrow)
+    try:
+        text = {name: f"NULLIF(trim(CAST({_sql_column(table, mapping, name, True)} AS VARCHAR)), '')"
+                for name in ("user_id", "platform", "item_id")}
+        ts_col = _sql_column(table, mapping, "timestamp", True)
+        kind = timestamps.resolve_kind(con, src, ts_col, timestamp_kind, file=table.path, line_column=LINE,
+                                       field=mapping.source("timestamp"))
+    finally:
+        if own:
+            con.close()
     ts = timestamps.expression(ts_col, kind)
     event_col = _sql_column(table, mapping, "event", False)
     event = f"coalesce(NULLIF(trim(CAST({event_col} AS VARCHAR)), ''), '{DEFAULT_EVENT}')" if event_col else \
@@ -162,20 +213,34 @@ def events_from_table(
         checks.append((f"{value} IS NULL AND NULLIF(trim(CAST({value_col} AS VARCHAR)), '') IS NOT NULL",
                        "value", "a number"))
     bad = "CASE " + " ".join(f"WHEN {cond} THEN {i}" for i, (cond, _, _) in enumerate(checks)) + " END"
-    con.execute(f"""CREATE TEMP TABLE conv AS SELECT {text['user_id']} AS user_id, {text['platform']} AS platform,
-        {text['item_id']} AS item_id, {ts} AS timestamp, {event} AS event, {value} AS value, {LINE}, {bad} AS _bad
-        FROM src""")
-    first = first_row(con.execute(f"SELECT _bad, {LINE} FROM conv WHERE _bad IS NOT NULL ORDER BY {LINE} LIMIT 1"))
-    skipped = 0
-    if first is not None:
-        if not skip_bad_rows:
-            _, field_name, expected = checks[first[0]]
-            raw_col = {"timestamp": ts_col, "value": value_col}.get(field_name) or \
-                _sql_column(table, mapping, field_name, True)
-            raw = first_row(con.execute(f"SELECT CAST({raw_col} AS VARCHAR) FROM src WHERE {LINE} = ?", [first[1]]))
-            raise DataError(f"invalid value {_show(raw[0] if raw else None)}", file=table.path, line=int(first[1]),
-                            field=mapping.source(field_name), expected=expected)
-        skipped = first_row(con.execute("SELECT count(*) FROM conv WHERE _bad IS NOT NULL"))[0]
+    select = (f"SELECT {text['user_id']} AS user_id, {text['platform']} AS platform, {text['item_id']} AS item_id, "
+              f"{ts} AS timestamp, {event} AS event, {value} AS value, {LINE}, {bad} AS _bad FROM {{src}}")
+    raw = {name: _sql_column(table, mapping, name, True) for name in ("user_id", "platform", "item_id")}
+    raw |= {"timestamp": ts_col, "value": value_col}
+    return EventSource(table.path, table.scan or "_events_src", select.replace("{", "{{").replace("}", "}}")
+                       .replace("{{src}}", "{src}"), checks, raw,
+                       {name: mapping.source(name) for name in raw}, skip_bad_rows, len(table), arrow)
+
+
+def events_from_table(
+    table: Table, mapping: Mapping | None = None, *, timestamp_kind: str = "auto", skip_bad_rows: bool = False,
+    stream: bool = False,
+) -> tuple[pa.Table | EventSource, int]:
+    """Canonical events (an Arrow table with ``_file``/``_line``) and the number of rows skipped here.
+
+    Conversion and validation run vectorised in DuckDB; the first bad row (or, with ``skip_bad_rows``, every
+    bad row) is found by line. With ``stream``, a table not read into memory (a large Parquet file) or a large one
+    (from ``LAZY_ROWS`` rows on) gives an :class:`EventSource` instead, converted and checked by the store as it
+    imports (its bad rows are counted there), sparing the copies of a converted table.
+    """
+    if stream and (table.scan is not None or len(table) >= readers.LAZY_ROWS):
+        return event_source(table, mapping, timestamp_kind=timestamp_kind, skip_bad_rows=skip_bad_rows), 0
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("src", table.arrow)
+    source = event_source(table, mapping, timestamp_kind=timestamp_kind, skip_bad_rows=skip_bad_rows, con=con)
+    con.execute(f"CREATE TEMP TABLE conv AS {source.sql('src')}")
+    skipped = source.reject(con, "conv", "src")
     result = con.sql(f"SELECT {', '.join(EVENT_COLUMNS)}, {LINE} FROM conv WHERE _bad IS NULL").to_arrow_table()
     con.close()
     files = pa.DictionaryArray.from_arrays(pa.array(np.zeros(result.num_rows, dtype=np.int32)),
@@ -297,7 +362,7 @@ def file_batch(
                         time_kind="sequence" if timestamp_kind == "sequence" else None)
     if kind == "events":
         batch.events, skipped = events_from_table(table, mapping, timestamp_kind=timestamp_kind,
-                                                  skip_bad_rows=skip_bad_rows)
+                                                  skip_bad_rows=skip_bad_rows, stream=True)
         batch.skipped_rows += skipped
     elif kind == "items":
         batch.items, skipped = items_from_table(table, mapping, skip_bad_rows=skip_bad_rows)

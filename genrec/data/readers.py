@@ -31,6 +31,7 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 LINE = "_line"
 _CHUNK = 1 << 20  # gzip streams are inflated this many bytes at a time
 _BLOCK = 1 << 20  # Arrow's CSV block; a row longer than this re-reads the file as one block
+LAZY_ROWS = 1_000_000  # a Parquet file of this many rows is not read into memory: DuckDB streams it at import
 
 
 class Table:
@@ -38,32 +39,48 @@ class Table:
 
     Holds an Arrow table or a pandas frame; each view is converted on first use. Once the pandas view exists
     it is the source of truth (callers may add or change its columns).
+
+    A large Parquet file is held unread (:attr:`scan` is DuckDB SQL reading it, ``_line`` included): the event
+    importer then streams it into the store; the Arrow and pandas views still read it on first use.
     """
 
-    def __init__(self, path: Path, data: pa.Table | pd.DataFrame, skipped_rows: int = 0) -> None:
+    def __init__(self, path: Path, data: pa.Table | pd.DataFrame | None, skipped_rows: int = 0, *,
+                 scan: str | None = None, rows: int = 0, columns: list[str] | None = None) -> None:
         self.path = path
         self.skipped_rows = skipped_rows
         self._arrow = data if isinstance(data, pa.Table) else None
         self._frame = data if isinstance(data, pd.DataFrame) else None
+        self._scan, self._rows, self._columns = scan, rows, columns
+
+    @property
+    def scan(self) -> str | None:
+        """SQL (a subquery) reading the unread file with its ``_line``; None once a view was read."""
+        return self._scan if self._arrow is None and self._frame is None else None
 
     @property
     def frame(self) -> pd.DataFrame:
         if self._frame is None:
-            self._frame = self._arrow.to_pandas()
+            self._frame = self.arrow.to_pandas()
         return self._frame
 
     @property
     def arrow(self) -> pa.Table:
         if self._frame is not None:
             return pa.Table.from_pandas(self._frame, preserve_index=False)
+        if self._arrow is None:
+            self._arrow = _parquet_arrow(self.path)
         return self._arrow
 
     @property
     def columns(self) -> list[str]:
-        return list(self._frame.columns) if self._frame is not None else self._arrow.column_names
+        if self._frame is not None:
+            return list(self._frame.columns)
+        return self._arrow.column_names if self._arrow is not None else list(self._columns or [])
 
     def __len__(self) -> int:
-        return len(self._frame) if self._frame is not None else self._arrow.num_rows
+        if self._frame is not None:
+            return len(self._frame)
+        return self._arrow.num_rows if self._arrow is not None else self._rows
 
 
 def detect_format(path: Path) -> str:
@@ -311,9 +328,26 @@ def _read_parquet(path: Path, max_bytes: int | None, max_rows: int | None) -> Ta
         size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
         if max_bytes is not None and size > max_bytes:
             raise TooLargeError(f"{size:,} bytes uncompressed", file=path, expected=f"at most {max_bytes:,} bytes")
+        if meta.num_rows >= LAZY_ROWS:
+            names = pq.ParquetFile(path).schema_arrow.names
+            if LINE in names:
+                raise DataError(f"the file has a column named {LINE!r}", file=path, field=LINE,
+                                expected="no column of that name (it is reserved for row numbers)")
+            quoted = "'" + str(path).replace("'", "''") + "'"
+            scan = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS {LINE} "
+                    f"FROM read_parquet({quoted}, file_row_number = true))")
+            return Table(path, None, scan=scan, rows=meta.num_rows, columns=[*names, LINE])
+        return Table(path, _parquet_arrow(path))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file ({exc})", file=path) from exc
+
+
+def _parquet_arrow(path: Path) -> pa.Table:
+    """The whole file in memory, with ``_line`` (the 1-based row number)."""
+    try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"not a readable Parquet file ({exc})", file=path) from exc
     if table.num_rows == 0:
         raise DataError("the file holds no rows", file=path, expected="at least one row")
-    return Table(path, table.append_column(LINE, pa.array(np.arange(1, table.num_rows + 1), pa.int64())))
+    return table.append_column(LINE, pa.array(np.arange(1, table.num_rows + 1), pa.int64()))

@@ -23,7 +23,7 @@ from genrec.config import default_db_path
 from genrec.data import timestamps
 from genrec.data.cleaning import CleaningConfig, CleaningReport, clean
 from genrec.data.dbutil import first_row
-from genrec.data.importers import FILE, ImportBatch, check_item_duplicates
+from genrec.data.importers import FILE, EventSource, ImportBatch, check_item_duplicates
 from genrec.data.readers import LINE
 from genrec.data.schema import (
     DATASET_SPLITS,
@@ -68,6 +68,9 @@ SHOWN = 5  # rows named in a referential error
 
 USER_INDEX = "CREATE INDEX IF NOT EXISTS events_user ON events (user_id)"
 BULK_ROWS = 200_000  # from this many staged events on, the user index is rebuilt rather than maintained
+# DuckDB settings while a bulk import runs: a bounded buffer pool (staging and hash tables spill to the store's
+# temporary directory beyond it) and no insertion-order bookkeeping (arrival order is kept in ``_seq``)
+BULK_SETTINGS = {"memory_limit": "1GB", "preserve_insertion_order": "false"}
 
 
 @dataclass
@@ -195,11 +198,17 @@ class Store:
         # inserts cost several times a bulk build); the index is derived data, so it lives outside the transaction
         bulk = batch.events is not None and len(batch.events) >= BULK_ROWS
         with self._write_lock:
+            saved = {}
             if bulk:
+                saved = {name: first_row(con.execute("SELECT current_setting(?)", [name]))[0]
+                         for name in BULK_SETTINGS}
+                for name, value in BULK_SETTINGS.items():
+                    con.execute(f"SET {name} = '{value}'")
                 con.execute("DROP INDEX IF EXISTS events_user")
             con.execute("BEGIN TRANSACTION")
             try:
                 self._ingest(con, batch, cleaning, create_platforms, report, **checks)
+                con.execute("DROP TABLE IF EXISTS stage_events")  # a streamed stage is not temporary: never commit it
                 con.execute("INSERT INTO imports VALUES (?, now(), ?, ?, ?)",
                             [batch.source, report.events_added, report.items_added,
                              _summary(report)])
@@ -211,9 +220,21 @@ class Store:
                 raise
             finally:
                 for table in ("stage_events", "stage_items", "stage_links", "stage_splits", "stage_unknown",
-                              "stage_users"):
+                              "stage_users", "stage_dups"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
-                con.execute(USER_INDEX)
+                try:
+                    con.execute(USER_INDEX)
+                except duckdb.OutOfMemoryException:
+                    if not saved:
+                        raise
+                    # the import is committed: an index too large for the bulk limit (~100M events) is built
+                    # with the store's usual one rather than failing after the fact
+                    for name, value in saved.items():
+                        con.execute(f"SET {name} = '{value}'")
+                    con.execute(USER_INDEX)
+                finally:
+                    for name, value in saved.items():
+                        con.execute(f"SET {name} = '{value}'")
         report.seconds = time.perf_counter() - started
         return report
 
@@ -224,7 +245,7 @@ class Store:
             if first_row(con.execute("SELECT 1 FROM platforms WHERE platform = ?", [platform.name])) is None:
                 self.add_platform(platform)
                 report.platforms_added.append(platform.name)
-        self._stage(con, batch)
+        report.skipped_rows += self._stage(con, batch)
         _check_staged(con)
         if user_prefix:
             for table, columns in (("stage_events", ("user_id",)), ("stage_links", ("user_id", "platform_user_id")),
@@ -308,6 +329,9 @@ class Store:
                 AND user_id NOT IN (SELECT user_id FROM stage_links)"""),  # links were checked first
         )
         for what, sql in checks:
+            table = "stage_links" if what == "identity links" else "stage_splits"
+            if first_row(con.execute(f"SELECT count(*) FROM {table}"))[0] == 0:
+                continue  # nothing to check: skip reading every user id of the store
             users = [r[0] for r in con.execute(f"{sql} ORDER BY 1").fetchall()]
             if not users:
                 continue
@@ -340,21 +364,25 @@ class Store:
         con.execute("DROP TABLE stage_users")
 
     @staticmethod
-    def _stage(con: duckdb.DuckDBPyConnection, batch: ImportBatch) -> None:
-        """Copy the batch into temporary stage_* tables with canonical types (and arrival order ``_seq``)."""
+    def _stage(con: duckdb.DuckDBPyConnection, batch: ImportBatch) -> int:
+        """Copy the batch into temporary stage_* tables with canonical types (and arrival order ``_seq``); returns
+        the bad event rows skipped (``skip_bad_rows`` of an :class:`EventSource`)."""
         events = batch.events if batch.events is not None else _empty(EVENT_COLUMNS)
+        skipped = _stage_source(con, events) if isinstance(events, EventSource) else None
         items = batch.items if batch.items is not None else _empty(ITEM_COLUMNS)
         if len(items):
             items, _ = check_item_duplicates(items, skip_bad_rows=False)
         links = batch.links if batch.links is not None else _empty(LINK_COLUMNS)
         splits = batch.splits if batch.splits is not None else _empty(SPLIT_COLUMNS)
-        con.register("_ev", events)
-        con.execute(f"""CREATE TEMP TABLE stage_events AS SELECT
+        if skipped is None:
+            con.register("_ev", events)
+            con.execute(f"""CREATE TEMP TABLE stage_events AS SELECT
             CAST(user_id AS VARCHAR) AS user_id, CAST(platform AS VARCHAR) AS platform,
             CAST(item_id AS VARCHAR) AS item_id, CAST(timestamp AS TIMESTAMP) AS timestamp,
             CAST(event AS VARCHAR) AS event, CAST(value AS DOUBLE) AS value,
             CAST({FILE} AS VARCHAR) AS _file, CAST({LINE} AS BIGINT) AS _line,
             row_number() OVER () AS _seq, false AS _final FROM _ev""")
+            con.unregister("_ev")
         con.register("_it", items)
         con.execute(f"""CREATE TEMP TABLE stage_items AS SELECT CAST(platform AS VARCHAR) platform,
             CAST(item_id AS VARCHAR) item_id, CAST(title AS VARCHAR) title, CAST(description AS VARCHAR)
@@ -367,8 +395,9 @@ class Store:
         con.register("_sp", splits)
         con.execute("""CREATE TEMP TABLE stage_splits AS SELECT CAST(user_id AS VARCHAR) user_id,
             CAST(split AS VARCHAR) split FROM _sp""")
-        for name in ("_ev", "_it", "_ln", "_sp"):
+        for name in ("_it", "_ln", "_sp"):
             con.unregister(name)
+        return skipped or 0
 
     @staticmethod
     def _insert_events(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
@@ -581,6 +610,37 @@ class Store:
             self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
             written.append(target)
         return written
+
+
+def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:
+    """Stream an unread file's (or a large read table's) events into ``stage_events`` (DuckDB reads it: nothing
+    passes through Python) and check them there; returns the bad rows dropped (``skip_bad_rows``), else raises
+    for the first one."""
+    path = "'" + str(source.path).replace("'", "''") + "'"
+    # one file: its path is a constant and the line the arrival order, so neither takes room per row. The stage is
+    # a table of the store, not a temporary one: DuckDB writes its full row groups compressed to free blocks of the
+    # file as they come (a temporary table stays uncompressed and spills), and the import drops it before COMMIT,
+    # so it is never visible and a crash leaves only unreferenced blocks
+    con.execute(f"""CREATE TABLE stage_events (user_id VARCHAR, platform VARCHAR, item_id VARCHAR,
+        timestamp TIMESTAMP, event VARCHAR, value DOUBLE, {LINE} BIGINT, _bad INTEGER, _final BOOLEAN DEFAULT false,
+        {FILE} VARCHAR GENERATED ALWAYS AS ({path}) VIRTUAL, _seq BIGINT GENERATED ALWAYS AS ({LINE}) VIRTUAL)""")
+    zone = first_row(con.execute("SELECT current_setting('TimeZone')"))[0]
+    con.execute("SET TimeZone = 'UTC'")  # the timestamp expressions read offsets and native times as UTC
+    if source.arrow is not None:
+        con.register(source.scan, source.arrow)
+    try:
+        con.execute(f"INSERT INTO stage_events (user_id, platform, item_id, timestamp, event, value, {LINE}, _bad) "
+                    + source.sql())
+        skipped = source.reject(con, "stage_events")
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        raise DataError(f"cannot read the file ({exc})", file=source.path) from exc
+    finally:
+        con.execute(f"SET TimeZone = '{zone}'")
+        if source.arrow is not None:
+            con.unregister(source.scan)
+    if skipped:
+        con.execute("DELETE FROM stage_events WHERE _bad IS NOT NULL")
+    return skipped
 
 
 def _check_staged(con: duckdb.DuckDBPyConnection) -> None:

@@ -61,16 +61,22 @@ def resolve_kind(con: duckdb.DuckDBPyConnection, relation: str, column: str, kin
     number = f"TRY_CAST({column} AS DOUBLE)"
     line = line_column or "row_number() OVER ()"
     # a number is seconds or milliseconds by magnitude; one valid in neither unit is a bad row, not a unit
+    sec = f"_n >= 0 AND _n < {_LATEST_SECONDS}"
+    ms = f"_n > {_MS_THRESHOLD} AND _n < {_LATEST_SECONDS * 1000}"
+    values = f"(SELECT {line} AS _l, {number} AS _n FROM {relation}) WHERE _n IS NOT NULL"
+    # counts only: a list of every line would cost memory in proportion to the file
     numbers, seconds, millis = first_row(con.execute(
-        f"""SELECT count(*), list(_l ORDER BY _l) FILTER (_n >= 0 AND _n < {_LATEST_SECONDS}),
-                   list(_l ORDER BY _l) FILTER (_n > {_MS_THRESHOLD} AND _n < {_LATEST_SECONDS * 1000})
-            FROM (SELECT {line} AS _l, {number} AS _n FROM {relation}) WHERE _n IS NOT NULL"""))
+        f"SELECT count(*), count(*) FILTER ({sec}), count(*) FILTER ({ms}) FROM {values}"))
     if not numbers:
         return "iso"
     if seconds and millis:
+        first = {name: [r[0] for r in con.execute(
+            f"SELECT _l FROM {values} AND {cond} ORDER BY _l LIMIT {_SHOWN_LINES}").fetchall()]
+            for name, cond in (("seconds", sec), ("millis", ms))}
         raise DataError(
-            f"timestamps mix units: {_lines(seconds)} epoch seconds, {_lines(millis)} epoch milliseconds",
-            file=file, line=min(seconds[0], millis[0]), field=field,
+            f"timestamps mix units: {_lines(first['seconds'], seconds)} epoch seconds, "
+            f"{_lines(first['millis'], millis)} epoch milliseconds",
+            file=file, line=min(first["seconds"][0], first["millis"][0]), field=field,
             expected="one unit per file or batch (convert them, or declare the unit with --timestamp-kind)")
     if millis:
         return "milliseconds"
@@ -80,10 +86,11 @@ def resolve_kind(con: duckdb.DuckDBPyConnection, relation: str, column: str, kin
     return "milliseconds" if (magnitude or 0) > _MS_THRESHOLD else "seconds"
 
 
-def _lines(lines: list[int]) -> str:
-    shown = ", ".join(str(n) for n in lines[:_SHOWN_LINES])
-    more = f" and {len(lines) - _SHOWN_LINES} more" if len(lines) > _SHOWN_LINES else ""
-    return f"line{'s' if len(lines) > 1 else ''} {shown}{more} {'are' if len(lines) > 1 else 'is'}"
+def _lines(first: list[int], count: int) -> str:
+    """``first`` lines of ``count`` named: "lines 2, 5, 9 and 4 more are"."""
+    shown = ", ".join(str(n) for n in first[:_SHOWN_LINES])
+    more = f" and {count - _SHOWN_LINES} more" if count > _SHOWN_LINES else ""
+    return f"line{'s' if count > 1 else ''} {shown}{more} {'are' if count > 1 else 'is'}"
 
 
 def expression(column: str, kind: str) -> str:
