@@ -60,6 +60,10 @@ def test_paired_differences_use_the_cases_both_ranked(tmp_path):
     assert row["difference"]["HR@10"]["mean"] == pytest.approx(-0.25)
     assert row["method_ndcg@10"] - row["baseline_ndcg@10"] == pytest.approx(expected)
     assert compare([["tuned", "missing"]], [tuned, base], 200, 0) == []
+    # a method paired with itself: its cross-platform row against its target-only row
+    [scoped] = compare([["base", "base"]], [tuned, base, other_scope], 200, 0)
+    assert scoped["history"] == "cross vs target" and scoped["cases"] == 1
+    assert scoped["method_ndcg@10"] == pytest.approx(ndcg(4)) and scoped["baseline_ndcg@10"] == pytest.approx(1.0)
     # a user with two cases on one platform (final-timestamp targets): each is paired with its own counterpart
     twice = compare([["tuned", "base"]], [_outcome("tuned", ["u1", "u1"], [1.0, 40.0]),
                                           _outcome("base", ["u1", "u1"], [40.0, 1.0])], 200, 0)[0]

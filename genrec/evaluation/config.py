@@ -16,6 +16,7 @@ from genrec.evaluation.protocol import Protocol
 
 ABLATIONS = ("history_scope", "zero_shot_platform")
 DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec", "content": "ContentOnly",
+                 "textseq": "TextSeq",
                  "genrec": "genrec", "fusion": "genrec-fused",
                  "rerank": "genrec-rerank", "pipeline": "pipeline"}
 

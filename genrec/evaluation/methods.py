@@ -10,7 +10,7 @@ from genrec.config import read_yaml
 from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.evaluation.config import MethodSpec
-from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec
+from genrec.pipeline.sources import ContentOnly, ItemKNN, Method, MostPop, SASRec, TextSeqRec
 
 
 @dataclass
@@ -107,6 +107,7 @@ FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "itemknn": lambda spec, scope, res: ItemKNN(history_scope=scope, **spec.options),
     "sasrec": lambda spec, scope, res: SASRec(history_scope=scope, **spec.options),
     "content": lambda spec, scope, res: ContentOnly(encoder=res.embedder, history_scope=scope, **spec.options),
+    "textseq": lambda spec, scope, res: TextSeqRec(encoder=res.embedder, history_scope=scope, **spec.options),
     "genrec": _genrec,
     "fusion": _fusion,
     "rerank": _rerank,

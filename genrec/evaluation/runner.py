@@ -148,12 +148,15 @@ def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot:
     """Paired differences ``method - baseline`` of HR@10, NDCG@10 and MRR on the cases both ranked (the same case
     of the same user on the same target platform, ``_case_keys``), per history scope both ran, with
     percentile-bootstrap intervals over those cases (resampling cases, not each method apart: the comparison the
-    per-row intervals cannot make)."""
+    per-row intervals cannot make). A method paired with itself compares its cross-platform row with its
+    target-only row (``history``: ``cross vs target``)."""
     by_name = {(o.method, o.scope): o for o in outcomes}
     out = []
     for method, baseline in pairs:
-        for scope in ("cross", "target"):
-            mine, theirs = by_name.get((method, scope)), by_name.get((baseline, scope))
+        scopes = [("cross", "target", "cross vs target")] if method == baseline else \
+            [("cross", "cross", "cross"), ("target", "target", "target")]
+        for scope, baseline_scope, history in scopes:
+            mine, theirs = by_name.get((method, scope)), by_name.get((baseline, baseline_scope))
             if mine is None or theirs is None:
                 continue
             position = {key: j for j, key in enumerate(_case_keys(theirs))}
@@ -163,7 +166,7 @@ def compare(pairs: Sequence[Sequence[str]], outcomes: Sequence[Outcome], n_boot:
             a = metrics.case_metrics(np.array([mine.ranks[i] for i, _ in rows]), (10,))  # HR@10, NDCG@10, MRR
             b = metrics.case_metrics(np.array([theirs.ranks[j] for _, j in rows]), (10,))
             estimates = metrics.bootstrap({name: a[name] - b[name] for name in a}, n_boot, seed)
-            out.append({"variant": mine.variant, "method": method, "baseline": baseline, "history": scope,
+            out.append({"variant": mine.variant, "method": method, "baseline": baseline, "history": history,
                         "cases": len(rows), "difference": {name: vars(e) for name, e in estimates.items()},
                         "method_ndcg@10": float(a["NDCG@10"].mean()), "baseline_ndcg@10": float(b["NDCG@10"].mean())})
     return out

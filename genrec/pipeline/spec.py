@@ -41,8 +41,8 @@ LEAD = 10.0  # pooled items score LEAD - position / pool size: above every non-c
 
 @dataclass
 class SourceSpec:
-    """One candidate source: its ``kind`` (popularity, itemknn, sasrec, content), a unique ``name`` (default: the
-    kind), how many items it proposes (``n``) and its own ``options``."""
+    """One candidate source: its ``kind`` (popularity, itemknn, sasrec, content, textseq), a unique ``name``
+    (default: the kind), how many items it proposes (``n``) and its own ``options``."""
 
     kind: str
     name: str | None = None

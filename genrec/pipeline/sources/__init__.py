@@ -1,4 +1,5 @@
-"""Candidate sources: popularity, item-item CF, sequential (SASRec) and content neighbours, by kind."""
+"""Candidate sources: popularity, item-item CF, sequential (SASRec), content neighbours and the text-aware
+sequential model (TextSeqRec), by kind."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from genrec.pipeline.sources.content import ContentOnly, TextEncoder
 from genrec.pipeline.sources.itemknn import ItemKNN
 from genrec.pipeline.sources.popularity import MostPop, popularity_counts
 from genrec.pipeline.sources.sasrec import SASRec
+from genrec.pipeline.sources.textseq import TextSeqRec
 from genrec.pipeline.types import HistoryScope
 
 KINDS: dict[str, type[CandidateSource]] = {"popularity": MostPop, "itemknn": ItemKNN, "sasrec": SASRec,
-                                           "content": ContentOnly}
+                                           "content": ContentOnly, "textseq": TextSeqRec}
 ALIASES = {"mostpop": "popularity"}
 
 
@@ -24,7 +26,7 @@ def build(kind: str, options: dict[str, Any] | None = None, history_scope: Histo
     if kind not in KINDS:
         raise GenrecError(f"unknown candidate source {kind!r}; known: {', '.join([*KINDS, *ALIASES])}")
     options = dict(options or {})
-    if kind == "content":
+    if kind in ("content", "textseq"):
         options["encoder"] = encoder
     try:
         return KINDS[kind](history_scope=history_scope, **options)
@@ -33,4 +35,4 @@ def build(kind: str, options: dict[str, Any] | None = None, history_scope: Histo
 
 
 __all__ = ["KINDS", "CandidateSource", "ContentOnly", "ItemKNN", "ItemVocabulary", "Method", "MostPop", "SASRec",
-           "TextEncoder", "build", "popularity_counts", "rank_cases", "top_items"]
+           "TextEncoder", "TextSeqRec", "build", "popularity_counts", "rank_cases", "top_items"]
