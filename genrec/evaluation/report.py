@@ -16,7 +16,7 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 CARRIED_MARK = " ‡"
-CLASSIC = ("MostPop", "ItemKNN", "SASRec", "ContentOnly")
+CLASSIC = ("MostPop", "ItemKNN", "SASRec", "ContentOnly", "TextSeq")  # one-source rows
 
 
 def write_markdown(document: dict, path: Path) -> None:
