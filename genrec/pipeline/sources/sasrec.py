@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -189,7 +189,6 @@ class SASRec(CandidateSource):
         started = time.perf_counter()
         # training stops early enough to leave time for one more validation (the last one's duration)
         budget_end = None if self.time_budget_s is None else started + self.time_budget_s
-        validation_s = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._net = net = _Network(
@@ -203,32 +202,11 @@ class SASRec(CandidateSource):
                 self.attn_dropout,
             )
             optimiser = torch.optim.Adam(net.parameters(), lr=self.lr)
-            best, best_state, best_epoch, stale = -1.0, copy.deepcopy(net.state_dict()), 0, 0
-            self.log, stopped = [], "max_epochs"
-            epochs = tqdm(range(1, self.max_epochs + 1), desc="SASRec", unit="epoch", disable=not self.progress)
-            for epoch in epochs:
-                deadline = None if budget_end is None else budget_end - validation_s
-                loss, fraction = self._train_epoch(net, optimiser, inputs, targets, deadline)
-                row = {"epoch": epoch, "loss": loss, "fraction": fraction, "seconds": time.perf_counter() - started}
-                if valid_cases and fraction > 0:
-                    validating = time.perf_counter()
-                    row["valid_ndcg10"] = ndcg = self._validate(valid_cases, train.catalogs)
-                    validation_s = time.perf_counter() - validating
-                    row["seconds"] = time.perf_counter() - started
-                    if ndcg > best:
-                        best, best_state, best_epoch, stale = ndcg, copy.deepcopy(net.state_dict()), epoch, 0
-                    else:
-                        stale += 1
-                self.log.append(row)
-                epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-                if fraction < 1.0 or (budget_end is not None and time.perf_counter() >= budget_end - validation_s):
-                    stopped = "time_budget"
-                    break
-                if stale >= self.patience:
-                    stopped = "patience"
-                    break
-            if valid_cases:
-                net.load_state_dict(best_state)
+            self.log, stopped, best, best_epoch = fit_epochs(
+                net, lambda deadline: self._train_epoch(net, optimiser, inputs, targets, deadline),
+                (lambda: self._validate(valid_cases, train.catalogs)) if valid_cases else None,
+                name="SASRec", max_epochs=self.max_epochs, patience=self.patience, started=started,
+                budget_end=budget_end, progress=self.progress)
         net.eval()
         self.info = {
             "epochs": round(sum(row["fraction"] for row in self.log), 3),
@@ -340,3 +318,43 @@ class SASRec(CandidateSource):
                              self.inner_size, self.dropout, self.attn_dropout)
         self._net.load_state_dict(state["weights"])
         self._net.eval()
+
+
+def fit_epochs(net: nn.Module, train_epoch: Callable[[float | None], tuple[float, float]],
+               validate: Callable[[], float] | None, *, name: str, max_epochs: int, patience: int, started: float,
+               budget_end: float | None, progress: bool, after_epoch: Callable[[], None] | None = None,
+               ) -> tuple[list[dict], str, float, int]:
+    """Train epoch by epoch (``train_epoch(deadline) -> (loss, share of the epoch done)``), validating after each
+    (``validate() -> NDCG@10``; None: no validation) and keeping the best weights, which are restored at the end.
+    Stops after ``patience`` epochs without improvement, at ``max_epochs``, or once the time budget is spent:
+    training stops early enough to leave time for one more validation (the last one's duration). Returns the
+    per-epoch log, why it stopped, the best validation NDCG@10 and its epoch."""
+    best, best_state, best_epoch, stale, validation_s = -1.0, copy.deepcopy(net.state_dict()), 0, 0, 0.0
+    log, stopped = [], "max_epochs"
+    epochs = tqdm(range(1, max_epochs + 1), desc=name, unit="epoch", disable=not progress)
+    for epoch in epochs:
+        deadline = None if budget_end is None else budget_end - validation_s
+        loss, fraction = train_epoch(deadline)
+        if after_epoch is not None:
+            after_epoch()
+        row = {"epoch": epoch, "loss": loss, "fraction": fraction, "seconds": time.perf_counter() - started}
+        if validate is not None and fraction > 0:
+            validating = time.perf_counter()
+            row["valid_ndcg10"] = ndcg = validate()
+            validation_s = time.perf_counter() - validating
+            row["seconds"] = time.perf_counter() - started
+            if ndcg > best:
+                best, best_state, best_epoch, stale = ndcg, copy.deepcopy(net.state_dict()), epoch, 0
+            else:
+                stale += 1
+        log.append(row)
+        epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        if fraction < 1.0 or (budget_end is not None and time.perf_counter() >= budget_end - validation_s):
+            stopped = "time_budget"
+            break
+        if stale >= patience:
+            stopped = "patience"
+            break
+    if validate is not None:
+        net.load_state_dict(best_state)
+    return log, stopped, best, best_epoch

@@ -25,7 +25,6 @@ windows, the seeded batching, early stopping on validation NDCG@10 and the time 
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,13 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import case_metrics
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
 from genrec.pipeline.sources.content import TextEncoder
-from genrec.pipeline.sources.sasrec import _Layer
+from genrec.pipeline.sources.sasrec import _Layer, fit_epochs
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
@@ -253,38 +251,15 @@ class TextSeqRec(CandidateSource):
             raise GenrecError(f"{self.name} needs at least one train sequence with two items")
 
         budget_end = None if self.time_budget_s is None else started + self.time_budget_s
-        validation_s = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._net = net = self._network(len(self._platforms), dim)
             optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            best, best_state, best_epoch, stale = -1.0, copy.deepcopy(net.state_dict()), 0, 0
-            self.log, stopped = [], "max_epochs"
-            epochs = tqdm(range(1, self.max_epochs + 1), desc=self.name, unit="epoch", disable=not self.progress)
-            for epoch in epochs:
-                deadline = None if budget_end is None else budget_end - validation_s
-                loss, fraction = self._train_epoch(net, optimiser, inputs, targets, deadline)
-                self._cache = {}
-                row = {"epoch": epoch, "loss": loss, "fraction": fraction, "seconds": time.perf_counter() - started}
-                if valid_cases and fraction > 0:
-                    validating = time.perf_counter()
-                    row["valid_ndcg10"] = ndcg = self._validate(valid_cases)
-                    validation_s = time.perf_counter() - validating
-                    row["seconds"] = time.perf_counter() - started
-                    if ndcg > best:
-                        best, best_state, best_epoch, stale = ndcg, copy.deepcopy(net.state_dict()), epoch, 0
-                    else:
-                        stale += 1
-                self.log.append(row)
-                epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-                if fraction < 1.0 or (budget_end is not None and time.perf_counter() >= budget_end - validation_s):
-                    stopped = "time_budget"
-                    break
-                if stale >= self.patience:
-                    stopped = "patience"
-                    break
-            if valid_cases:
-                net.load_state_dict(best_state)
+            self.log, stopped, best, best_epoch = fit_epochs(
+                net, lambda deadline: self._train_epoch(net, optimiser, inputs, targets, deadline),
+                (lambda: self._validate(valid_cases)) if valid_cases else None, name=self.name,
+                max_epochs=self.max_epochs, patience=self.patience, started=started, budget_end=budget_end,
+                progress=self.progress, after_epoch=lambda: setattr(self, "_cache", {}))
         net.eval()
         self._cache = {}
         self.info = {"epochs": round(sum(row["fraction"] for row in self.log), 3), "stopped": stopped,
