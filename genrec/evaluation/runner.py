@@ -264,7 +264,7 @@ def run(config: EvalConfig, store: Store, out_root: Path, *, methods: list[str] 
             document["comparisons"] += compare(config.comparisons, [o for _, o in outcomes], config.bootstrap,
                                                protocol.seed)
     carry_earlier(document, out / "metrics.json")
-    (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
+    (out / "metrics.json").write_text(json.dumps(document, indent=1, default=float) + "\n")
     from genrec.evaluation.report import plot_ndcg, write_markdown
 
     write_markdown(document, out / "results.md")
