@@ -32,6 +32,7 @@ from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_c
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
+FINE_TUNE_PASSES = 3  # a refresh's fine-tune sees its windows at most this often (more overfits the newest users)
 
 
 class _Layer(nn.Module):
@@ -234,9 +235,10 @@ class SASRec(CandidateSource):
         return True
 
     def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int) -> str:
-        """Fine-tune from the last weights for ``steps`` batches: each batch's windows end at the newest
-        interactions of users with new ones (so every new interaction is a target), mixed with as many windows
-        of other users, a replay of what the model already knew so it does not drift towards the newest users."""
+        """Fine-tune from the last weights for at most ``steps`` batches and ``FINE_TUNE_PASSES`` passes over the
+        windows that end at the newest interactions of users with new ones (so every new interaction is a
+        target), mixed with as many windows of other users: a replay of what the model already knew, so it does
+        not drift towards the newest users."""
         if not self.grow(train.catalogs):
             self.fit(train)
             return "refit"
@@ -253,10 +255,10 @@ class SASRec(CandidateSource):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             optimiser = torch.optim.Adam(self._net.parameters(), lr=self.lr)
-            done = 0
-            while done < steps:
-                loss, _ = self._train_epoch(self._net, optimiser, inputs, targets, max_batches=steps - done)
-                done += max(1, -(-int((targets != PAD).sum()) // self.batch_size))
+            per_pass = max(1, -(-int((targets != PAD).sum()) // self.batch_size))  # about: batches hold ~batch_size
+            for _ in range(min(FINE_TUNE_PASSES, -(-steps // per_pass))):
+                self._train_epoch(self._net, optimiser, inputs, targets, max_batches=steps)
+                steps -= per_pass
         self._net.eval()
         return "fine-tuned"
 
