@@ -1,13 +1,23 @@
 """Chat-style recommendation: a message in a conversation -> grounded recommendations with rationales.
 
-One turn is ``plan`` (understand the message: ``genrec.intent``; resolve what it refers to; build the
-``Request``) then ``answer`` (re-rank the recommender's answer towards what was asked, apply exclusions, remember
-the answer). The split lets a server batch the recommender calls of many turns; ``ChatEngine.chat`` does both.
+One turn is ``plan`` (understand the message: ``genrec.intent``; resolve what it refers to; decide what to ask
+for) then ``answer`` (get the candidates, re-rank them towards what was asked, apply exclusions, explain, remember
+the answer); ``ChatEngine.chat`` does both.
+
+**Candidates come from the recommendation pipeline** that serves ``POST /v1/recommend`` for the platform
+(``genrec.pipeline.serving.Pipelines``: a configured pipeline, or the data set's default one): its pooled, fused
+ranking of the user's history, without the items the conversation excludes. A plain request ("some movies
+please") answers exactly the pipeline's top ``k``; each item keeps the pipeline's fused score, every source's own
+score and the LLM's, and its rationale comes from the pipeline's explain stage (``rationale_source``: ``llm`` or
+``template``). A platform no pipeline answers (``Pipelines.handles`` is false, or the engine has no
+``pipelines``) keeps the generate-then-ground ``Recommender``: ``plan`` then returns its ``Request``, which a server
+batches with the requests of other turns, and ``answer`` takes the recommender's list.
 
 - **Reference items** ("like the pens I bought", "more like the second one") become a *focus*: items of the
   previous answer, of the user's history (matched by words), of the catalog (exact title) or, failing those, the
-  text itself. Candidates are the recommender's list plus the catalog neighbours of the focus, ranked by cosine
-  similarity to the focus (and to the constraint words, "for sketching").
+  text itself. Candidates are then more of the pipeline's (or recommender's) list plus the catalog neighbours of
+  the focus (ranked by the pipeline too, through its ``candidates``), ordered by cosine similarity to the focus
+  (and to the constraint words, "for sketching"); ``similarity`` says how close each item is.
 - **Exclusions** ("no pencils") drop items whose titles contain the words; rejected items ("not that one", "not
   the third one") are never shown again in the conversation. "That one" is the item the conversation is about:
   the one the last follow-up referred to, else the first item of the last answer.
@@ -32,6 +42,8 @@ import numpy as np
 from genrec.data.schema import HistoryItem
 from genrec.errors import GenrecError, NotFoundError
 from genrec.intent import CatalogVocabulary, Intent, IntentExtractor, content_words, stem, words
+from genrec.pipeline import Pipeline, ScoredItem
+from genrec.pipeline.fitting import history_context
 from genrec.recommender import Recommendation, RecommendationList, Recommender, Request
 
 Origin = Literal["answer", "history", "catalog", "text"]
@@ -125,7 +137,9 @@ class Conversations:
 
 @dataclass
 class ChatPlan:
-    """A planned turn: what was understood and the recommender request that answers it."""
+    """A planned turn: what was understood and what answers it: ``request`` (the candidates wanted: how many, which
+    items not) goes to the platform's pipeline, or, when ``pipelined`` is false, to the recommender (``requests``).
+    """
 
     turn: ChatTurn
     conversation: Conversation
@@ -139,7 +153,13 @@ class ChatPlan:
     rejected: list[Recommendation]
     keep: list[Recommendation]
     need: int
-    requests: list[Request]
+    request: Request
+    pipelined: bool
+
+    @property
+    def requests(self) -> list[Request]:
+        """What the recommender must answer for this turn (nothing when the pipeline does)."""
+        return [] if self.pipelined else [self.request]
 
 
 @dataclass
@@ -150,25 +170,31 @@ class ChatReply:
     intent: Intent
     focus: list[FocusItem]
     items: list[Recommendation]
+    pipeline: str | None = None  # the pipeline that proposed and ranked the candidates (None: the recommender)
+    version: str | None = None  # its registry version
 
     def to_dict(self) -> dict:
         return {"conversation_id": self.conversation_id, "platform": self.platform, "reply": self.reply,
                 "intent": self.intent.to_dict(), "focus": [asdict(f) for f in self.focus],
+                "pipeline": self.pipeline, "version": self.version,
                 "items": [asdict(item) | {"evidence": list(item.evidence)} for item in self.items]}
 
 
 class ChatEngine:
-    """Turns chat messages into recommendations with a ``Recommender``; ``use_llm=False`` extracts with rules only.
+    """Turns chat messages into recommendations from ``pipelines`` (``genrec.pipeline.serving.Pipelines``) for
+    the platforms they answer, else from ``recommender``, whose LLM, embedder and catalog indexes also understand
+    the messages; ``use_llm=False`` extracts with rules only.
 
     ``pool``: how many candidates per wanted item are re-ranked when the message asks for something specific.
     """
 
     def __init__(self, recommender: Recommender, conversations: Conversations | None = None, *,
-                 use_llm: bool = True, pool: int = 3) -> None:
+                 use_llm: bool = True, pool: int = 3, pipelines=None) -> None:
         self.recommender = recommender
         self.conversations = conversations or Conversations()
         self.use_llm = use_llm
         self.pool = pool
+        self.pipelines = pipelines
         self._vocabulary: tuple[tuple, CatalogVocabulary] | None = None
 
     @property
@@ -226,8 +252,9 @@ class ChatEngine:
         request = Request(platform, user_id=turn.user_id, k=need * self.pool if specific else need,
                           explain=turn.explain, exclude=frozenset(exclude),
                           instruction=_instruction(focus, constraints, exclusions))
+        pipelined = self.pipelines is not None and self.pipelines.handles(platform)
         return ChatPlan(turn, conversation, intent, platform, history, focus, constraints, exclusions, exclude,
-                        rejected, keep, need, [request])
+                        rejected, keep, need, request, pipelined)
 
     def _platform(self, intent: Intent, conversation: Conversation, history: list[HistoryItem],
                   message: str) -> str:
@@ -267,17 +294,32 @@ class ChatEngine:
         return [FocusItem(text, "text")]
 
     # -- answering --------------------------------------------------------------------------------------
-    def answer(self, plan: ChatPlan, results: Sequence[RecommendationList]) -> ChatReply:
+    def answer(self, plan: ChatPlan, results: Sequence[RecommendationList] = ()) -> ChatReply:
+        """The reply to a planned turn; ``results``: the recommender's answers to ``plan.requests``."""
         index = self.recommender.index(plan.platform)
-        candidates = list(results[0].items)
         direction = self._direction(plan)
+        pipeline, scored = None, {}
+        if plan.pipelined:
+            pipeline, ranked = self._pipeline_candidates(plan, direction)
+            scored = {item.item_id: item for item in ranked}
+            candidates = [Recommendation.from_scored(item) for item in ranked]
+        else:
+            candidates = list(results[0].items)
+            if direction is not None:
+                candidates += self._neighbours(plan, direction, {c.item_id for c in candidates})
         if direction is not None:
-            candidates += self._neighbours(plan, direction, {c.item_id for c in candidates})
             sims = index.vectors([c.item_id for c in candidates]) @ direction
             order = sorted(range(len(candidates)), key=lambda i: (-round(float(sims[i]), 6), i))
-            candidates = [replace(candidates[i], score=float(sims[i])) for i in order]
+            # a pipeline's items keep its fused score; the recommender's are scored by what ranked them here
+            candidates = [replace(candidates[i], similarity=float(sims[i]),
+                                  score=candidates[i].score if plan.pipelined else float(sims[i])) for i in order]
         stems = {stem(w) for text in plan.exclusions for w in content_words(text)}
         fresh = [c for c in candidates if not stems & {stem(w) for w in words(c.title)}][: plan.need]
+        if pipeline is not None and plan.turn.explain and fresh:
+            context = history_context(plan.turn.user_id, plan.platform, plan.history)
+            explained = pipeline.explain(context, [scored[item.item_id] for item in fresh])
+            fresh = [replace(item, rationale=x.rationale, rationale_source=x.rationale_source, evidence=x.evidence)
+                     for item, x in zip(fresh, explained, strict=True)]
         items = [replace(item, rank=rank) for rank, item in enumerate([*plan.keep, *fresh], 1)]
 
         conversation = plan.conversation
@@ -289,7 +331,25 @@ class ChatEngine:
         conversation.constraints = plan.constraints
         conversation.exclusions = plan.exclusions
         conversation.turns += 1
-        return ChatReply(conversation.id, plan.platform, _reply(plan, items), plan.intent, plan.focus, items)
+        return ChatReply(conversation.id, plan.platform, _reply(plan, items), plan.intent, plan.focus, items,
+                         pipeline=pipeline.name if pipeline is not None else None,
+                         version=pipeline.version if pipeline is not None else None)
+
+    def _pipeline_candidates(self, plan: ChatPlan, direction: np.ndarray | None) -> tuple[Pipeline, list[ScoredItem]]:
+        """The platform's pipeline and its ranking of the user's history (``plan.request.k`` items, none of
+        ``plan.exclude``); with a ``direction``, the catalog neighbours of what was asked join them and the pipeline
+        ranks them all together (``candidates``), so every candidate carries the pipeline's scores."""
+        ask = dict(user_id=plan.turn.user_id, history=plan.history, explain=False, exclude=sorted(plan.exclude))
+        pipeline, ranked = self.pipelines.recommend(plan.platform, k=plan.request.k, **ask)
+        if direction is not None:
+            taken = [item.item_id for item in ranked]
+            known = pipeline.titles  # (platform, item) -> title: the pipeline's catalog
+            extra = [item for item in self._neighbour_ids(plan, direction, set(taken))[0]
+                     if (plan.platform, item) in known]
+            if extra:
+                union = taken + extra
+                pipeline, ranked = self.pipelines.recommend(plan.platform, k=len(union), candidates=union, **ask)
+        return pipeline, ranked
 
     def _direction(self, plan: ChatPlan) -> np.ndarray | None:
         """The unit direction of what was asked: the focus items' mean, plus the constraint words."""
@@ -302,15 +362,23 @@ class ChatEngine:
         norm = float(np.linalg.norm(mean))
         return (mean / norm).astype(np.float32) if norm > 1e-12 else None
 
-    def _neighbours(self, plan: ChatPlan, direction: np.ndarray, taken: set[str]) -> list[Recommendation]:
-        """Catalog items closest to the focus direction, with evidence from the user's history."""
+    def _neighbour_ids(self, plan: ChatPlan, direction: np.ndarray, taken: set[str]) -> tuple[list[str], list[float]]:
+        """The ids of the catalog items closest to the focus direction (none shown, owned or excluded) and their
+        cosine similarities."""
         index = self.recommender.index(plan.platform)
         seen = {h.item_id for h in plan.history if h.platform == plan.platform}
         ids, scores = index.search(direction, plan.need * self.pool, exclude_ids=plan.exclude | seen | taken)
+        return list(ids[0]), scores[0].tolist()
+
+    def _neighbours(self, plan: ChatPlan, direction: np.ndarray, taken: set[str]) -> list[Recommendation]:
+        """Catalog items closest to the focus direction, with evidence from the user's history (the
+        recommender's path; a pipeline's explain stage finds its own evidence)."""
+        index = self.recommender.index(plan.platform)
+        ids, scores = self._neighbour_ids(plan, direction, taken)
         titles, vectors, _ = self.recommender.history_vectors(plan.history)
         about = plan.focus[0].title if plan.focus else plan.constraints[0]
         out = []
-        for item_id, score in zip(ids[0], scores[0].tolist(), strict=True):
+        for item_id, score in zip(ids, scores, strict=True):
             evidence: tuple[str, ...] = ()
             if len(vectors):
                 sims = vectors @ index.vectors([item_id])[0]

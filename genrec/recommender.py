@@ -112,10 +112,22 @@ class Recommendation:
     platform: str
     score: float
     similarity: float | None
-    source: str  # exact | neighbour (grounded from a generated title) | profile | popularity (fills)
+    source: str  # exact | neighbour (grounded from a generated title) | profile | popularity (fills); a pipeline's:
+    # the sources that proposed it (popularity+itemknn)
     generated_text: str | None  # what the LLM wrote that grounded here
     rationale: str | None
     evidence: tuple[str, ...] = ()  # history titles the rationale rests on (fills)
+    sources: dict[str, float] | None = field(default=None, hash=False)  # a pipeline's: each source's own score
+    llm: float | None = None  # a pipeline's: the LLM's calibrated score
+    rationale_source: Literal["llm", "template"] | None = None  # a pipeline's: who wrote the rationale
+
+    @classmethod
+    def from_scored(cls, item: Any) -> Recommendation:
+        """A pipeline's answer item (``genrec.pipeline.types.ScoredItem``) as a recommendation."""
+        return cls(rank=item.rank, item_id=item.item_id, title=item.title, platform=item.platform, score=item.score,
+                   similarity=None, source=item.origin, generated_text=None, rationale=item.rationale,
+                   evidence=tuple(item.evidence), sources=dict(item.sources), llm=item.llm,
+                   rationale_source=item.rationale_source)
 
 
 @dataclass

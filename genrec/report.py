@@ -190,9 +190,7 @@ class ReportBuilder:
         started = time.perf_counter()
         pipeline, ranked = self.pipelines.recommend(request.platform, user_id=request.user_id, k=request.k,
                                                     explain=True)
-        items = [Recommendation(rank=item.rank, item_id=item.item_id, title=item.title, platform=request.platform,
-                                score=item.score, similarity=None, source=item.origin, generated_text=None,
-                                rationale=item.rationale, evidence=item.evidence) for item in ranked]
+        items = [Recommendation.from_scored(item) for item in ranked]
         # the recommended titles alone are embedded (not the platform's whole catalog)
         item_vectors = self.recommender.embedder.encode([item.title for item in items])
         explained = self._evidence(items, item_vectors, pool, vectors, titles, checker)

@@ -117,6 +117,7 @@ def test_multi_turn_refinement_over_http(server) -> None:
     assert first["focus"] and all(f["origin"] == "history" and "pen" in f["title"] for f in first["focus"])
     assert len(first["items"]) == 3 and all(item["rationale"] and item["evidence"] for item in first["items"])
     assert "pens" in first["reply"]
+    assert first["pipeline"] is None  # this server has no pipeline: the generate-then-ground recommender answers
 
     second = say("more like the second one", conversation)
     assert second["conversation_id"] == conversation and second["platform"] == first["platform"]

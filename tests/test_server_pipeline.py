@@ -1,5 +1,5 @@
 """`genrec serve --pipeline DIR`: the server answers with the fitted pipeline, ranking exactly as the library object
-does for the same user, and honours `candidates` and `exclude`."""
+does for the same user, and honours `candidates` and `exclude`; chat and reports run on the same pipeline."""
 
 from __future__ import annotations
 
@@ -42,8 +42,14 @@ def served(tmp_path_factory):
         unseen = next(item for item, count in zip(loaded.sources["popularity"].catalogs["movies"], counts, strict=True)
                       if count == 0 and item not in owned)
         neighbourhood = (unseen, [e.item_id for e in context.history][-30:])
+        # a conversation: three picks, three more, then the first of those rejected and one more in its place
+        more = [item.item_id for item in loaded.recommend(context, 3, exclude=expected[:3])]
+        instead = loaded.recommend(context, 1, exclude=expected[:3] + more)[0].item_id
+        conversation = (expected[:3], more, instead)
+        own_top = {item.item_id for item in loaded.recommend(context, 12)}  # what chat asks for, focused, k=4
     config = root / "server.yaml"
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False}}))
+    # chat understands messages with rules here, so that what it asks the pipeline for is known in advance
+    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
     port = free_port()
     log = root / "server.log"
     env = os.environ | {"GENREC_API_KEYS": KEY, "HF_HUB_OFFLINE": "1"}
@@ -55,7 +61,7 @@ def served(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(process, url, log)
-        yield url, expected, (chosen, restricted), neighbourhood
+        yield url, expected, (chosen, restricted), neighbourhood, conversation, own_top
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -77,7 +83,7 @@ def test_the_server_ranks_as_the_pipeline_object(served) -> None:
 
 
 def test_candidates_and_exclude_restrict_the_answer(served) -> None:
-    url, _, (chosen, restricted), _ = served
+    url, _, (chosen, restricted), *_ = served
     answer = _recommend(url, user_id="1", platform="movies", k=3, candidates=chosen, exclude=[chosen[0]])
     assert answer.status_code == 200, answer.text
     items = [item["item_id"] for item in answer.json()["items"]]
@@ -112,10 +118,55 @@ def test_the_report_ranks_and_explains_with_the_pipeline(served) -> None:
     assert page.status_code == 200 and "Ranked and explained by pipeline ml-classic" in page.text
 
 
+def _chat(url: str, message: str, conversation: str | None, k: int = 3) -> dict:
+    answer = httpx.post(f"{url}/v1/chat", headers={"X-API-Key": KEY}, timeout=300, json={
+        "user_id": "1", "message": message, "conversation_id": conversation, "k": k})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _from_the_pipeline(answer: dict) -> None:
+    assert answer["pipeline"] == "ml-classic" and answer["platform"] == "movies"
+    for item in answer["items"]:
+        assert set(item["sources"]) == {"popularity", "itemknn"} and item["source"]  # every source's own score
+        assert item["rationale"] and item["evidence"] and item["rationale_source"] in ("llm", "template")
+
+
+def test_chat_answers_with_the_pipelines_ranking(served) -> None:
+    """A plain request answers the pipeline's top k; "more" and "not that one" ask it again without what was
+    shown, and the answers are the library object's for the same exclusions."""
+    url, *_, (first_ids, more_ids, instead), _ = served
+    first = _chat(url, "recommend me some movies", None)
+    _from_the_pipeline(first)
+    assert [item["item_id"] for item in first["items"]] == first_ids
+    conversation = first["conversation_id"]
+
+    more = _chat(url, "show me more", conversation)
+    _from_the_pipeline(more)
+    assert [item["item_id"] for item in more["items"]] == more_ids
+
+    rejected = _chat(url, "not that one", conversation)
+    _from_the_pipeline(rejected)
+    assert [item["item_id"] for item in rejected["items"]] == [*more_ids[1:], instead]
+    assert more["items"][0]["title"] in rejected["reply"]
+
+
+def test_chat_ranks_the_neighbours_of_a_focus_through_the_pipeline(served) -> None:
+    """Movies like one of the user's own: the pipeline's candidates and the catalog neighbours of the focus, all
+    scored by the pipeline, in order of similarity to the focus."""
+    url, *_, own_top = served
+    answer = _chat(url, "movies like Toy Story", None, k=4)
+    assert answer["focus"] and all(f["origin"] == "history" and "Toy Story" in f["title"] for f in answer["focus"])
+    _from_the_pipeline(answer)
+    assert {item["item_id"] for item in answer["items"]} - own_top  # neighbours joined the pipeline's own picks
+    similarities = [item["similarity"] for item in answer["items"]]
+    assert len(similarities) == 4 and similarities == sorted(similarities, reverse=True)
+
+
 def test_posted_events_reach_the_served_counts_without_a_refit(served) -> None:
     """Runs last in this module: it changes the served pipeline's counts. Twenty new users watch user 1's recent
     movies and one movie nobody had watched; popularity and ItemKNN count them at the next answer."""
-    url, _, _, (unseen, recent) = served
+    url, _, _, (unseen, recent), *_ = served
 
     def scores() -> dict[str, float]:
         answer = _recommend(url, user_id="1", platform="movies", k=1, candidates=[unseen])

@@ -279,10 +279,12 @@ class Pipeline:
                 sources={name: float(values[j]) for name, values in pool.scores.items()},
                 proposed_by=tuple(pool.proposed_by[item]),
                 llm=None if calibrated is None else float(calibrated[j])))
-        if explain:
-            titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
-            items = self.explainer.explain(items, titles, verb=self._verb(context.platform))
-        return items
+        return self.explain(context, items) if explain else items
+
+    def explain(self, context: Context, items: Sequence[ScoredItem]) -> list[ScoredItem]:
+        """``items`` (of ``context.platform``) with the explain stage's rationales citing the context's history."""
+        titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
+        return self.explainer.explain(items, titles, verb=self._verb(context.platform))
 
     @property
     def explainer(self):

@@ -122,9 +122,9 @@ class Service:
         recommender = Recommender(store, llm_config=llm_config, templates=templates, config=config)
         worker = BatchWorker(recommender, max_batch=settings.max_batch, max_queue=settings.max_queue,
                              wait_s=settings.batch_wait_ms / 1000)
-        chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
-                          use_llm=settings.chat_llm)
         pipelines = Pipelines(store, folder=settings.pipeline, defaults=settings.default_pipelines)
+        chat = ChatEngine(recommender, Conversations(settings.conversation_ttl_s, settings.max_conversations),
+                          use_llm=settings.chat_llm, pipelines=pipelines)
         service = cls(settings, store, templates, recommender, Recommender(store, embedder=Embedder()), worker,
                       chat, ReportBuilder(recommender, k=settings.report_k, pipelines=pipelines), threading.Lock(),
                       threading.Event(), pipelines)

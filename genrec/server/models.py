@@ -185,3 +185,5 @@ class ChatOut(BaseModel):
     intent: dict[str, Any]
     focus: list[dict[str, Any]]
     items: list[RecommendationOut]
+    pipeline: str | None = None  # the pipeline that proposed and ranked the items (None: generate-then-ground)
+    version: str | None = None  # its registry version
