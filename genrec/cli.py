@@ -466,6 +466,40 @@ def _show_pipeline_items(pipeline, items, title: str, explain: bool) -> None:
     console.print(table)
 
 
+@app.command()
+def batch(
+    pipeline: Annotated[Path, typer.Option("--pipeline", help="A pipeline folder from `genrec fit`.")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (user_id, platform, rank, item_id, "
+                                                    "title, score, sources, proposed_by, llm).")],
+    users: Annotated[Path | None, typer.Option("--users", help="Score only these user ids (a file, one a line) "
+                                                               "[default: every user of the store with events on "
+                                                               "the pipeline's platforms].")] = None,
+    platform: Annotated[list[str] | None, typer.Option("--platform", help="Target platform (repeat for several) "
+                                                                           "[default: every platform the "
+                                                                           "pipeline ranks].")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Items per user and platform.")] = 10,
+    ray: Annotated[str | None, typer.Option("--ray", help="Run the shards on Ray: a cluster address, or 'local' "
+                                                          "to start Ray on this machine (pip install "
+                                                          "'genrec[ray]').")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Ray workers, each holding one pipeline "
+                                                           "replica.")] = 2,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Users per shard (the unit a rerun "
+                                                                 "resumes by).")] = 256,
+    db: DbOption = None,
+) -> None:
+    """Score every user (or a list) with a fitted pipeline into one Parquet file; resumable by user shards,
+    in this process or on a Ray cluster."""
+    from genrec.pipeline.batch import read_user_file, run_batch
+
+    with _store(db, read_only=True) as store:  # workers never open the store: the driver reads the histories
+        chosen = read_user_file(users, store) if users is not None else None
+        result = run_batch(store, pipeline, out, users=chosen, platforms=platform, k=k, shard_size=shard_size,
+                           ray_address=ray, workers=workers, progress=True)
+    resumed = f", {result.skipped} done by an earlier run" if result.skipped else ""
+    console.print(f"{result.users:,} users x {', '.join(result.platforms)}: {result.rows:,} rows -> {result.out}  "
+                  f"({result.shards} shards{resumed}; {result.engine}, {result.users_per_s:,.1f} users/s)")
+
+
 def _show_recommendations(result, explain: bool) -> None:
     table = Table("#", "item", "title", "from", "score", *(("rationale",) if explain else ()),
                   title=f"{result.platform} for user {result.user_id}", show_lines=explain)

@@ -254,20 +254,30 @@ class Pipeline:
         only these items; ``exclude``: items never to recommend (besides the user's own)."""
         if k < 1:
             raise GenrecError(f"k must be at least 1, got {k}")
-        [(pool, fused, calibrated)] = self.rank([context], context.platform, candidates=candidates,
-                                                exclude=exclude)
+        [ranked] = self.rank([context], context.platform, candidates=candidates, exclude=exclude)
+        items = self._top(ranked, context.platform, k)
+        if explain:
+            titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
+            items = self.explainer.explain(items, titles, verb=self._verb(context.platform))
+        return items
+
+    def recommend_many(self, contexts: Sequence[Context], platform: str, k: int = 10) -> list[list[ScoredItem]]:
+        """``recommend`` (no rationales) for many contexts of one platform at once: the sources score them as one
+        batch (``genrec batch`` runs this)."""
+        if k < 1:
+            raise GenrecError(f"k must be at least 1, got {k}")
+        return [self._top(ranked, platform, k) for ranked in self.rank(contexts, platform)]
+
+    def _top(self, ranked: tuple[Pool, np.ndarray, np.ndarray | None], platform: str, k: int) -> list[ScoredItem]:
+        pool, fused, calibrated = ranked
         items = []
         for rank, j in enumerate(order(fused)[:k], 1):
             item = pool.items[j]
             items.append(ScoredItem(
-                rank=rank, item_id=item, title=self.titles.get((context.platform, item), ""),
-                platform=context.platform, score=float(fused[j]),
-                sources={name: float(values[j]) for name, values in pool.scores.items()},
+                rank=rank, item_id=item, title=self.titles.get((platform, item), ""), platform=platform,
+                score=float(fused[j]), sources={name: float(values[j]) for name, values in pool.scores.items()},
                 proposed_by=tuple(pool.proposed_by[item]),
                 llm=None if calibrated is None else float(calibrated[j])))
-        if explain:
-            titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
-            items = self.explainer.explain(items, titles, verb=self._verb(context.platform))
         return items
 
     @property
