@@ -196,10 +196,11 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
               platforms: Sequence[str] | None = None, k: int = 10, shard_size: int = 256,
               ray_address: str | None = None, workers: int = 1, progress: bool = False,
               on_shard: Callable[[int], None] | None = None) -> BatchResult:
-    """Score ``users`` (default: every user of ``store`` with events on a platform the pipeline ranks) on ``platforms`` (default: every platform the pipeline
-    has a catalog for) and write ``out``; see the module docstring. ``ray_address``: run the shards on Ray
-    (``"local"`` starts a local Ray; a Ray already initialised in this process is used as it is), ``workers``
-    pipeline replicas. ``on_shard(i)`` is called after shard ``i``'s part file is written."""
+    """Score ``users`` (default: every user of ``store`` with events on a platform the pipeline ranks) on
+    ``platforms`` (default: every platform the pipeline ranks) and write ``out``; see the module docstring.
+    ``ray_address``: run the shards on Ray (``"local"`` starts a local Ray; a Ray already initialised in this
+    process is used as it is) with ``workers`` pipeline replicas. ``on_shard(i)`` is called after shard ``i``'s
+    part file is written."""
     started = time.perf_counter()
     pipeline_dir, out = Path(pipeline_dir), Path(out)
     if not (pipeline_dir / SPEC_FILE).is_file():
@@ -255,8 +256,8 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
     rows = _assemble(parts, len(shards), out, schema)
     shutil.rmtree(parts)
     return BatchResult(out, rows, len(users), chosen, len(shards), len(pending), len(done),
-                       sum(len(shards[i]) for i in pending), time.perf_counter() - started, engine, workers if ray_address else 1,
-                       info={"worker_pids": sorted(pids)})
+                       sum(len(shards[i]) for i in pending), time.perf_counter() - started, engine,
+                       workers if ray_address else 1, info={"worker_pids": sorted(pids)})
 
 
 def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: list[int], platforms: list[str],
