@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -759,8 +760,13 @@ def train(
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     evaluation = load_eval_config(cfg.eval_config)
-    with _store(db) as store:  # the only write: importing the data set on first use
-        ensure_dataset(store, evaluation.dataset, platforms=evaluation.dataset_platforms)
+    # the only write: importing the data set on first use. DuckDB lets one process write the file or several read
+    # it, so under `accelerate launch` the main process imports while the others wait, then all of them read
+    state = _launched(cfg)
+    with state.main_process_first() if state is not None else contextlib.nullcontext():
+        if state is None or state.is_main_process:
+            with _store(db) as store:
+                ensure_dataset(store, evaluation.dataset, platforms=evaluation.dataset_platforms)
     with _store(db, read_only=True) as store:  # other readers may share the store while this runs
         result = Trainer(cfg, store).run(resume=resume)
     state = result.state
@@ -768,6 +774,17 @@ def train(
                   f"best {cfg.validation.metric} {state.best_metric} (step {state.best_step}), zero-shot "
                   f"{(state.zero_shot or {}).get(cfg.validation.metric)}")
     console.print(f"adapter: {result.adapter_dir}  (use it with --adapter {result.adapter_dir})")
+
+
+def _launched(cfg):
+    """accelerate's process state when this is one of several processes (`accelerate launch`), else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    from accelerate import PartialState
+
+    from genrec.llm import resolve_device
+
+    return PartialState(cpu=resolve_device(cfg.train.device).type == "cpu")  # what the trainer's Accelerator asks
 
 
 @app.command()
