@@ -236,8 +236,11 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
                disable=not progress)
     schema = output_schema([s["name"] for s in _spec_sources(pipeline_dir)])
 
+    stamps: list[tuple[float, int]] = []  # (when, users) of each shard written
+
     def finished(i: int, table: pa.Table) -> None:
         _write_part(parts / _part_name(i), table.cast(schema))
+        stamps.append((time.perf_counter() - started, len(shards[i])))
         bar.update(len(shards[i]))
         if on_shard is not None:
             on_shard(i)
@@ -257,7 +260,18 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
     shutil.rmtree(parts)
     return BatchResult(out, rows, len(users), chosen, len(shards), len(pending), len(done),
                        sum(len(shards[i]) for i in pending), time.perf_counter() - started, engine,
-                       workers if ray_address else 1, info={"worker_pids": sorted(pids)})
+                       workers if ray_address else 1, info={"worker_pids": sorted(pids), **_pace(stamps)})
+
+
+def _pace(stamps: list[tuple[float, int]]) -> dict[str, float]:
+    """When the first shard was written (start-up: the store's first read, loading the pipeline or starting the
+    workers) and the users/s from then to the last shard (the steady pace once every replica runs)."""
+    if not stamps:
+        return {}
+    first, last = stamps[0][0], stamps[-1][0]
+    later = sum(users for _, users in stamps[1:])
+    return {"first_shard_s": round(first, 3),
+            "steady_users_per_s": round(later / (last - first), 1) if later and last > first else None}
 
 
 def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: list[int], platforms: list[str],
@@ -277,7 +291,7 @@ def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: lis
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardScorer, fn_constructor_kwargs={"pipeline_dir": str(pipeline_dir.resolve()), "platforms": platforms,
                                             "k": k, "db": db},
-        batch_size=1, concurrency=workers, num_cpus=1, batch_format="numpy")
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, batch_format="numpy")
     pids = set()
     for row in dataset.iter_rows():
         pids.add(int(row["pid"]))
