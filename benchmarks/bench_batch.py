@@ -4,7 +4,8 @@ with 1 and 2 workers (Ray Data actors, one pipeline replica each).
 
 Reports users/s per engine, the best of ``--repeats`` runs: end to end (from the call to the final Parquet file; Ray's
 own start-up excluded, the workers' start and pipeline loads included) and steady (from the first shard written to
-the last, once every replica runs), and checks that every engine wrote the same file.
+the last, once every replica runs), and checks that every engine ranked the same items (scores
+may differ in float32 rounding: torch runs SASRec on 2 threads in this process and on 1 in a Ray worker).
 The machine's load average is recorded before and after: on a shared 2-core machine the numbers are taken under
 whatever else runs.
 
@@ -103,9 +104,14 @@ def main() -> None:
                                                      workers=workers)
             finally:
                 ray.shutdown()
-        reference = pq.read_table(runs["in-process"]["file"])
+        reference = pq.read_table(runs["in-process"]["file"]).to_pandas()
         for run in runs.values():
-            run["same_as_in_process"] = pq.read_table(run.pop("file")).equals(reference)
+            table = pq.read_table(run.pop("file")).to_pandas()
+            # SASRec runs in float32 on torch's threads (2 here, 1 in a Ray worker): sums may round differently
+            run["same_items_as_in_process"] = bool(
+                (table[["user_id", "platform", "rank", "item_id"]] == reference[["user_id", "platform", "rank",
+                                                                                  "item_id"]]).all().all())
+            run["max_score_difference"] = float((table["score"] - reference["score"]).abs().max())
         result["runs"] = runs
     save_result(result, args.out)
 

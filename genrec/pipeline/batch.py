@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -286,6 +287,7 @@ def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: lis
         else:
             ray.init(address=address, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's bar counts the users
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a log line per dataset run under that bar
     items = [{"shard": i, "histories": pickle.dumps(read_histories(store, shards[i]))} for i in pending]
     db = str(store.path) if getattr(store, "path", None) is not None else None
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
