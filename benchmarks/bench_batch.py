@@ -50,19 +50,20 @@ def fit(home: Path) -> tuple[Path, Path, float]:
     return folder, db, time.perf_counter() - started
 
 
-def measure(store: Store, pipeline: Path, out: Path, repeats: int, shard_size: int, **engine: Any) -> dict:
-    runs = []
-    for r in range(repeats):
-        target = out.with_name(f"{out.stem}-{r}.parquet")
-        result = run_batch(store, pipeline, target, shard_size=shard_size, **engine)
-        runs.append({"seconds": round(result.seconds, 2), "users_per_s": round(result.users_per_s, 1),
-                     "first_shard_s": result.info.get("first_shard_s"),
-                     "steady_users_per_s": result.info.get("steady_users_per_s")})
-    best = max(runs, key=lambda run: run["users_per_s"])
+def one_run(store: Store, pipeline: Path, out: Path, shard_size: int, **engine: Any) -> dict:
+    result = run_batch(store, pipeline, out, shard_size=shard_size, **engine)
     return {"engine": result.engine, "workers": result.workers, "users": result.users, "rows": result.rows,
-            "shards": result.shards, "users_per_s": best["users_per_s"],
-            "steady_users_per_s": max(run["steady_users_per_s"] or 0 for run in runs), "runs": runs,
-            "file": str(target)}
+            "shards": result.shards, "seconds": round(result.seconds, 2), "users_per_s": round(result.users_per_s, 1),
+            "first_shard_s": result.info.get("first_shard_s"),
+            "steady_users_per_s": result.info.get("steady_users_per_s"), "file": str(out)}
+
+
+def summary(runs: list[dict]) -> dict:
+    """The best of the repeats (end to end and steady), with every run."""
+    keep = ("engine", "workers", "users", "rows", "shards", "file")
+    return {**{key: runs[-1][key] for key in keep}, "users_per_s": max(run["users_per_s"] for run in runs),
+            "steady_users_per_s": max(run["steady_users_per_s"] or 0 for run in runs),
+            "runs": [{key: value for key, value in run.items() if key not in keep} for run in runs]}
 
 
 def main() -> None:
@@ -92,18 +93,20 @@ def main() -> None:
             result["fit_seconds"] = "fitted beforehand with genrec fit --config " + str(SPEC.relative_to(ROOT))
         result["pipeline_fit"] = json.loads((pipeline / "fit.json").read_text()).get("fit_seconds")
         with Store(db, read_only=True) as store:
-            runs = {"in-process": measure(store, pipeline, root / "local.parquet", args.repeats, args.shard_size,
-                                          k=args.k)}
             started = time.perf_counter()
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             result["ray_init_seconds"] = round(time.perf_counter() - started, 2)
+            engines = {"in-process": {}, "ray-1": {"ray_address": "local", "workers": 1},
+                       "ray-2": {"ray_address": "local", "workers": 2}}
+            done: dict[str, list[dict]] = {name: [] for name in engines}
             try:
-                for workers in (1, 2):
-                    runs[f"ray-{workers}"] = measure(store, pipeline, root / f"ray{workers}.parquet", args.repeats,
-                                                     args.shard_size, k=args.k, ray_address="local",
-                                                     workers=workers)
+                for r in range(args.repeats):  # the engines interleaved, so that a change of load hits them alike
+                    for name, engine in engines.items():
+                        done[name].append(one_run(store, pipeline, root / f"{name}-{r}.parquet", args.shard_size,
+                                                  k=args.k, **engine))
             finally:
                 ray.shutdown()
+        runs = {name: summary(results) for name, results in done.items()}
         reference = pq.read_table(runs["in-process"]["file"]).to_pandas()
         for run in runs.values():
             table = pq.read_table(run.pop("file")).to_pandas()
