@@ -102,11 +102,8 @@ class EvalData:
 def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalData:
     """Cases and training data for ``data_platforms`` (the data set's platforms) under ``protocol``."""
     targets = protocol.platforms or data_platforms
-    events = store.events(data_platforms)
-    catalogs = {p: store.catalog(p)["item_id"].tolist() for p in data_platforms}
-    titles = {(p, i): t for p in data_platforms
-              for i, t in zip(store.catalog(p)["item_id"], store.catalog(p)["title"], strict=True)}
-    sequences = _sequences(events)
+    everything = snapshot(store, data_platforms)
+    catalogs, titles, sequences = everything.catalogs, everything.titles, everything.sequences
     roles = _user_roles(store, protocol, sorted(sequences))
     test, valid, train = [], [], {}
     for user, seq in sequences.items():
@@ -130,6 +127,21 @@ def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalDa
         train = {u: [x for x in s if x.platform not in excluded] for u, s in train.items()}
     train = {u: s for u, s in train.items() if s}
     return EvalData(protocol, test, valid, TrainData(train, catalogs, titles), targets)
+
+
+def snapshot(store: Store, platforms: list[str]) -> TrainData:
+    """Every stored event of ``platforms`` as time-ordered sequences per user, with their catalogs and titles."""
+    catalogs, titles = {}, {}
+    for platform in platforms:
+        catalog = store.catalog(platform)
+        catalogs[platform] = catalog["item_id"].tolist()
+        titles.update({(platform, i): t for i, t in zip(catalog["item_id"], catalog["title"], strict=True)})
+    return TrainData(_sequences(store.events(platforms)), catalogs, titles)
+
+
+def cases_at(user: str, seq: list[Interaction], indices: list[int], split: str) -> list[EvalCase]:
+    """Cases predicting ``seq[i]`` for each ``i`` in ``indices`` from the events strictly before it."""
+    return _cases(user, seq, [x.timestamp for x in seq], indices, split)
 
 
 def _sequences(events) -> dict[str, list[Interaction]]:

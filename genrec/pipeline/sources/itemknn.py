@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, regrown
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 
@@ -69,6 +69,21 @@ class ItemKNN(CandidateSource):
             self._added[1].extend(others + [j] * len(others))
         self._users[added] += 1
         self._blocks = {}
+        return True
+
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """New items start with no users: the counts are carried over to the new item indices."""
+        if self._vocab is None or self._cooc is None:
+            return catalogs == self.catalogs
+        vocab, to, from_ = regrown(self._vocab, catalogs)
+        if vocab.index == self._vocab.index:
+            self.catalogs = catalogs
+            return True
+        move = sp.csr_matrix((np.ones(len(to), dtype=np.float32), (to, from_)), shape=(vocab.size, self._vocab.size))
+        self._cooc = (move @ self._counts() @ move.T).tocsr()
+        users = np.zeros(vocab.size, dtype=np.float32)
+        users[to] = self._users[from_]
+        self.catalogs, self._vocab, self._users, self._blocks = catalogs, vocab, users, {}
         return True
 
     def _counts(self) -> sp.csr_matrix:

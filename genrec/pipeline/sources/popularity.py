@@ -39,6 +39,15 @@ class MostPop(CandidateSource):
                 self._counts[platform][position] += 1
         return True
 
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """New items start with no users; items dropped from a catalog are forgotten."""
+        counts = {}
+        for platform, items in catalogs.items():
+            known = dict(zip(self.catalogs.get(platform, []), self._counts.get(platform, []), strict=True))
+            counts[platform] = np.array([known.get(item, 0) for item in items], dtype=np.int64)
+        self.catalogs, self._counts, self._index = catalogs, counts, {}
+        return True
+
     def _positions(self, platform: str) -> dict[str, int]:
         if platform not in self._index:
             catalog = self.catalogs.get(platform, [])
