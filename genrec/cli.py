@@ -554,7 +554,8 @@ def _show_pipeline_items(pipeline, items, title: str, explain: bool) -> None:
 
 @app.command()
 def batch(
-    pipeline: Annotated[Path, typer.Option("--pipeline", help="A pipeline folder from `genrec fit`.")],
+    pipeline: Annotated[Path, typer.Option("--pipeline", help="A pipeline folder from `genrec fit` (or a "
+                                                              "registry folder: its champion).")],
     out: Annotated[Path, typer.Option("--out", help="Parquet file to write (user_id, platform, rank, item_id, "
                                                     "title, score, sources, proposed_by, llm).")],
     users: Annotated[Path | None, typer.Option("--users", help="Score only these user ids (a file, one a line) "

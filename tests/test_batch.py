@@ -151,6 +151,17 @@ def test_user_lists_and_errors(fitted, store, tmp_path) -> None:
         run_batch(store, tmp_path / "missing", tmp_path / "x.parquet")
 
 
+def test_a_registry_folder_scores_with_its_champion(fitted, store, tmp_path) -> None:
+    from genrec.pipeline.registry import Registry
+
+    _, folder = fitted
+    registry = Registry(tmp_path / "registry")
+    registry.promote(registry.add(Pipeline.load(folder), origin="fit", window_end=0.0).name)
+    direct = run_batch(store, folder, tmp_path / "direct.parquet", k=3)
+    champion = run_batch(store, tmp_path / "registry", tmp_path / "champion.parquet", k=3)
+    assert pq.read_table(champion.out).equals(pq.read_table(direct.out))
+
+
 def _genrec(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "genrec.cli", *args], capture_output=True, text=True, env=env,

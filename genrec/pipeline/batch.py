@@ -203,7 +203,11 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
     process is used as it is) with ``workers`` pipeline replicas. ``on_shard(i)`` is called after shard ``i``'s
     part file is written."""
     started = time.perf_counter()
+    from genrec.pipeline.registry import Registry, is_registry
+
     pipeline_dir, out = Path(pipeline_dir), Path(out)
+    if is_registry(pipeline_dir):  # its champion now: every shard (and worker) ranks with the same version
+        pipeline_dir = Registry(pipeline_dir).champion_path()
     if not (pipeline_dir / SPEC_FILE).is_file():
         raise GenrecError(f"{pipeline_dir} is not a pipeline folder (no {SPEC_FILE}); make one with `genrec fit`")
     if k < 1:
