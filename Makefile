@@ -40,6 +40,7 @@ bench: install  # quiet machine please: every script records the load average ne
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_load.py
+	$(PY) benchmarks/bench_batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -551,6 +552,41 @@ def _show_pipeline_items(pipeline, items, title: str, explain: bool) -> None:
     console.print(table)
 
 
+@app.command()
+def batch(
+    pipeline: Annotated[Path, typer.Option("--pipeline", help="A pipeline folder from `genrec fit` (or a "
+                                                              "registry folder: its champion).")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (user_id, platform, rank, item_id, "
+                                                    "title, score, sources, proposed_by, llm).")],
+    users: Annotated[Path | None, typer.Option("--users", help="Score only these user ids (a file, one a line) "
+                                                               "[default: every user of the store with events on "
+                                                               "the pipeline's platforms].")] = None,
+    platform: Annotated[list[str] | None, typer.Option("--platform", help="Target platform (repeat for several) "
+                                                                           "[default: every platform the "
+                                                                           "pipeline ranks].")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Items per user and platform.")] = 10,
+    ray: Annotated[str | None, typer.Option("--ray", help="Run the shards on Ray: a cluster address, or 'local' "
+                                                          "to start Ray on this machine (pip install "
+                                                          "'genrec[ray]').")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Ray workers, each holding one pipeline "
+                                                           "replica.")] = 2,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="Users per shard (the unit a rerun "
+                                                                 "resumes by).")] = 256,
+    db: DbOption = None,
+) -> None:
+    """Score every user (or a list) with a fitted pipeline into one Parquet file; resumable by user shards,
+    in this process or on a Ray cluster."""
+    from genrec.pipeline.batch import read_user_file, run_batch
+
+    with _store(db, read_only=True) as store:  # workers never open the store: the driver reads the histories
+        chosen = read_user_file(users, store) if users is not None else None
+        result = run_batch(store, pipeline, out, users=chosen, platforms=platform, k=k, shard_size=shard_size,
+                           ray_address=ray, workers=workers, progress=True)
+    resumed = f", {result.skipped} done by an earlier run" if result.skipped else ""
+    console.print(f"{result.users:,} users x {', '.join(result.platforms)}: {result.rows:,} rows -> {result.out}  "
+                  f"({result.shards} shards{resumed}; {result.engine}, {result.users_per_s:,.1f} users/s)")
+
+
 def _show_recommendations(result, explain: bool) -> None:
     table = Table("#", "item", "title", "from", "score", *(("rationale",) if explain else ()),
                   title=f"{result.platform} for user {result.user_id}", show_lines=explain)
@@ -810,8 +846,13 @@ def train(
     if max_steps is not None:
         cfg.train.max_steps = max_steps
     evaluation = load_eval_config(cfg.eval_config)
-    with _store(db) as store:  # the only write: importing the data set on first use
-        ensure_dataset(store, evaluation.dataset, platforms=evaluation.dataset_platforms)
+    # the only write: importing the data set on first use. DuckDB lets one process write the file or several read
+    # it, so under `accelerate launch` the main process imports while the others wait, then all of them read
+    state = _launched(cfg)
+    with state.main_process_first() if state is not None else contextlib.nullcontext():
+        if state is None or state.is_main_process:
+            with _store(db) as store:
+                ensure_dataset(store, evaluation.dataset, platforms=evaluation.dataset_platforms)
     with _store(db, read_only=True) as store:  # other readers may share the store while this runs
         result = Trainer(cfg, store).run(resume=resume)
     state = result.state
@@ -819,6 +860,17 @@ def train(
                   f"best {cfg.validation.metric} {state.best_metric} (step {state.best_step}), zero-shot "
                   f"{(state.zero_shot or {}).get(cfg.validation.metric)}")
     console.print(f"adapter: {result.adapter_dir}  (use it with --adapter {result.adapter_dir})")
+
+
+def _launched(cfg):
+    """accelerate's process state when this is one of several processes (`accelerate launch`), else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    from accelerate import PartialState
+
+    from genrec.llm import resolve_device
+
+    return PartialState(cpu=resolve_device(cfg.train.device).type == "cpu")  # what the trainer's Accelerator asks
 
 
 @app.command()

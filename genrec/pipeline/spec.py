@@ -268,18 +268,28 @@ class Pipeline:
         only these items; ``exclude``: items never to recommend (besides the user's own)."""
         if k < 1:
             raise GenrecError(f"k must be at least 1, got {k}")
-        [(pool, fused, calibrated)] = self.rank([context], context.platform, candidates=candidates,
-                                                exclude=exclude)
+        [ranked] = self.rank([context], context.platform, candidates=candidates, exclude=exclude)
+        items = self._top(ranked, context.platform, k)
+        return self.explain(context, items) if explain else items
+
+    def recommend_many(self, contexts: Sequence[Context], platform: str, k: int = 10) -> list[list[ScoredItem]]:
+        """``recommend`` (no rationales) for many contexts of one platform at once: the sources score them as one
+        batch (``genrec batch`` runs this)."""
+        if k < 1:
+            raise GenrecError(f"k must be at least 1, got {k}")
+        return [self._top(ranked, platform, k) for ranked in self.rank(contexts, platform)]
+
+    def _top(self, ranked: tuple[Pool, np.ndarray, np.ndarray | None], platform: str, k: int) -> list[ScoredItem]:
+        pool, fused, calibrated = ranked
         items = []
         for rank, j in enumerate(order(fused)[:k], 1):
             item = pool.items[j]
             items.append(ScoredItem(
-                rank=rank, item_id=item, title=self.titles.get((context.platform, item), ""),
-                platform=context.platform, score=float(fused[j]),
-                sources={name: float(values[j]) for name, values in pool.scores.items()},
+                rank=rank, item_id=item, title=self.titles.get((platform, item), ""), platform=platform,
+                score=float(fused[j]), sources={name: float(values[j]) for name, values in pool.scores.items()},
                 proposed_by=tuple(pool.proposed_by[item]),
                 llm=None if calibrated is None else float(calibrated[j])))
-        return self.explain(context, items) if explain else items
+        return items
 
     def explain(self, context: Context, items: Sequence[ScoredItem]) -> list[ScoredItem]:
         """``items`` (of ``context.platform``) with the explain stage's rationales citing the context's history."""
