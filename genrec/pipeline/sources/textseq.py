@@ -38,8 +38,8 @@ from genrec.errors import GenrecError
 from genrec.evaluation.metrics import case_metrics
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
 from genrec.pipeline.sources.content import TextEncoder
-from genrec.pipeline.sources.sasrec import _Layer, fit_epochs
-from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
+from genrec.pipeline.sources.sasrec import _Layer, fit_epochs, train_parts, windows
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
 
 PAD = 0
 UNKNOWN_PLATFORM = 0
@@ -234,7 +234,8 @@ class TextSeqRec(CandidateSource):
         text[1:] = self._whitened(vectors)
         embed_seconds = time.perf_counter() - started
 
-        parts = [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
+        parts = [vocab.encode(part) for seq in train.sequences.values()
+                 for part in train_parts(seq, self.history_scope)]
         counts = np.bincount([i for part in parts for i in part], minlength=vocab.size)
         platforms = [p for p in train.catalogs if counts[vocab.block(p)].sum() > 0]
         self._platforms = {p: i + 1 for i, p in enumerate(platforms)}
@@ -246,7 +247,7 @@ class TextSeqRec(CandidateSource):
         self._seen[PAD] = False
         self._item_platform = item_platform
         self._added, self._cache = {}, {}
-        inputs, targets = self._windows(parts)
+        inputs, targets = windows(parts, self.max_len, untargeted_input=False)
         if len(inputs) == 0:
             raise GenrecError(f"{self.name} needs at least one train sequence with two items")
 
@@ -275,24 +276,6 @@ class TextSeqRec(CandidateSource):
 
     def _validate(self, cases: Sequence[EvalCase]) -> float:
         return float(case_metrics(rank_cases(self, cases, self.catalogs), ks=(10,))["NDCG@10"].mean())
-
-    def _train_parts(self, sequence: list[Interaction]) -> list[list[Interaction]]:
-        if self.history_scope == "cross":
-            return [sequence]
-        platforms = dict.fromkeys(x.platform for x in sequence)
-        return [[x for x in sequence if x.platform == p] for p in platforms]
-
-    def _windows(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Non-overlapping windows of ``max_len`` inputs and their next-item targets (``PAD``: not trained)."""
-        inputs, targets = [], []
-        for seq in sequences:
-            for start in range(0, len(seq) - 1, self.max_len):
-                window = seq[start : start + self.max_len]
-                target = seq[start + 1 : start + self.max_len + 1]
-                window = window[: len(target)]
-                inputs.append(window + [PAD] * (self.max_len - len(window)))
-                targets.append(target + [PAD] * (self.max_len - len(target)))
-        return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
 
     def _train_epoch(self, net: _Network, optimiser: torch.optim.Optimizer, inputs: torch.Tensor,
                      targets: torch.Tensor, deadline: float | None) -> tuple[float, float]:
