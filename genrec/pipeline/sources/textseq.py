@@ -14,6 +14,10 @@ platform of the *next* item (the platform being predicted; at serving time the t
 train interactions (and, with probability ``platform_dropout`` in training, any platform) use a shared "unknown
 platform" embedding, which is how a platform never seen in training is served. With ``history_scope="cross"`` the
 sequences are the merged cross-platform histories; with ``"target"`` they are split per platform.
+``history_order="target_last"`` (cross scope only) reorders each cross-platform history as the other platforms'
+items first, then the target platform's, each part in time order: at serving the target platform is the case's,
+and in training every user sequence gives one sequence per platform P it holds (the other platforms' items, then
+P's) whose trained targets are P's items only, so each target is still trained once.
 
 Training and scoring. Each next-item target is trained with a softmax over its own platform's catalog (the ranking
 space of the evaluation), sampled for speed on CPU: the batch's targets of that platform plus ``n_negatives`` of its
@@ -39,7 +43,7 @@ from genrec.evaluation.metrics import case_metrics
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
 from genrec.pipeline.sources.content import TextEncoder
 from genrec.pipeline.sources.sasrec import _Layer, fit_epochs, train_parts, windows
-from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
+from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
 UNKNOWN_PLATFORM = 0
@@ -114,7 +118,8 @@ class TextSeqRec(CandidateSource):
     kind = "textseq"
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "text_dim", "n_experts", "dropout",
                "attn_dropout", "id_dropout", "platform_dropout", "use_ids", "n_negatives", "lr", "weight_decay",
-               "batch_size", "max_epochs", "patience", "time_budget_s", "seed")
+               "batch_size", "max_epochs", "patience", "time_budget_s", "seed", "history_order")
+    ORDERS = ("time", "target_last")
 
     def __init__(
         self,
@@ -141,9 +146,13 @@ class TextSeqRec(CandidateSource):
         patience: int = 3,
         time_budget_s: float | None = 780.0,
         seed: int = 2020,
+        history_order: str = "time",
         progress: bool = True,
     ) -> None:
+        if history_order not in self.ORDERS:
+            raise GenrecError(f"TextSeq: history_order must be one of {', '.join(self.ORDERS)}, got {history_order!r}")
         self.name = "TextSeq"
+        self.history_order = history_order
         self.history_scope = history_scope
         self._encoder = encoder
         self.max_len = max_len
@@ -234,8 +243,7 @@ class TextSeqRec(CandidateSource):
         text[1:] = self._whitened(vectors)
         embed_seconds = time.perf_counter() - started
 
-        parts = [vocab.encode(part) for seq in train.sequences.values()
-                 for part in train_parts(seq, self.history_scope)]
+        parts, trained = self._train_sequences(train.sequences.values(), vocab)
         counts = np.bincount([i for part in parts for i in part], minlength=vocab.size)
         platforms = [p for p in train.catalogs if counts[vocab.block(p)].sum() > 0]
         self._platforms = {p: i + 1 for i, p in enumerate(platforms)}
@@ -248,6 +256,11 @@ class TextSeqRec(CandidateSource):
         self._item_platform = item_platform
         self._added, self._cache = {}, {}
         inputs, targets = windows(parts, self.max_len, untargeted_input=False)
+        if trained is not None:  # only the marked targets are trained; windows left with none are dropped
+            _, marks = windows(trained, self.max_len, untargeted_input=False)
+            targets = torch.where(marks == 1, targets, PAD)
+            kept = (targets != PAD).any(dim=1)
+            inputs, targets = inputs[kept], targets[kept]
         if len(inputs) == 0:
             raise GenrecError(f"{self.name} needs at least one train sequence with two items")
 
@@ -276,6 +289,26 @@ class TextSeqRec(CandidateSource):
 
     def _validate(self, cases: Sequence[EvalCase]) -> float:
         return float(case_metrics(rank_cases(self, cases, self.catalogs), ks=(10,))["NDCG@10"].mean())
+
+    def _train_sequences(self, sequences, vocab: ItemVocabulary) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The encoded train sequences and, for ``history_order="target_last"``, a parallel mark per position: 1
+        where its item is a trained target, 2 where it is context only (None: every target is trained)."""
+        if self.history_order == "time" or self.history_scope != "cross":
+            return [vocab.encode(part) for seq in sequences for part in train_parts(seq, self.history_scope)], None
+        parts, marks = [], []
+        for seq in sequences:
+            for platform in dict.fromkeys(x.platform for x in seq):
+                pairs = [(i, 1 if x.platform == platform else 2) for x in target_last(seq, platform)
+                         if (i := vocab.get(x)) is not None]
+                parts.append([i for i, _ in pairs])
+                marks.append([m for _, m in pairs])
+        return parts, marks
+
+    def _history(self, case: Context) -> list[Interaction]:
+        history = scoped_history(case, self.history_scope)
+        if self.history_order == "target_last":
+            history = target_last(history, case.platform)
+        return list(history)
 
     def _train_epoch(self, net: _Network, optimiser: torch.optim.Optimizer, inputs: torch.Tensor,
                      targets: torch.Tensor, deadline: float | None) -> tuple[float, float]:
@@ -373,7 +406,7 @@ class TextSeqRec(CandidateSource):
             items = self._representations(platform)
             if not cases:
                 return np.zeros((0, len(items)), dtype=np.float32)
-            seqs = [self._vocab.encode(scoped_history(case, self.history_scope))[-self.max_len :] for case in cases]
+            seqs = [self._vocab.encode(self._history(case))[-self.max_len :] for case in cases]
             lengths = torch.tensor([max(len(s), 1) for s in seqs])
             width = int(lengths.max())
             seq = torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -410,3 +443,8 @@ class TextSeqRec(CandidateSource):
         self._net = self._network(len(self._platforms), self._text.shape[1])
         self._net.load_state_dict(state["weights"])
         self._net.eval()
+
+
+def target_last(history: Sequence[Interaction], platform: str) -> list[Interaction]:
+    """``history`` with the other platforms' items first and ``platform``'s last, each part in time order."""
+    return [x for x in history if x.platform != platform] + [x for x in history if x.platform == platform]
