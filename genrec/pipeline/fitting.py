@@ -110,6 +110,13 @@ def store_fingerprint(store: Store, platforms: list[str]) -> dict[str, Any]:
     return {"platforms": summary, "digest": digest}
 
 
+def catalog_titles(store: Store, platform: str) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """A platform's catalog items (the store's order, as the protocol reads them) and their titles."""
+    catalog = store.catalog(platform)
+    items = catalog["item_id"].tolist()
+    return items, {(platform, i): t for i, t in zip(items, catalog["title"], strict=True) if t}
+
+
 def user_context(store: Store, user_id: str, platform: str, *, before: datetime | None = None) -> Context:
     """A store user's cross-platform history (before ``before``) as the context for ``platform``."""
     if not store.has_user(user_id):

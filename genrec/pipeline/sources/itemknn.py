@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from genrec.errors import GenrecError
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
@@ -23,6 +24,7 @@ class ItemKNN(CandidateSource):
     """
 
     kind = "itemknn"
+    adds_platforms = True
 
     def __init__(self, history_scope: HistoryScope = "cross", neighbours: int | None = None, shrink: float = 0.0):
         if neighbours is not None and neighbours < 1:
@@ -54,6 +56,19 @@ class ItemKNN(CandidateSource):
         self._vocab = vocab
         self._cooc, self._users = cooc, np.asarray(users.sum(axis=0), dtype=np.float32).ravel()
         self._added, self._blocks = ([], []), {}
+
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+        """A platform onboarded after fitting: its items join the vocabulary (after every fitted one, so no index
+        moves) with no co-occurrence; ``update`` counts its users' items from then on."""
+        if self._vocab is None or self._cooc is None:
+            raise GenrecError(f"{self.name}: this folder was saved before ItemKNN kept its counts: refit it to add "
+                              f"platform {platform!r}")
+        cooc = self._counts().copy()
+        self._extend_catalogs(platform, items)
+        self._vocab = ItemVocabulary(self.catalogs)
+        cooc.resize((self._vocab.size, self._vocab.size))
+        self._cooc, self._blocks = cooc.tocsr(), {}
+        self._users = np.concatenate([self._users, np.zeros(len(items), dtype=self._users.dtype)])
 
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
         """Items the user had not had join the user's set: each pairs once with every other item of the set."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ class MostPop(CandidateSource):
     """Scores each item of a platform by its number of distinct train users; ignores the history."""
 
     kind = "popularity"
+    adds_platforms = True
 
     def __init__(self, history_scope: HistoryScope = "cross") -> None:
         self.name = "MostPop"
@@ -29,6 +30,12 @@ class MostPop(CandidateSource):
     def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         counts = self._counts[platform].astype(np.float32)
         return np.broadcast_to(counts, (len(cases), len(counts))).copy()
+
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+        """A platform onboarded after fitting starts with no user on any item (``update`` counts them)."""
+        self._extend_catalogs(platform, items)
+        self._counts = {**self._counts, platform: np.zeros(len(items), dtype=np.int64)}
+        self._index.pop(platform, None)
 
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
         """Each item the user had not had on its platform counts one more user, as a refit would count it."""

@@ -116,6 +116,7 @@ class TextSeqRec(CandidateSource):
     """
 
     kind = "textseq"
+    adds_platforms = True
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "text_dim", "n_experts", "dropout",
                "attn_dropout", "id_dropout", "platform_dropout", "use_ids", "n_negatives", "lr", "weight_decay",
                "batch_size", "max_epochs", "patience", "time_budget_s", "seed", "history_order")
@@ -373,17 +374,34 @@ class TextSeqRec(CandidateSource):
         ``(platform, item_id)`` to the item's text."""
         if self._net is None:
             raise RuntimeError("fit() first")
-        if platform in self.catalogs or platform in self._added:
+        if self._catalog_known(platform):
             raise GenrecError(f"{self.name}: platform {platform!r} is already known")
         if not items:
             raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
-        self._added[platform] = (list(items), self._whitened(self._embed(platform, items, titles)))
+        text = self._whitened(self._embed(platform, items, titles))
+        self._extend_catalogs(platform, items)
+        self._added[platform] = (list(items), text)
         self._cache.pop(platform, None)
+
+    def _catalog_known(self, platform: str) -> bool:
+        return super()._catalog_known(platform) or platform in self._added
 
     def _catalog(self, platform: str) -> list[str]:
         if platform in self._added:
             return self._added[platform][0]
         return super()._catalog(platform)
+
+    def no_preference(self, context: Context) -> str | None:
+        """Every score is 0 when the history holds no item of the fitted catalogs that the scope reads."""
+        if self._vocab is None or self._vocab.encode(scoped_history(context, self.history_scope)):
+            return None
+        if not context.history:
+            return "the history is empty"
+        if self.history_scope == "target" and not context.history_on(context.platform):
+            return (f"the history has no {context.platform!r} item, and this source reads only the target "
+                    "platform's (history_scope 'target')")
+        return (f"none of the history's {len(context.history)} item(s) is in the catalogs it was fitted on "
+                f"({', '.join(self._vocab.platforms)})")
 
     def _representations(self, platform: str) -> torch.Tensor:
         if platform not in self._cache:
