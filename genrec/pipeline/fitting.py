@@ -114,7 +114,8 @@ def catalog_titles(store: Store, platform: str) -> tuple[list[str], dict[tuple[s
     """A platform's catalog items (the store's order, as the protocol reads them) and their titles."""
     catalog = store.catalog(platform)
     items = catalog["item_id"].tolist()
-    return items, {(platform, i): t for i, t in zip(items, catalog["title"], strict=True) if t}
+    return items, {(platform, i): t for i, t in zip(items, catalog["title"], strict=True)
+                   if isinstance(t, str) and t}
 
 
 def user_context(store: Store, user_id: str, platform: str, *, before: datetime | None = None) -> Context:

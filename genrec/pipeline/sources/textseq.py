@@ -17,7 +17,8 @@ sequences are the merged cross-platform histories; with ``"target"`` they are sp
 ``history_order="target_last"`` (cross scope only) reorders each cross-platform history as the other platforms'
 items first, then the target platform's, each part in time order: at serving the target platform is the case's,
 and in training every user sequence gives one sequence per platform P it holds (the other platforms' items, then
-P's) whose trained targets are P's items only, so each target is still trained once.
+P's) whose trained targets are P's items only, so each item is trained once as a target (a platform's first item
+too: the other platforms' items are its context).
 
 Training and scoring. Each next-item target is trained with a softmax over its own platform's catalog (the ranking
 space of the evaluation), sampled for speed on CPU: the batch's targets of that platform plus ``n_negatives`` of its
