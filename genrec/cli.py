@@ -589,9 +589,9 @@ def platform_add(
         if pipelines:
             from genrec.pipeline.fitting import catalog_titles
 
-            items, titles = catalog_titles(store, name)
+            items, titles, details = catalog_titles(store, name)
             for folder, loaded in pipelines.items():
-                loaded.add_platform(name, items, titles)
+                loaded.add_platform(name, items, titles, details)
                 loaded.save(folder)
     if as_json:
         console.print_json(json.dumps(result.to_dict() | {"pipelines": [str(f) for f in pipelines]}))

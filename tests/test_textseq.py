@@ -211,3 +211,31 @@ def test_target_last_order_puts_the_other_platforms_first_and_trains_each_target
     assert ndcg(model, test, train.catalogs) > 0.35, model.log
     assert model.options()["history_order"] == "target_last"
     assert TextSeqRec().options()["history_order"] == "time"  # the default is unchanged
+
+
+def test_title_and_details_carry_what_the_title_alone_does_not() -> None:
+    """The titles name no topic; the details (a category) do: only ``item_text="title+details"`` transfers."""
+    train, valid, test = world()
+    titles = {key: " ".join(w for w in title.split() if not w.startswith("topic"))
+              for key, title in train.titles.items()}
+    details = {key: title.split()[0] for key, title in train.titles.items()}  # "topic3"
+    bare = TrainData(train.sequences, train.catalogs, titles, details)
+    scores = {}
+    for item_text in ("title", "title+details"):
+        model = TextSeqRec(encoder=HashedWords(), item_text=item_text, **SMALL)
+        model.fit(bare, valid)
+        scores[item_text] = ndcg(model, test, train.catalogs)
+    assert scores["title+details"] > 0.35 and scores["title+details"] > scores["title"] + 0.15, scores
+    with pytest.raises(GenrecError, match="item_text must be one of title, title\\+details"):
+        TextSeqRec(item_text="everything")
+
+
+def test_item_details_join_category_attributes_and_description() -> None:
+    import pandas as pd
+
+    from genrec.evaluation.protocol import item_details
+
+    frame = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
+                          "category": ["pens", None, ""], "attributes": [None, "blue", None],
+                          "description": ["fine tip", "", None]}, dtype="string")
+    assert item_details(frame) == ["pens. fine tip", "blue", ""]

@@ -103,9 +103,11 @@ def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalDa
     """Cases and training data for ``data_platforms`` (the data set's platforms) under ``protocol``."""
     targets = protocol.platforms or data_platforms
     events = store.events(data_platforms)
-    catalogs = {p: store.catalog(p)["item_id"].tolist() for p in data_platforms}
-    titles = {(p, i): t for p in data_platforms
-              for i, t in zip(store.catalog(p)["item_id"], store.catalog(p)["title"], strict=True)}
+    frames = {p: store.catalog(p) for p in data_platforms}
+    catalogs = {p: frame["item_id"].tolist() for p, frame in frames.items()}
+    titles = {(p, i): t for p, frame in frames.items() for i, t in zip(frame["item_id"], frame["title"], strict=True)}
+    details = {(p, i): d for p, frame in frames.items()
+               for i, d in zip(frame["item_id"], item_details(frame), strict=True) if d}
     sequences = _sequences(events)
     roles = _user_roles(store, protocol, sorted(sequences))
     test, valid, train = [], [], {}
@@ -129,7 +131,15 @@ def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalDa
         excluded = set(protocol.exclude_from_training)
         train = {u: [x for x in s if x.platform not in excluded] for u, s in train.items()}
     train = {u: s for u, s in train.items() if s}
-    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles), targets)
+    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles, details), targets)
+
+
+def item_details(catalog) -> list[str]:
+    """Each catalog row's text beside its title (a store catalog frame): its category, attributes and description,
+    where present, joined by ". " ("" for none)."""
+    columns = [catalog[c] for c in ("category", "attributes", "description") if c in catalog]
+    return [". ".join(str(v).strip() for v in values if isinstance(v, str) and v.strip())
+            for values in zip(*columns, strict=True)] if columns else [""] * len(catalog)
 
 
 def _sequences(events) -> dict[str, list[Interaction]]:

@@ -54,7 +54,8 @@ class Pipelines:
     def loaded(self) -> list[Pipeline]:
         return [*([self.configured] if self.configured is not None else []), *self._fitted.values()]
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> list[str]:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> list[str]:
         """Let the configured pipeline rank a platform onboarded while the server runs (``Pipeline.add_platform``;
         in memory only: ``genrec platform add --pipeline DIR`` keeps it in the folder). Runs on the worker thread.
         The names of the pipelines that rank it now: none without a configured pipeline, or when one of its
@@ -63,7 +64,7 @@ class Pipelines:
         if pipeline is None:
             return []
         try:
-            pipeline.add_platform(platform, items, titles)
+            pipeline.add_platform(platform, items, titles, details)
         except GenrecError as exc:
             log.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
             return []

@@ -131,7 +131,8 @@ class Pipeline:
         refit; the names of the sources updated (the others learn them at the next fit)."""
         return [name for name, source in self.sources.items() if source.update(before, new)]
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
         """Make a platform onboarded after fitting (its catalog ``items``, ``titles``: ``(platform, item_id)`` ->
         title) rankable without a refit: the text-aware sources score its items from their titles, popularity and
         item-kNN start it with no counts (posted events fill them). Refused, changing nothing, when a source cannot
@@ -145,7 +146,7 @@ class Pipeline:
                               f"title, e.g. {', '.join(map(repr, untitled[:3]))}")
         # text-aware sources first: embedding is the step that can still fail, before any source has changed
         for source in sorted(self.sources.values(), key=lambda s: s.kind != "textseq"):
-            source.add_platform(platform, items, titles)
+            source.add_platform(platform, items, titles, details)
         self.titles = {**self.titles, **{(platform, item): titles[(platform, item)] for item in items}}
         if self.scorer is not None:
             self.scorer.titles = self.titles

@@ -488,10 +488,10 @@ def _add_routes(app: FastAPI) -> None:
                     max_rows=service.settings.max_catalog_rows)
             pipelines = []
             if service.pipelines.configured is not None:  # it ranks the new platform too (on the worker thread)
-                items, titles = await run_in_threadpool(catalog_titles, service.store, name)
+                items, titles, details = await run_in_threadpool(catalog_titles, service.store, name)
                 try:
                     pipelines = await service.run(CallJob(partial(service.pipelines.add_platform, name, items,
-                                                                  titles)))
+                                                                  titles, details)))
                 except Busy:
                     pass  # onboarded all the same; the pipeline ranks it after `genrec platform add --pipeline`
         finally:

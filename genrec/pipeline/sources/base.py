@@ -95,9 +95,11 @@ class CandidateSource:
         that do not say)."""
         return None
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
-        """Make ``platform``'s catalog (``items``; ``titles``: ``(platform, item_id)`` -> title), onboarded after
-        fitting, scorable without a refit (sources with ``adds_platforms``)."""
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
+        """Make ``platform``'s catalog (``items``; ``titles``: ``(platform, item_id)`` -> title; ``details``: the
+        items' other text, as ``TrainData.details``), onboarded after fitting, scorable without a refit (sources
+        with ``adds_platforms``)."""
         raise GenrecError(f"{self.name} ({self.kind}) cannot score a platform added after fitting: refit it")
 
     def _extend_catalogs(self, platform: str, items: Sequence[str]) -> None:

@@ -57,7 +57,8 @@ class ItemKNN(CandidateSource):
         self._cooc, self._users = cooc, np.asarray(users.sum(axis=0), dtype=np.float32).ravel()
         self._added, self._blocks = ([], []), {}
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
         """A platform onboarded after fitting: its items join the vocabulary (after every fitted one, so no index
         moves) with no co-occurrence; ``update`` counts its users' items from then on."""
         if self._vocab is None or self._cooc is None:

@@ -31,7 +31,8 @@ class MostPop(CandidateSource):
         counts = self._counts[platform].astype(np.float32)
         return np.broadcast_to(counts, (len(cases), len(counts))).copy()
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
         """A platform onboarded after fitting starts with no user on any item (``update`` counts them)."""
         self._extend_catalogs(platform, items)
         self._counts = {**self._counts, platform: np.zeros(len(items), dtype=np.int64)}

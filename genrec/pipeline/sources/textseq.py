@@ -1,12 +1,14 @@
 """TextSeqRec: a text-aware sequential recommender shared by every platform (ideas from UniSRec, KDD 2022, and
 LLM-ESR, NeurIPS 2024; written for genrec).
 
-Item representation. Each item's text (its title) goes through the frozen sentence embedder once; the vectors of
-the fitted catalogs are centred and PCA-whitened to ``text_dim`` dimensions (fixed at fit time), then a learned
-mixture-of-experts adaptor (``n_experts`` linear experts with their own bias, softmax-gated by the text) maps them to
-the model's ``hidden_size``. Items seen in training also get an ID embedding added to that; during training the ID
-part of each item is dropped with probability ``id_dropout`` so that the text carries the signal on its own, and
-items never seen in training (new items, a zero-shot platform's whole catalog) are represented by their text alone.
+Item representation. Each item's text (its title; with ``item_text="title+details"`` followed by its category,
+attributes and description where the catalog has them: ``TrainData.details``) goes through the frozen sentence
+embedder once; the vectors of the fitted catalogs are centred and PCA-whitened to ``text_dim`` dimensions (fixed
+at fit time), then a learned mixture-of-experts adaptor (``n_experts`` linear experts with their own bias,
+softmax-gated by the text) maps them to the model's ``hidden_size``. Items seen in training also get an ID
+embedding added to that; during training the ID part of each item is dropped with probability ``id_dropout`` so
+that the text carries the signal on its own, and items never seen in training (new items, a zero-shot platform's
+whole catalog) are represented by their text alone.
 
 Sequence model. A causal post-norm transformer (SASRec's layers) over the user's history: every position adds the
 item's representation, a position embedding, the embedding of the item's platform and the embedding of the
@@ -120,8 +122,9 @@ class TextSeqRec(CandidateSource):
     adds_platforms = True
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "text_dim", "n_experts", "dropout",
                "attn_dropout", "id_dropout", "platform_dropout", "use_ids", "n_negatives", "lr", "weight_decay",
-               "batch_size", "max_epochs", "patience", "time_budget_s", "seed", "history_order")
+               "batch_size", "max_epochs", "patience", "time_budget_s", "seed", "history_order", "item_text")
     ORDERS = ("time", "target_last")
+    TEXTS = ("title", "title+details")
 
     def __init__(
         self,
@@ -149,12 +152,16 @@ class TextSeqRec(CandidateSource):
         time_budget_s: float | None = 780.0,
         seed: int = 2020,
         history_order: str = "time",
+        item_text: str = "title",
         progress: bool = True,
     ) -> None:
         if history_order not in self.ORDERS:
             raise GenrecError(f"TextSeq: history_order must be one of {', '.join(self.ORDERS)}, got {history_order!r}")
+        if item_text not in self.TEXTS:
+            raise GenrecError(f"TextSeq: item_text must be one of {', '.join(self.TEXTS)}, got {item_text!r}")
         self.name = "TextSeq"
         self.history_order = history_order
+        self.item_text = item_text
         self.history_scope = history_scope
         self._encoder = encoder
         self.max_len = max_len
@@ -201,9 +208,11 @@ class TextSeqRec(CandidateSource):
 
     # ------------------------------------------------------------------------------------------------ text
 
-    def _embed(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> np.ndarray:
-        """Unit sentence embeddings of ``items``' texts (through the catalog-embedding cache when the encoder is
-        genrec's embedder); an item without text is an error."""
+    def _embed(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+               details: Mapping[tuple[str, str], str] | None = None) -> np.ndarray:
+        """Unit sentence embeddings of ``items``' texts: the title, and with ``item_text="title+details"`` the
+        item's other text after it (through the catalog-embedding cache when the encoder is genrec's embedder); an
+        item without a title is an error."""
         texts = [titles.get((platform, item)) or "" for item in items]
         missing = [item for item, text in zip(items, texts, strict=True) if not text.strip()]
         if missing:
@@ -211,6 +220,9 @@ class TextSeqRec(CandidateSource):
                               f"represent them, e.g. {', '.join(map(repr, missing[:3]))}")
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.item_text == "title+details" and details:
+            texts = [f"{text}. {extra}" if (extra := details.get((platform, item))) else text
+                     for item, text in zip(items, texts, strict=True)]
         encoder = self.encoder
         if hasattr(encoder, "fingerprint") and hasattr(encoder, "model"):
             from genrec.grounding import CatalogIndex
@@ -232,8 +244,8 @@ class TextSeqRec(CandidateSource):
         if not train.catalogs:
             raise GenrecError(f"{self.name}: no catalog to fit on")
         vocab = ItemVocabulary(train.catalogs, offset=1)
-        vectors = np.concatenate([self._embed(p, items, train.titles) for p, items in train.catalogs.items()
-                                  if items])
+        vectors = np.concatenate([self._embed(p, items, train.titles, train.details)
+                                  for p, items in train.catalogs.items() if items])
         # PCA whitening of the fitted catalogs' text, fixed from here on (new platforms reuse it)
         self._mean = vectors.mean(axis=0)
         centred = vectors - self._mean
@@ -370,16 +382,18 @@ class TextSeqRec(CandidateSource):
 
     # -------------------------------------------------------------------------------------------- scoring
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
         """Make a catalog that was not fitted scorable (its items' text is all it needs): ``titles`` maps
-        ``(platform, item_id)`` to the item's text."""
+        ``(platform, item_id)`` to the item's title, ``details`` to its other text (read with
+        ``item_text="title+details"``)."""
         if self._net is None:
             raise RuntimeError("fit() first")
         if self._catalog_known(platform):
             raise GenrecError(f"{self.name}: platform {platform!r} is already known")
         if not items:
             raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
-        text = self._whitened(self._embed(platform, items, titles))
+        text = self._whitened(self._embed(platform, items, titles, details))
         self._extend_catalogs(platform, items)
         self._added[platform] = (list(items), text)
         self._cache.pop(platform, None)
