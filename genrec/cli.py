@@ -347,31 +347,116 @@ def _recommender(store, model, adapter, dtype, device, four_bit, templates, deco
     return Recommender(store, llm_config=config, templates=PromptTemplates(templates), config=settings)
 
 
-PipelineOption = Annotated[Path | None, typer.Option("--pipeline", help="A pipeline folder from `genrec fit`: "
-                                                                      "its sources, LLM scorer and fusion rank "
-                                                                      "the items.")]
+PipelineOption = Annotated[Path | None, typer.Option("--pipeline", help="A pipeline folder from `genrec fit` "
+                                                                      "(or a registry folder: its champion): its "
+                                                                      "sources, LLM scorer and fusion rank the "
+                                                                      "items.")]
 
 
 @app.command()
 def fit(
     config: Annotated[str, typer.Option("--config", help="Pipeline spec: a YAML file or a shipped spec's name "
                                                          "(pipelines/*.yaml).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the fitted pipeline to.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder to write the fitted pipeline to.")] = None,
+    registry: Annotated[Path | None, typer.Option("--registry", help="Or: add it to this registry folder as a "
+                                                                     "new version and make it the champion.")] = None,
     db: DbOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Fit a pipeline (candidate sources, LLM scorer, fusion weights tuned on validation users) and save it."""
     from genrec.pipeline import PipelineSpec, shipped_spec
-    from genrec.pipeline.fitting import fit_pipeline
+    from genrec.pipeline.fitting import fit_pipeline, fit_registered
+    from genrec.pipeline.registry import Registry
 
+    if (out is None) == (registry is None):
+        raise GenrecError("say where the fitted pipeline goes: --out DIR or --registry DIR (one of them)")
     path = Path(config) if Path(config).is_file() else shipped_spec(config)
     spec = PipelineSpec.from_yaml(path)
     with _store(db) as store:
-        pipeline = fit_pipeline(store, spec, data_dir=data_dir, progress=True)
-    pipeline.save(out)
+        if registry is not None:
+            pipeline, version = fit_registered(store, spec, Registry(registry), data_dir=data_dir, progress=True)
+            out = registry / version.name
+        else:
+            pipeline = fit_pipeline(store, spec, data_dir=data_dir, progress=True)
+            pipeline.save(out)
     _show_fusion(pipeline)
     console.print(f"pipeline {spec.name!r} fitted in {pipeline.fit_info['fit_seconds']:.1f} s -> {out}  "
-                  f"(use it with --pipeline {out})")
+                  f"(use it with --pipeline {registry or out})")
+
+
+RegistryArgument = Annotated[Path, typer.Option("--registry", help="A registry folder (`genrec fit --registry`).")]
+
+
+@app.command()
+def refresh(
+    registry: RegistryArgument,
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Fine-tuning batches for sequential sources.")] = 200,
+    holdout_users: Annotated[int, typer.Option("--holdout-users", min=1, help="Users whose newest event judges "
+                                                                              "the challenger.")] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote the challenger when it is not "
+                                                                         "worse than the champion.")] = True,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bring the champion up to date with the events since its data window (a challenger version), judge both on
+    the newest held-out events and promote the challenger unless it is worse."""
+    from genrec.pipeline.refresh import refresh as run_refresh
+    from genrec.pipeline.registry import Registry
+
+    with _store(db, read_only=True) as store:
+        outcome = run_refresh(store, Registry(registry), steps=steps, holdout_users=holdout_users, seed=seed,
+                              promote=promote)
+    if as_json:
+        console.print_json(json.dumps(outcome.to_dict()))
+        return
+    if outcome.version is None:
+        console.print("no new events since the champion's data window: nothing to refresh")
+        return
+    j = outcome.judgement
+    console.print(f"{outcome.version.name} from {outcome.version.parent}: {outcome.new_events:,} new events; "
+                  f"sources: {', '.join(f'{k} {v}' for k, v in outcome.version.sources.items())}")
+    console.print(f"held-out NDCG@10 on {j.cases} cases: champion {j.champion:.4f}, challenger {j.challenger:.4f}, "
+                  f"difference {j.difference:+.4f} [{j.low:+.4f}, {j.high:+.4f}] -> "
+                  + ("[green]promoted[/]" if outcome.promoted else "[yellow]kept the champion[/]"))
+
+
+@app.command()
+def versions(registry: RegistryArgument, as_json: JsonOption = False) -> None:
+    """The registry's versions: origin, data window, held-out metrics, which one serves."""
+    from datetime import UTC, datetime
+
+    from genrec.pipeline.registry import Registry
+
+    reg = Registry(registry)
+    found, champion = reg.versions(), reg.champion()
+    if as_json:
+        console.print_json(json.dumps({"champion": champion.name if champion else None,
+                                       "versions": [vars(v) | {"holdout": len(v.holdout)} for v in found],
+                                       "log": reg.log()}))
+        return
+    table = Table("version", "origin", "created", "data until", "held-out NDCG@10 (champion -> this)", "serving",
+                  title=str(registry))
+    for v in found:
+        m = v.metrics
+        judged = f"{m['champion_ndcg10']:.4f} -> {m['challenger_ndcg10']:.4f} ({m['cases']} cases)" \
+            if "challenger_ndcg10" in m else "-"
+        table.add_row(v.name, v.origin + (f" of {v.parent}" if v.parent else ""), v.created_at,
+                      datetime.fromtimestamp(v.window_end, UTC).strftime("%Y-%m-%d %H:%M"), judged,
+                      "champion" if champion and v.name == champion.name else "")
+    console.print(table)
+
+
+@app.command()
+def rollback(
+    version: Annotated[str, typer.Argument(help="The version to serve again, e.g. v0003.")],
+    registry: RegistryArgument,
+) -> None:
+    """Make an earlier version the champion again (a server on this registry swaps to it)."""
+    from genrec.pipeline.registry import Registry
+
+    Registry(registry).rollback(version)
+    console.print(f"{version} is the champion of {registry}")
 
 
 def _show_fusion(pipeline) -> None:

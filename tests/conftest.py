@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from servers import free_port, wait_ready
 
@@ -146,3 +148,14 @@ def serve_app():
     for server, thread in servers:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models train faster on one thread; restore the caller's setting afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from genrec.pipeline.sources import (
     CandidateSource,
@@ -131,15 +129,6 @@ def test_itemknn_neighbourhood_and_shrinkage() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- SASRec
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny models train faster on one thread; restore the caller's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cycle_train(users: int = 40) -> TrainData:

@@ -102,13 +102,8 @@ class EvalData:
 def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalData:
     """Cases and training data for ``data_platforms`` (the data set's platforms) under ``protocol``."""
     targets = protocol.platforms or data_platforms
-    events = store.events(data_platforms)
-    frames = {p: store.catalog(p) for p in data_platforms}
-    catalogs = {p: frame["item_id"].tolist() for p, frame in frames.items()}
-    titles = {(p, i): t for p, frame in frames.items() for i, t in zip(frame["item_id"], frame["title"], strict=True)}
-    details = {(p, i): d for p, frame in frames.items()
-               for i, d in zip(frame["item_id"], item_details(frame), strict=True) if d}
-    sequences = _sequences(events)
+    everything = snapshot(store, data_platforms)
+    catalogs, titles, sequences = everything.catalogs, everything.titles, everything.sequences
     roles = _user_roles(store, protocol, sorted(sequences))
     test, valid, train = [], [], {}
     for user, seq in sequences.items():
@@ -131,7 +126,7 @@ def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalDa
         excluded = set(protocol.exclude_from_training)
         train = {u: [x for x in s if x.platform not in excluded] for u, s in train.items()}
     train = {u: s for u, s in train.items() if s}
-    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles, details), targets)
+    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles, everything.details), targets)
 
 
 def item_details(catalog) -> list[str]:
@@ -140,6 +135,23 @@ def item_details(catalog) -> list[str]:
     columns = [catalog[c] for c in ("category", "attributes", "description") if c in catalog]
     return [". ".join(str(v).strip() for v in values if isinstance(v, str) and v.strip())
             for values in zip(*columns, strict=True)] if columns else [""] * len(catalog)
+
+
+def snapshot(store: Store, platforms: list[str]) -> TrainData:
+    """Every stored event of ``platforms`` as time-ordered sequences per user, with their catalogs, titles and the
+    items' other text (``item_details``)."""
+    catalogs, titles, details = {}, {}, {}
+    for platform in platforms:
+        catalog = store.catalog(platform)
+        catalogs[platform] = catalog["item_id"].tolist()
+        titles.update({(platform, i): t for i, t in zip(catalog["item_id"], catalog["title"], strict=True)})
+        details.update({(platform, i): d for i, d in zip(catalog["item_id"], item_details(catalog), strict=True) if d})
+    return TrainData(_sequences(store.events(platforms)), catalogs, titles, details)
+
+
+def cases_at(user: str, seq: list[Interaction], indices: list[int], split: str) -> list[EvalCase]:
+    """Cases predicting ``seq[i]`` for each ``i`` in ``indices`` from the events strictly before it."""
+    return _cases(user, seq, [x.timestamp for x in seq], indices, split)
 
 
 def _sequences(events) -> dict[str, list[Interaction]]:

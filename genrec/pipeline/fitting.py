@@ -24,6 +24,26 @@ from genrec.pipeline.types import Context, Interaction
 def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = None, embedder: object | None = None,
                  cache_dir: Path | None = None, progress: bool = False) -> Pipeline:
     """Fit ``spec`` on the store (its data set imported first when it is missing)."""
+    return _fit(store, spec, data_dir=data_dir, embedder=embedder, cache_dir=cache_dir, progress=progress)[0]
+
+
+def fit_registered(store: Store, spec: PipelineSpec, registry, *, data_dir: Path | None = None,
+                   embedder: object | None = None, progress: bool = False):
+    """Fit ``spec`` on the store and register it as the registry's champion. Its data window ends at the store's
+    newest event; the validation and test targets the fit held out are recorded as held out, so the first
+    refresh learns them (those at the end of a user's history)."""
+    from genrec.pipeline.refresh import register
+
+    pipeline, data = _fit(store, spec, data_dir=data_dir, embedder=embedder, progress=progress)
+    window_end = max((x.timestamp for seq in data.train.sequences.values() for x in seq), default=0.0)
+    held_out = [[c.user_id, c.platform, c.target, c.timestamp] for c in (*data.valid, *data.test)]
+    window_end = max([window_end, *(c.timestamp for c in (*data.valid, *data.test))])
+    return pipeline, register(registry, pipeline, window_end=window_end, holdout=held_out,
+                              metrics=pipeline.fusion.report)
+
+
+def _fit(store: Store, spec: PipelineSpec, *, data_dir: Path | None = None, embedder: object | None = None,
+         cache_dir: Path | None = None, progress: bool = False):
     from genrec.data.loading import ensure_dataset
     from genrec.evaluation.protocol import Protocol, build
 
@@ -39,7 +59,7 @@ def fit_pipeline(store: Store, spec: PipelineSpec, *, data_dir: Path | None = No
     pipeline.fit(data.train, data.valid, progress=progress)
     pipeline.fit_info.update(dataset=spec.dataset, platforms=platforms, protocol=protocol.to_dict(),
                              store=store_fingerprint(store, platforms))
-    return pipeline
+    return pipeline, data
 
 
 def default_spec(dataset: str, store: Store | None = None) -> PipelineSpec:

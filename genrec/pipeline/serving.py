@@ -1,4 +1,5 @@
-"""Which pipeline answers a recommendation: a configured pipeline folder for its platforms, else the default
+"""Which pipeline answers a recommendation: a configured pipeline folder (or a registry's champion) for its
+platforms, else the default
 pipeline of the data set (built-in, or defined in the store) a platform belongs to (loaded, or fitted on first use
 and cached by the store's content). The server's recommendations and reports and the CLI's reports use it; in the
 server it runs on the model worker's thread.
@@ -7,8 +8,11 @@ Events posted while the server runs reach every source at once through the user'
 reads from the store (ItemKNN sums the similarities of the history's items, SASRec reads the sequence, the LLM the
 profile). They also reach what popularity and ItemKNN learned: each posted batch's new (user, item) pairs are
 queued for every pipeline loaded at the time and folded into their counts on the worker thread before its next
-answer (``Pipeline.update``, as a refit would count them); SASRec learns them at the next fit (a restart fits the
-default pipeline anew when the store has changed)."""
+answer (``Pipeline.update``, as a refit would count them); SASRec learns them at the next refresh or fit (a
+restart fits the default pipeline anew when the store has changed).
+
+Served from a registry (``genrec.pipeline.registry``), the champion is swapped for the promoted one as soon as
+the registry changes (a refresh, a rollback), without dropping a request."""
 
 from __future__ import annotations
 
@@ -22,14 +26,18 @@ from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
+from genrec.pipeline.registry import Registry, is_registry
 from genrec.pipeline.types import Interaction, ScoredItem
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger("genrec.server")
 
 
 class Pipelines:
     def __init__(self, store: Store, *, folder=None, defaults: bool = True) -> None:
         self.store, self.defaults = store, defaults
+        self.registry = Registry(folder) if folder is not None and is_registry(folder) else None
+        self._stamp = self.registry.stamp() if self.registry else None
+        self._swapping = threading.Lock()
         self.configured = Pipeline.load(folder, store=store) if folder is not None else None
         self._fitted: dict[str, Pipeline] = {}  # data set -> its default pipeline
         self._lock = threading.Lock()
@@ -42,7 +50,36 @@ class Pipelines:
             return True
         return self.defaults and dataset_of(platform, self.store) is not None
 
+    def swap_if_promoted(self, *, wait: bool = False) -> None:
+        """Load the registry's champion when it changed (a refresh promoted a version, or a rollback) and swap it
+        in; answers in flight finish on the version they started with. The load runs on its own thread unless
+        ``wait``, so no request waits for it."""
+        if self.registry is None or self.registry.stamp() == self._stamp or not self._swapping.acquire(blocking=False):
+            return
+
+        def swap() -> None:
+            try:
+                stamp = self.registry.stamp()
+                champion = Pipeline.load(self.registry.champion_path(), store=self.store)
+                previous = self.configured
+                if previous is not None and previous.scorer is not None and champion.scorer is not None and \
+                        previous.spec.llm == champion.spec.llm:
+                    champion.scorer = previous.scorer  # the loaded model stays
+                    champion.scorer.titles = champion.titles
+                self.configured, self._stamp = champion, stamp
+            except Exception:  # a broken version never takes the service down: the old champion keeps serving
+                logger.exception("could not load the registry's champion; the previous version keeps serving")
+                self._stamp = self.registry.stamp()
+            finally:
+                self._swapping.release()
+
+        if wait:
+            swap()
+        else:
+            threading.Thread(target=swap, name="genrec-swap", daemon=True).start()
+
     def get(self, platform: str) -> Pipeline:
+        self.swap_if_promoted()
         if self.configured is not None and platform in self._platforms(self.configured):
             return self.configured
         dataset = dataset_of(platform, self.store)
@@ -66,7 +103,7 @@ class Pipelines:
         try:
             pipeline.add_platform(platform, items, titles, details)
         except GenrecError as exc:
-            log.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
+            logger.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
             return []
         return [pipeline.name]
 
@@ -104,6 +141,7 @@ class Pipelines:
         pipeline, items = self.recommend(platform, user_id=user_id, history=history, k=k, explain=explain,
                                          exclude=exclude, candidates=candidates)
         return {"user_id": user_id, "platform": platform, "k": k, "pipeline": pipeline.name,
+                "version": pipeline.version,
                 "seconds": time.perf_counter() - started,
                 "items": [{"rank": item.rank, "item_id": item.item_id, "title": item.title, "platform": platform,
                            "score": item.score, "similarity": None, "source": item.origin, "generated_text": None,

@@ -125,6 +125,7 @@ class Pipeline:
         self.fusion: Fusion | None = None
         self.fit_info: dict[str, Any] = {}
         self.info: dict[str, Any] = {}  # what the harness records of the fit
+        self.version: str | None = None  # the registry version it was loaded from
 
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> list[str]:
         """Fold one user's new interactions into every source that keeps counts (popularity, ItemKNN) without a
@@ -161,6 +162,19 @@ class Pipeline:
         if unable:
             raise GenrecError(f"pipeline {self.name!r}: {', '.join(unable)} cannot score a platform added after "
                               f"fitting; refit the pipeline to rank {platform!r}")
+
+    def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int = 200,
+                ) -> dict[str, str]:
+        """Bring every source up to ``train`` from what it learned (``new``: each user's interactions since the
+        last fit or refresh, the end of their sequence in ``train``): counts updated, new catalog items taken on,
+        sequential models fine-tuned for ``steps`` batches; the fusion weights stay. Returns how each source was
+        brought up to date (``CandidateSource.refresh``)."""
+        how = {name: source.refresh(train, new, steps=steps) for name, source in self.sources.items()}
+        if self.scorer is not None:
+            self.scorer.fit(train)
+        self.titles = dict(train.titles)
+        self.fit_info["refreshed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return how
 
     @property
     def components(self) -> list[str]:
@@ -366,7 +380,10 @@ class Pipeline:
     @classmethod
     def load(cls, directory: str | Path, *, store=None, embedder: object | None = None,
              cache_dir: Path | None = None) -> Pipeline:
-        directory = Path(directory)
+        """A saved pipeline folder, or a registry folder's champion (``genrec.pipeline.registry``)."""
+        from genrec.pipeline.registry import VERSION_FILE, Registry, is_registry
+
+        directory = Registry(directory).champion_path() if is_registry(directory) else Path(directory)
         if not (directory / SPEC_FILE).is_file():
             raise GenrecError(f"{directory} is not a pipeline folder (no {SPEC_FILE}); make one with `genrec fit`")
         spec = PipelineSpec.from_yaml(directory / SPEC_FILE)
@@ -380,6 +397,7 @@ class Pipeline:
         if pipeline.scorer is not None:
             pipeline.scorer.titles = pipeline.titles
         pipeline.fit_info = json.loads((directory / FIT_FILE).read_text())
+        pipeline.version = directory.name if (directory / VERSION_FILE).is_file() else None
         return pipeline
 
 

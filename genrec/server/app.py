@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -65,6 +65,8 @@ from genrec.server.models import (
     PlatformOut,
     RecommendIn,
     RecommendOut,
+    RefreshIn,
+    RefreshOut,
 )
 from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
@@ -107,6 +109,7 @@ class Service:
     onboarding_lock: threading.Lock
     ready: threading.Event
     pipelines: Pipelines
+    refresh_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def start(cls, settings: ServerSettings) -> Service:
@@ -419,6 +422,29 @@ def _add_routes(app: FastAPI) -> None:
     def metrics(request: Request) -> Response:
         """Prometheus metrics: requests by route and status, latency, model queue and batches (``admin`` key)."""
         return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    @app.post("/v1/admin/refresh", response_model=RefreshOut, tags=["service"], dependencies=[needs("admin")])
+    async def refresh(body: RefreshIn, service: ServiceDep) -> dict:
+        """Refresh the served registry's champion with the events since its data window, judge the challenger on
+        the newest held-out events and promote it unless it is worse (``genrec refresh``); the server swaps to a
+        promoted version without dropping a request (``admin`` key). 409 while another refresh runs."""
+        from genrec.pipeline.refresh import refresh as run_refresh
+
+        registry = service.pipelines.registry
+        if registry is None:
+            raise ConflictError("this server serves no registry: start it with --pipeline REGISTRY_FOLDER "
+                                "(a folder made by `genrec fit --registry`)")
+        if not service.refresh_lock.acquire(blocking=False):
+            raise ConflictError("a refresh is already running")
+        try:
+            outcome = await run_in_threadpool(partial(
+                run_refresh, service.store, registry, steps=body.steps, holdout_users=body.holdout_users,
+                seed=body.seed, promote=body.promote))
+        finally:
+            service.refresh_lock.release()
+        service.pipelines.swap_if_promoted()
+        champion = registry.champion()
+        return outcome.to_dict() | {"champion": champion.name if champion else None}
 
     @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,

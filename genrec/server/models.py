@@ -155,7 +155,28 @@ class RecommendOut(BaseModel):
     generation: GenerationOut | None = None  # generate-then-ground only
     profile: ProfileOut | None = None
     pipeline: str | None = None  # the pipeline that answered
+    version: str | None = None  # its registry version, when the server serves a registry
     seconds: float
+
+
+class RefreshIn(BaseModel):
+    """``POST /v1/admin/refresh``: see ``genrec refresh``."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(200, ge=0, le=100_000)
+    holdout_users: int = Field(200, ge=1, le=100_000)
+    seed: int = 0
+    promote: bool = True
+
+
+class RefreshOut(BaseModel):
+    version: str | None  # the challenger written (None: no new events)
+    parent: str | None
+    new_events: int
+    sources: dict[str, str]
+    judgement: dict[str, Any] | None
+    promoted: bool
+    champion: str | None  # the registry's champion after the refresh
 
 
 class ChatOut(BaseModel):

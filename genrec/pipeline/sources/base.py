@@ -76,6 +76,24 @@ class CandidateSource:
         user's history before them). Returns False when the source learns only by refitting (the default)."""
         return False
 
+    def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int) -> str:
+        """Bring what the source learned up to ``train`` (the current snapshot; ``new``: each user's interactions
+        that arrived since the source was fitted, the end of their sequence in ``train``) starting from what it
+        learned. Returns how: ``"counts"`` (updated as a refit would count them), ``"embedded"`` (new items
+        embedded), ``"fine-tuned"`` (``steps`` batches from the last weights, by sources that train) or ``"refit"``
+        (only a refit teaches this source, so it was refitted on ``train``)."""
+        if self.grow(train.catalogs):
+            updated = [self.update(before_new(train, user, added), added) for user, added in new.items()]
+            if all(updated):
+                return "counts"
+        self.fit(train)
+        return "refit"
+
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """Take on ``catalogs`` (items added since the fit; new items start as unseen ones). False when the
+        source cannot (the default, unless the catalogs are unchanged)."""
+        return catalogs == self.catalogs
+
     def candidates(self, context: Context, n: int) -> list[tuple[str, float]]:
         """The source's ``n`` best items of the context's platform with its own scores, the user's own items left
         out. A source with no preference for this context (an empty usable history) still answers (ties keep
@@ -99,8 +117,14 @@ class CandidateSource:
                      details: Mapping[tuple[str, str], str] | None = None) -> None:
         """Make ``platform``'s catalog (``items``; ``titles``: ``(platform, item_id)`` -> title; ``details``: the
         items' other text, as ``TrainData.details``), onboarded after fitting, scorable without a refit (sources
-        with ``adds_platforms``)."""
-        raise GenrecError(f"{self.name} ({self.kind}) cannot score a platform added after fitting: refit it")
+        with ``adds_platforms``). By default the source takes the new catalog on through ``grow`` (its items
+        start as unseen ones)."""
+        if self._catalog_known(platform):
+            raise GenrecError(f"{self.name}: platform {platform!r} is already known")
+        if not items:
+            raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
+        if not self.adds_platforms or not self.grow({**self.catalogs, platform: list(items)}):
+            raise GenrecError(f"{self.name} ({self.kind}) cannot score a platform added after fitting: refit it")
 
     def _extend_catalogs(self, platform: str, items: Sequence[str]) -> None:
         """Add a catalog (a new dict: fitted sources may share one)."""
@@ -146,6 +170,23 @@ class CandidateSource:
         source.catalogs = state.pop("catalogs")
         source.restore(state)
         return source
+
+
+def before_new(train: TrainData, user: str, added: Sequence[Interaction]) -> list[Interaction]:
+    """The user's interactions in ``train`` before ``added`` (which end the user's sequence there)."""
+    sequence = train.sequences.get(user, [])
+    return sequence[: len(sequence) - len(added)]
+
+
+def regrown(old: ItemVocabulary, catalogs: dict[str, list[str]], offset: int | None = None,
+            ) -> tuple[ItemVocabulary, np.ndarray, np.ndarray]:
+    """A vocabulary over ``catalogs`` and the rows that carry over: ``new[to] = old[from]`` for every item in
+    both (items dropped from a catalog are forgotten)."""
+    vocab = ItemVocabulary(catalogs, offset=old.offset if offset is None else offset)
+    pairs = [(vocab.index[key], i) for key, i in old.index.items() if key in vocab.index]
+    to, from_ = (np.array(side, dtype=np.int64) for side in zip(*pairs, strict=True)) if pairs else \
+        (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return vocab, to, from_
 
 
 def top_items(scores: np.ndarray, catalog: Sequence[str], owned: set[str], n: int) -> list[tuple[str, float]]:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, regrown
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, TrainData, scoped_history
 
 
@@ -52,6 +52,27 @@ class ContentOnly(CandidateSource):
         self.catalogs = train.catalogs
         self._vocab = vocab
         self._embeddings = embeddings
+
+    def grow(self, catalogs: dict[str, list[str]], titles: dict[tuple[str, str], str] | None = None) -> bool:
+        """New items are embedded from ``titles`` (the encoder loads on first use); known ones keep their rows."""
+        if self._vocab is None:
+            return False
+        vocab, to, from_ = regrown(self._vocab, catalogs)
+        embeddings = np.zeros((vocab.size, self._embeddings.shape[1]), dtype=np.float32)
+        embeddings[to] = self._embeddings[from_]
+        fresh = sorted(set(range(vocab.size)) - set(to.tolist()))
+        keys = list(vocab.index)
+        titled = [i for i in fresh if (titles or {}).get(keys[i])]
+        if titled:
+            embeddings[titled] = _normalise(np.asarray(self.encoder.encode([titles[keys[i]] for i in titled]),
+                                                       dtype=np.float32))
+        self.catalogs, self._vocab, self._embeddings = catalogs, vocab, embeddings
+        return True
+
+    def refresh(self, train: TrainData, new, *, steps: int) -> str:
+        """Nothing to count: new catalog items are embedded (``grow``) and the history does the rest."""
+        self.grow(train.catalogs, train.titles)
+        return "embedded"
 
     def score(self, cases: Sequence[Context], platform: str) -> np.ndarray:
         if self._vocab is None:

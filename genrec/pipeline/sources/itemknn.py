@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from genrec.errors import GenrecError
-from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, regrown
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 
@@ -57,20 +56,6 @@ class ItemKNN(CandidateSource):
         self._cooc, self._users = cooc, np.asarray(users.sum(axis=0), dtype=np.float32).ravel()
         self._added, self._blocks = ([], []), {}
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
-                     details: Mapping[tuple[str, str], str] | None = None) -> None:
-        """A platform onboarded after fitting: its items join the vocabulary (after every fitted one, so no index
-        moves) with no co-occurrence; ``update`` counts its users' items from then on."""
-        if self._vocab is None or self._cooc is None:
-            raise GenrecError(f"{self.name}: this folder was saved before ItemKNN kept its counts: refit it to add "
-                              f"platform {platform!r}")
-        cooc = self._counts().copy()
-        self._extend_catalogs(platform, items)
-        self._vocab = ItemVocabulary(self.catalogs)
-        cooc.resize((self._vocab.size, self._vocab.size))
-        self._cooc, self._blocks = cooc.tocsr(), {}
-        self._users = np.concatenate([self._users, np.zeros(len(items), dtype=self._users.dtype)])
-
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
         """Items the user had not had join the user's set: each pairs once with every other item of the set."""
         if self._vocab is None or self._cooc is None:
@@ -85,6 +70,21 @@ class ItemKNN(CandidateSource):
             self._added[1].extend(others + [j] * len(others))
         self._users[added] += 1
         self._blocks = {}
+        return True
+
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """New items start with no users: the counts are carried over to the new item indices."""
+        if self._vocab is None or self._cooc is None:
+            return catalogs == self.catalogs
+        vocab, to, from_ = regrown(self._vocab, catalogs)
+        if vocab.index == self._vocab.index:
+            self.catalogs = catalogs
+            return True
+        move = sp.csr_matrix((np.ones(len(to), dtype=np.float32), (to, from_)), shape=(vocab.size, self._vocab.size))
+        self._cooc = (move @ self._counts() @ move.T).tocsr()
+        users = np.zeros(vocab.size, dtype=np.float32)
+        users[to] = self._users[from_]
+        self.catalogs, self._vocab, self._users, self._blocks = catalogs, vocab, users, {}
         return True
 
     def _counts(self) -> sp.csr_matrix:

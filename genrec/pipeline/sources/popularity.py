@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,13 +31,6 @@ class MostPop(CandidateSource):
         counts = self._counts[platform].astype(np.float32)
         return np.broadcast_to(counts, (len(cases), len(counts))).copy()
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
-                     details: Mapping[tuple[str, str], str] | None = None) -> None:
-        """A platform onboarded after fitting starts with no user on any item (``update`` counts them)."""
-        self._extend_catalogs(platform, items)
-        self._counts = {**self._counts, platform: np.zeros(len(items), dtype=np.int64)}
-        self._index.pop(platform, None)
-
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> bool:
         """Each item the user had not had on its platform counts one more user, as a refit would count it."""
         had = {(e.platform, e.item_id) for e in before}
@@ -45,6 +38,15 @@ class MostPop(CandidateSource):
             position = self._positions(platform).get(item)
             if position is not None:
                 self._counts[platform][position] += 1
+        return True
+
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """New items start with no users; items dropped from a catalog are forgotten."""
+        counts = {}
+        for platform, items in catalogs.items():
+            known = dict(zip(self.catalogs.get(platform, []), self._counts.get(platform, []), strict=True))
+            counts[platform] = np.array([known.get(item, 0) for item in items], dtype=np.int64)
+        self.catalogs, self._counts, self._index = catalogs, counts, {}
         return True
 
     def _positions(self, platform: str) -> dict[str, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genrec.evaluation.metrics import case_metrics
-from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
+from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases, regrown
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
+FINE_TUNE_PASSES = 3  # a refresh's fine-tune sees its windows at most this often (more overfits the newest users)
 
 
 class _Layer(nn.Module):
@@ -218,6 +219,50 @@ class SASRec(CandidateSource):
         if valid_cases:
             self.info.update(best_epoch=best_epoch, valid_ndcg10=best)
 
+    def grow(self, catalogs: dict[str, list[str]]) -> bool:
+        """New items get fresh embedding rows (initialised as at the start of training); known ones keep theirs."""
+        if self._vocab is None or self._net is None:
+            return False
+        vocab, to, from_ = regrown(self._vocab, catalogs)
+        if vocab.index != self._vocab.index:
+            old = self._net.items.weight.data
+            table = torch.empty(vocab.size, old.shape[1]).normal_(std=0.02, generator=torch.Generator().manual_seed(
+                self.seed))
+            table[PAD] = 0.0
+            table[torch.from_numpy(to)] = old[torch.from_numpy(from_)]
+            self._net.items = nn.Embedding.from_pretrained(table, freeze=False, padding_idx=PAD)
+        self.catalogs, self._vocab = catalogs, vocab
+        return True
+
+    def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int) -> str:
+        """Fine-tune from the last weights for at most ``steps`` batches and ``FINE_TUNE_PASSES`` passes over the
+        windows that end at the newest interactions of users with new ones (so every new interaction is a
+        target), mixed with as many windows of other users: a replay of what the model already knew, so it does
+        not drift towards the newest users."""
+        if not self.grow(train.catalogs):
+            self.fit(train)
+            return "refit"
+        fresh = [u for u in new if new[u] and u in train.sequences]
+        if not fresh or steps < 1:
+            return "unchanged"
+        rng = np.random.default_rng(self.seed)
+        others = [u for u in train.sequences if u not in new]
+        replay = list(rng.choice(others, size=min(len(others), len(fresh)), replace=False)) if others else []
+        inputs, targets = windows([self._vocab.encode(part[-(self.max_len + 1):]) for user in [*fresh, *replay]
+                                   for part in train_parts(train.sequences[user], self.history_scope)],
+                                  self.max_len, self.window_stride)
+        if len(inputs) == 0:
+            return "unchanged"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            optimiser = torch.optim.Adam(self._net.parameters(), lr=self.lr)
+            per_pass = max(1, -(-int((targets != PAD).sum()) // self.batch_size))  # about: batches hold ~batch_size
+            for _ in range(min(FINE_TUNE_PASSES, -(-steps // per_pass))):
+                self._train_epoch(self._net, optimiser, inputs, targets, max_batches=steps)
+                steps -= per_pass
+        self._net.eval()
+        return "fine-tuned"
+
     def _validate(self, cases: Sequence[EvalCase], catalogs: dict[str, list[str]]) -> float:
         """Mean NDCG@10 over ``cases`` (full ranking, history excluded)."""
         return float(case_metrics(rank_cases(self, cases, catalogs), ks=(10,))["NDCG@10"].mean())
@@ -229,11 +274,12 @@ class SASRec(CandidateSource):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         deadline: float | None = None,
+        max_batches: int | None = None,
     ) -> tuple[float, float]:
         """One pass over the windows in a seeded random order, in batches of about ``batch_size`` targets.
 
         Stops before a batch once ``time.perf_counter()`` passes ``deadline`` (an epoch can take far longer than
-        a budget). Returns the mean loss and the share of the epoch's targets trained."""
+        a budget) or after ``max_batches``. Returns the mean loss and the share of the epoch's targets trained."""
         net.train()
         order = torch.randperm(len(inputs)).numpy()
         per_window = np.cumsum((targets[order] != PAD).sum(dim=1).numpy())
@@ -244,6 +290,9 @@ class SASRec(CandidateSource):
                 continue
             if deadline is not None and time.perf_counter() >= deadline:
                 break
+            if max_batches is not None and max_batches <= 0:
+                break
+            max_batches = None if max_batches is None else max_batches - 1
             width = int((inputs[batch] != PAD).sum(dim=1).max())  # drop all-padding columns
             seq, tgt = inputs[batch, :width], targets[batch, :width]
             keep = tgt != PAD
