@@ -678,6 +678,10 @@ def platform_add(
     fmt: Annotated[str | None, typer.Option("--format", help="csv, tsv, jsonl or parquet [default: from "
                                                                 "the name]")] = None,
     skip_bad_rows: SkipBad = False,
+    pipeline: Annotated[list[Path] | None, typer.Option(
+        "--pipeline", help="A pipeline folder from `genrec fit` that should rank the new platform at once "
+                           "(repeatable): its sources take the new catalog (textseq scores it from the titles) and "
+                           "the folder is saved again.")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -693,15 +697,32 @@ def platform_add(
         except OSError as exc:
             raise GenrecError(f"{template}: cannot read the template ({exc})") from exc
     with _store(db) as store:
+        pipelines = {}
+        if pipeline:  # every folder is loaded and checked before the store changes
+            from genrec.pipeline import Pipeline
+
+            for folder in pipeline:
+                pipelines[folder] = loaded = Pipeline.load(folder, store=store)
+                loaded.check_add_platform(name)
         result = onboard(store, name, catalog, recommender=Recommender(store), mapping=parse_mapping(mapping or [],
                          catalog), fmt=fmt, verb=verb, template=source, time_kind=time_kind,
                          description=description, skip_bad_rows=skip_bad_rows)
+        if pipelines:
+            from genrec.pipeline.fitting import catalog_titles
+
+            items, titles, details = catalog_titles(store, name)
+            for folder, loaded in pipelines.items():
+                loaded.add_platform(name, items, titles, details)
+                loaded.save(folder)
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
+        console.print_json(json.dumps(result.to_dict() | {"pipelines": [str(f) for f in pipelines]}))
         return
     console.print(f"[bold]{result.platform}[/]: {result.items:,} catalog items ({result.skipped_rows:,} bad rows "
                   f"skipped), {result.embedded:,} embedded; import {result.import_seconds:.1f} s, index "
                   f"{result.index_seconds:.1f} s. Ready: genrec recommend --platform {result.platform} ...")
+    for folder, loaded in pipelines.items():
+        console.print(f"pipeline {loaded.name} ({folder}) ranks {result.platform} now: genrec recommend --platform "
+                      f"{result.platform} --pipeline {folder} ...")
 
 
 @platform_app.command("set")

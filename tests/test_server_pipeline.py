@@ -163,6 +163,28 @@ def test_chat_ranks_the_neighbours_of_a_focus_through_the_pipeline(served) -> No
     assert len(similarities) == 4 and similarities == sorted(similarities, reverse=True)
 
 
+def test_a_platform_onboarded_while_serving_is_ranked_by_the_configured_pipeline(served) -> None:
+    """`POST /v1/platforms` adds the new catalog to the configured pipeline (on the worker thread): its sources rank
+    the platform at once, with no counts yet, and posted events on it reach them as on a fitted platform."""
+    url, *_ = served
+    catalog = "sku,name\n" + "".join(f"s{i},Garden seed packet {i}\n" for i in range(6))
+    added = httpx.post(f"{url}/v1/platforms", data={"name": "garden", "mapping": ["item_id=sku", "title=name"]},
+                       files={"catalog": ("garden.csv", catalog.encode())}, headers={"X-API-Key": KEY}, timeout=300)
+    assert added.status_code == 201, added.text
+    assert added.json()["items"] == 6 and added.json()["pipelines"] == ["ml-classic"]
+    answer = _recommend(url, user_id="1", platform="garden", k=3)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["pipeline"] == "ml-classic" and [item["item_id"] for item in body["items"]] == ["s0", "s1", "s2"]
+    assert body["items"][0]["sources"] == {"popularity": 0.0, "itemknn": 0.0}
+    events = [{"user_id": f"gardener-{n}", "platform": "garden", "item_id": "s4", "timestamp": "2030-01-01T00:00:00"}
+              for n in range(3)]
+    posted = httpx.post(f"{url}/v1/events", json={"events": events}, headers={"X-API-Key": KEY}, timeout=120)
+    assert posted.status_code == 200, posted.text
+    first = _recommend(url, user_id="1", platform="garden", k=1).json()["items"][0]
+    assert first["item_id"] == "s4" and first["sources"]["popularity"] == 3.0
+
+
 def test_posted_events_reach_the_served_counts_without_a_refit(served) -> None:
     """Runs last in this module: it changes the served pipeline's counts. Twenty new users watch user 1's recent
     movies and one movie nobody had watched; popularity and ItemKNN count them at the next answer."""

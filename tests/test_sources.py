@@ -17,6 +17,7 @@ from genrec.pipeline.sources import (
     SASRec,
     rank_cases,
 )
+from genrec.pipeline.sources.sasrec import train_parts, windows
 from genrec.pipeline.types import EvalCase, Interaction, TrainData, scoped_history
 
 
@@ -231,15 +232,20 @@ def test_sasrec_is_seeded_and_restricts_scores_to_the_platform(one_thread: None)
 
 
 def test_sasrec_target_scope_splits_train_sequences_per_platform() -> None:
-    method = SASRec(history_scope="target", max_len=4, window_stride=2)
-    parts = method._train_parts(events("p:a", "q:x", "p:b"))
+    parts = train_parts(events("p:a", "q:x", "p:b"), "target")
     assert [[e.item_id for e in part] for part in parts] == [["a", "b"], ["x"]]
+    assert [[e.item_id for e in part] for part in train_parts(events("p:a", "q:x"), "cross")] == [["a", "x"]]
 
 
 def test_sasrec_windows_give_each_target_once() -> None:
-    inputs, targets = SASRec(max_len=4, window_stride=2)._windows([[1, 2, 3, 4, 5, 6, 7]])
+    inputs, targets = windows([[1, 2, 3, 4, 5, 6, 7]], max_len=4, stride=2)
     assert inputs.tolist() == [[1, 2, 3, 4], [3, 4, 5, 6]]
     assert targets.tolist() == [[2, 3, 4, 5], [0, 0, 6, 7]]
+    # non-overlapping (TextSeq's): the last item, which has no target, is an input only by default
+    inputs, targets = windows([[1, 2, 3, 4, 5, 6]], max_len=4)
+    assert inputs.tolist() == [[1, 2, 3, 4], [5, 6, 0, 0]] and targets.tolist() == [[2, 3, 4, 5], [6, 0, 0, 0]]
+    inputs, targets = windows([[1, 2, 3, 4, 5, 6]], max_len=4, untargeted_input=False)
+    assert inputs.tolist() == [[1, 2, 3, 4], [5, 0, 0, 0]] and targets.tolist() == [[2, 3, 4, 5], [6, 0, 0, 0]]
 
 
 # -------------------------------------------------------------------------------------------------- ContentOnly

@@ -11,6 +11,7 @@ import pytest
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import case_metrics
 from genrec.pipeline.sources import KINDS, CandidateSource, Method, SASRec, TextSeqRec, build, rank_cases
+from genrec.pipeline.sources.textseq import target_last
 from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 TOPICS = 6
@@ -164,10 +165,21 @@ def test_bad_input_gives_clear_errors(fitted) -> None:
                                                                  titles=train.titles))
     with pytest.raises(RuntimeError, match="fit"):
         TextSeqRec(encoder=HashedWords()).score(test[:1], "office")
-    # an empty usable history still answers (no preference: all scores equal, catalog order)
+    with pytest.raises(GenrecError, match="history_order must be one of time, target_last"):
+        TextSeqRec(history_order="newest")
+
+
+def test_an_empty_usable_history_is_an_error_asked_directly_and_no_preference_in_a_batch(fitted) -> None:
+    model, train, test = fitted
     empty = EvalCase(user_id="e", platform="office", history=(), target="b0_4")
-    assert np.all(model.score([empty], "office") == 0.0)
-    assert [x for x, _ in model.candidates(empty, 2)] == train.catalogs["office"][:2]
+    with pytest.raises(GenrecError, match="TextSeq cannot rank 'office' items for user 'e': the history is empty"):
+        model.candidates(empty, 2)
+    unknown = EvalCase(user_id="x", platform="office", history=(Interaction("arts", "nope", 0.0),), target="b0_4")
+    with pytest.raises(GenrecError, match="user 'x': none of the history's 1 item.* fitted on \\(arts, office\\)"):
+        model.candidates(unknown, 2)
+    # the batch path (the evaluation, a pipeline's other sources) still answers: no preference, equal scores
+    assert np.all(model.score([empty, unknown, test[0]], "office")[:2] == 0.0)
+    assert model.no_preference(test[0]) is None and model.candidates(test[0], 2)
 
 
 def test_target_scope_reads_only_the_target_platform(fitted) -> None:
@@ -176,3 +188,54 @@ def test_target_scope_reads_only_the_target_platform(fitted) -> None:
     model.fit(train, valid)
     # the test users have no office history: with target-only history there is nothing to go on
     assert np.all(model.score(test[:3], "office") == 0.0)
+    with pytest.raises(GenrecError, match="user 'test0': the history has no 'office' item.*history_scope 'target'"):
+        model.candidates(test[0], 3)
+
+
+def test_target_last_order_puts_the_other_platforms_first_and_trains_each_target_once() -> None:
+    train, valid, test = world()
+    model = TextSeqRec(encoder=HashedWords(), history_order="target_last", **SMALL)
+    history = (Interaction("office", "b0_0", 0.0), Interaction("arts", "a0_0", 1.0),
+               Interaction("office", "b0_1", 2.0), Interaction("arts", "a0_1", 3.0))
+    assert [x.item_id for x in target_last(history, "office")] == ["a0_0", "a0_1", "b0_0", "b0_1"]
+    model.fit(train, valid)
+    vocab = model._vocab
+    parts, marks = model._train_sequences([list(history)], vocab)
+    # one sequence per platform the user has, the other platform's items first; only that platform's targets train
+    assert parts == [[vocab.get(history[i]) for i in (1, 3, 0, 2)], [vocab.get(history[i]) for i in (0, 2, 1, 3)]]
+    assert marks == [[2, 2, 1, 1], [2, 2, 1, 1]]
+    # every item of these two-platform users is trained once as a target (a platform's first item too: the other
+    # platform's items are its context); in time order a user's first item never is
+    trained = [sum(m[1:].count(1) for m in model._train_sequences([seq], vocab)[1]) for seq in train.sequences.values()]
+    assert trained == [len(seq) for seq in train.sequences.values()]
+    assert ndcg(model, test, train.catalogs) > 0.35, model.log
+    assert model.options()["history_order"] == "target_last"
+    assert TextSeqRec().options()["history_order"] == "time"  # the default is unchanged
+
+
+def test_title_and_details_carry_what_the_title_alone_does_not() -> None:
+    """The titles name no topic; the details (a category) do: only ``item_text="title+details"`` transfers."""
+    train, valid, test = world()
+    titles = {key: " ".join(w for w in title.split() if not w.startswith("topic"))
+              for key, title in train.titles.items()}
+    details = {key: title.split()[0] for key, title in train.titles.items()}  # "topic3"
+    bare = TrainData(train.sequences, train.catalogs, titles, details)
+    scores = {}
+    for item_text in ("title", "title+details"):
+        model = TextSeqRec(encoder=HashedWords(), item_text=item_text, **SMALL)
+        model.fit(bare, valid)
+        scores[item_text] = ndcg(model, test, train.catalogs)
+    assert scores["title+details"] > 0.35 and scores["title+details"] > scores["title"] + 0.15, scores
+    with pytest.raises(GenrecError, match="item_text must be one of title, title\\+details"):
+        TextSeqRec(item_text="everything")
+
+
+def test_item_details_join_category_attributes_and_description() -> None:
+    import pandas as pd
+
+    from genrec.evaluation.protocol import item_details
+
+    frame = pd.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"],
+                          "category": ["pens", None, ""], "attributes": [None, "blue", None],
+                          "description": ["fine tip", "", None]}, dtype="string")
+    assert item_details(frame) == ["pens. fine tip", "blue", ""]

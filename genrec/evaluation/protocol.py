@@ -126,17 +126,27 @@ def build(store: Store, protocol: Protocol, data_platforms: list[str]) -> EvalDa
         excluded = set(protocol.exclude_from_training)
         train = {u: [x for x in s if x.platform not in excluded] for u, s in train.items()}
     train = {u: s for u, s in train.items() if s}
-    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles), targets)
+    return EvalData(protocol, test, valid, TrainData(train, catalogs, titles, everything.details), targets)
+
+
+def item_details(catalog) -> list[str]:
+    """Each catalog row's text beside its title (a store catalog frame): its category, attributes and description,
+    where present, joined by ". " ("" for none)."""
+    columns = [catalog[c] for c in ("category", "attributes", "description") if c in catalog]
+    return [". ".join(str(v).strip() for v in values if isinstance(v, str) and v.strip())
+            for values in zip(*columns, strict=True)] if columns else [""] * len(catalog)
 
 
 def snapshot(store: Store, platforms: list[str]) -> TrainData:
-    """Every stored event of ``platforms`` as time-ordered sequences per user, with their catalogs and titles."""
-    catalogs, titles = {}, {}
+    """Every stored event of ``platforms`` as time-ordered sequences per user, with their catalogs, titles and the
+    items' other text (``item_details``)."""
+    catalogs, titles, details = {}, {}, {}
     for platform in platforms:
         catalog = store.catalog(platform)
         catalogs[platform] = catalog["item_id"].tolist()
         titles.update({(platform, i): t for i, t in zip(catalog["item_id"], catalog["title"], strict=True)})
-    return TrainData(_sequences(store.events(platforms)), catalogs, titles)
+        details.update({(platform, i): d for i, d in zip(catalog["item_id"], item_details(catalog), strict=True) if d})
+    return TrainData(_sequences(store.events(platforms)), catalogs, titles, details)
 
 
 def cases_at(user: str, seq: list[Interaction], indices: list[int], split: str) -> list[EvalCase]:

@@ -130,6 +130,18 @@ def store_fingerprint(store: Store, platforms: list[str]) -> dict[str, Any]:
     return {"platforms": summary, "digest": digest}
 
 
+def catalog_titles(store: Store, platform: str) -> tuple[list[str], dict[tuple[str, str], str],
+                                                         dict[tuple[str, str], str]]:
+    """A platform's catalog items (the store's order, as the protocol reads them), their titles and their other
+    text (``genrec.evaluation.protocol.item_details``)."""
+    from genrec.evaluation.protocol import item_details
+
+    catalog = store.catalog(platform)
+    items = catalog["item_id"].tolist()
+    titles = {(platform, i): t for i, t in zip(items, catalog["title"], strict=True) if isinstance(t, str) and t}
+    return items, titles, {(platform, i): d for i, d in zip(items, item_details(catalog), strict=True) if d}
+
+
 def user_context(store: Store, user_id: str, platform: str, *, before: datetime | None = None) -> Context:
     """A store user's cross-platform history (before ``before``) as the context for ``platform``."""
     if not store.has_user(user_id):

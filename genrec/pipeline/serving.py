@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
+from genrec.errors import GenrecError
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
 from genrec.pipeline.registry import Registry, is_registry
@@ -89,6 +90,22 @@ class Pipelines:
 
     def loaded(self) -> list[Pipeline]:
         return [*([self.configured] if self.configured is not None else []), *self._fitted.values()]
+
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> list[str]:
+        """Let the configured pipeline rank a platform onboarded while the server runs (``Pipeline.add_platform``;
+        in memory only: ``genrec platform add --pipeline DIR`` keeps it in the folder). Runs on the worker thread.
+        The names of the pipelines that rank it now: none without a configured pipeline, or when one of its
+        sources needs a refit for it (logged)."""
+        pipeline = self.configured
+        if pipeline is None:
+            return []
+        try:
+            pipeline.add_platform(platform, items, titles, details)
+        except GenrecError as exc:
+            logger.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
+            return []
+        return [pipeline.name]
 
     def observe(self, before: dict[str, set[tuple[str, str]]], after: dict[str, set[tuple[str, str]]]) -> None:
         """Queue the (platform, item) pairs each user gained (``after`` less ``before``, the store's pairs around an

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from genrec.config import read_yaml
-from genrec.errors import GenrecError, NotFoundError
+from genrec.errors import ConflictError, GenrecError, NotFoundError
 from genrec.pipeline.fusion import LLM, Fusion, FusionSpec, TuningCase, order, scale_rows, tune, tuning_cases
 from genrec.pipeline.pool import Pool, candidate_pool
 from genrec.pipeline.scorer import LLMScorer, LLMSpec
@@ -131,6 +131,37 @@ class Pipeline:
         """Fold one user's new interactions into every source that keeps counts (popularity, ItemKNN) without a
         refit; the names of the sources updated (the others learn them at the next fit)."""
         return [name for name, source in self.sources.items() if source.update(before, new)]
+
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
+        """Make a platform onboarded after fitting (its catalog ``items``, ``titles``: ``(platform, item_id)`` ->
+        title) rankable without a refit: the text-aware sources score its items from their titles, popularity and
+        item-kNN start it with no counts (posted events fill them). Refused, changing nothing, when a source cannot
+        take a new platform (SASRec, content: refit), the platform is known or an item has no title."""
+        self.check_add_platform(platform)
+        if not items:
+            raise GenrecError(f"pipeline {self.name!r}: platform {platform!r} has an empty catalog")
+        untitled = [item for item in items if not (titles.get((platform, item)) or "").strip()]
+        if untitled:
+            raise GenrecError(f"pipeline {self.name!r}: {len(untitled)} item(s) of platform {platform!r} have no "
+                              f"title, e.g. {', '.join(map(repr, untitled[:3]))}")
+        # text-aware sources first: embedding is the step that can still fail, before any source has changed
+        for source in sorted(self.sources.values(), key=lambda s: s.kind != "textseq"):
+            source.add_platform(platform, items, titles, details)
+        self.titles = {**self.titles, **{(platform, item): titles[(platform, item)] for item in items}}
+        if self.scorer is not None:
+            self.scorer.titles = self.titles
+        self.fit_info.setdefault("added_platforms", []).append(
+            {"platform": platform, "items": len(items), "added_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+    def check_add_platform(self, platform: str) -> None:
+        """``add_platform``'s refusals that need no catalog: a known platform, a source that cannot take one."""
+        if any(source._catalog_known(platform) for source in self.sources.values()):
+            raise ConflictError(f"pipeline {self.name!r} already ranks platform {platform!r}")
+        unable = [f"{name} ({source.kind})" for name, source in self.sources.items() if not source.adds_platforms]
+        if unable:
+            raise GenrecError(f"pipeline {self.name!r}: {', '.join(unable)} cannot score a platform added after "
+                              f"fitting; refit the pipeline to rank {platform!r}")
 
     def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int = 200,
                 ) -> dict[str, str]:
@@ -268,6 +299,10 @@ class Pipeline:
         only these items; ``exclude``: items never to recommend (besides the user's own)."""
         if k < 1:
             raise GenrecError(f"k must be at least 1, got {k}")
+        reasons = {name: source.no_preference(context) for name, source in self.sources.items()}
+        if all(reasons.values()):  # no source can rank for this context: an error, not an arbitrary order
+            raise GenrecError(f"pipeline {self.name!r} cannot rank {context.platform!r} items for user "
+                              f"{context.user_id!r}: " + "; ".join(f"{n}: {r}" for n, r in reasons.items()))
         [ranked] = self.rank([context], context.platform, candidates=candidates, exclude=exclude)
         items = self._top(ranked, context.platform, k)
         return self.explain(context, items) if explain else items
@@ -343,9 +378,15 @@ class Pipeline:
         with (tmp / TITLES_FILE).open("wb") as fh:
             pickle.dump(self.titles, fh, protocol=pickle.HIGHEST_PROTOCOL)
         (tmp / FIT_FILE).write_text(json.dumps({**self.fit_info, **(extra or {})}, indent=2, default=str) + "\n")
-        if directory.exists():
-            _remove(directory)
-        tmp.rename(directory)
+        if directory.exists():  # the old folder stays whole until the new one is in place
+            old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+            if old.exists():
+                _remove(old)
+            directory.rename(old)
+            tmp.rename(directory)
+            _remove(old)
+        else:
+            tmp.rename(directory)
         return directory
 
     @classmethod

@@ -68,6 +68,8 @@ class TrainData:
     sequences: dict[str, list[Interaction]]
     catalogs: dict[str, list[str]]  # platform -> item ids (the full ranking space)
     titles: dict[tuple[str, str], str] = field(default_factory=dict)  # (platform, item_id) -> title
+    # (platform, item_id) -> the item's other text where the catalog has it: category, attributes, description
+    details: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def scoped_history(context: Context, scope: HistoryScope) -> tuple[Interaction, ...]:

@@ -43,6 +43,7 @@ from genrec.embedding import Embedder
 from genrec.errors import ConflictError, DataError, GenrecError, NotFoundError, TooLargeError
 from genrec.llm import LLMConfig
 from genrec.onboarding import onboard
+from genrec.pipeline.fitting import catalog_titles
 from genrec.pipeline.serving import Pipelines
 from genrec.prompts import PromptTemplates
 from genrec.recommender import Recommender, RecommenderConfig
@@ -511,9 +512,17 @@ def _add_routes(app: FastAPI) -> None:
                     mapping=parse_mapping(mapping or []), fmt=catalog_format, verb=verb, template=template,
                     time_kind=time_kind, description=description, max_bytes=service.settings.max_catalog_bytes,
                     max_rows=service.settings.max_catalog_rows)
+            pipelines = []
+            if service.pipelines.configured is not None:  # it ranks the new platform too (on the worker thread)
+                items, titles, details = await run_in_threadpool(catalog_titles, service.store, name)
+                try:
+                    pipelines = await service.run(CallJob(partial(service.pipelines.add_platform, name, items,
+                                                                  titles, details)))
+                except Busy:
+                    pass  # onboarded all the same; the pipeline ranks it after `genrec platform add --pipeline`
         finally:
             service.onboarding_lock.release()
-        return report.to_dict()
+        return report.to_dict() | {"pipelines": pipelines}
 
     @app.post("/v1/events", response_model=EventsOut, tags=["events"], dependencies=[Writer])
     def events(body: EventsIn, service: ServiceDep) -> EventsOut:

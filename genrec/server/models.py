@@ -91,6 +91,7 @@ class OnboardingOut(BaseModel):
     import_seconds: float
     index_seconds: float
     seconds: float
+    pipelines: list[str] = []  # the configured pipeline (``serve --pipeline``), when it ranks the platform now
 
 
 class HistoryItemOut(BaseModel):

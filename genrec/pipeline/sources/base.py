@@ -56,6 +56,7 @@ class CandidateSource:
     """
 
     kind: ClassVar[str]
+    adds_platforms: ClassVar[bool] = False  # ``add_platform`` makes a catalog onboarded after fitting scorable
     name: str
     history_scope: HistoryScope
     catalogs: dict[str, list[str]]
@@ -95,10 +96,46 @@ class CandidateSource:
 
     def candidates(self, context: Context, n: int) -> list[tuple[str, float]]:
         """The source's ``n`` best items of the context's platform with its own scores, the user's own items left
-        out (a source with no preference for this context, e.g. an empty usable history, still answers: ties
-        keep catalog order)."""
+        out. A source with no preference for this context (an empty usable history) still answers (ties keep
+        catalog order), unless it says why it cannot rank for it (``no_preference``): then this is a
+        ``GenrecError`` naming the user and the platform. ``score`` never refuses: the evaluation and a
+        pipeline's other sources rank such contexts."""
+        reason = self.no_preference(context)
+        if reason is not None:
+            raise GenrecError(f"{self.name} cannot rank {context.platform!r} items for user {context.user_id!r}: "
+                              f"{reason}")
         catalog = self._catalog(context.platform)
         return top_items(self.score([context], context.platform)[0], catalog, context.owned(), n)
+
+    def no_preference(self, context: Context) -> str | None:
+        """Why every score of this source is equal for ``context`` (e.g. it ranks from the history, and the
+        history holds nothing it can read), else None (the default: sources whose scores need no history, or
+        that do not say)."""
+        return None
+
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
+        """Make ``platform``'s catalog (``items``; ``titles``: ``(platform, item_id)`` -> title; ``details``: the
+        items' other text, as ``TrainData.details``), onboarded after fitting, scorable without a refit (sources
+        with ``adds_platforms``). By default the source takes the new catalog on through ``grow`` (its items
+        start as unseen ones)."""
+        if self._catalog_known(platform):
+            raise GenrecError(f"{self.name}: platform {platform!r} is already known")
+        if not items:
+            raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
+        if not self.adds_platforms or not self.grow({**self.catalogs, platform: list(items)}):
+            raise GenrecError(f"{self.name} ({self.kind}) cannot score a platform added after fitting: refit it")
+
+    def _extend_catalogs(self, platform: str, items: Sequence[str]) -> None:
+        """Add a catalog (a new dict: fitted sources may share one)."""
+        if self._catalog_known(platform):
+            raise GenrecError(f"{self.name}: platform {platform!r} is already known")
+        if not items:
+            raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
+        self.catalogs = {**self.catalogs, platform: list(items)}
+
+    def _catalog_known(self, platform: str) -> bool:
+        return platform in getattr(self, "catalogs", {})
 
     def _catalog(self, platform: str) -> list[str]:
         catalogs = getattr(self, "catalogs", None)

@@ -23,6 +23,7 @@ class ItemKNN(CandidateSource):
     """
 
     kind = "itemknn"
+    adds_platforms = True
 
     def __init__(self, history_scope: HistoryScope = "cross", neighbours: int | None = None, shrink: float = 0.0):
         if neighbours is not None and neighbours < 1:

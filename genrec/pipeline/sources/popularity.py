@@ -15,6 +15,7 @@ class MostPop(CandidateSource):
     """Scores each item of a platform by its number of distinct train users; ignores the history."""
 
     kind = "popularity"
+    adds_platforms = True
 
     def __init__(self, history_scope: HistoryScope = "cross") -> None:
         self.name = "MostPop"

@@ -182,9 +182,9 @@ class SASRec(CandidateSource):
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
         self.catalogs = train.catalogs
         self._vocab = vocab = ItemVocabulary(train.catalogs, offset=1)
-        inputs, targets = self._windows(
-            [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
-        )
+        inputs, targets = windows(
+            [vocab.encode(part) for seq in train.sequences.values() for part in train_parts(seq, self.history_scope)],
+            self.max_len, self.window_stride)
         if len(inputs) == 0:
             raise ValueError("SASRec needs at least one train sequence with two items")
         started = time.perf_counter()
@@ -248,8 +248,9 @@ class SASRec(CandidateSource):
         rng = np.random.default_rng(self.seed)
         others = [u for u in train.sequences if u not in new]
         replay = list(rng.choice(others, size=min(len(others), len(fresh)), replace=False)) if others else []
-        inputs, targets = self._windows([self._vocab.encode(part[-(self.max_len + 1):]) for user in [*fresh, *replay]
-                                         for part in self._train_parts(train.sequences[user])])
+        inputs, targets = windows([self._vocab.encode(part[-(self.max_len + 1):]) for user in [*fresh, *replay]
+                                   for part in train_parts(train.sequences[user], self.history_scope)],
+                                  self.max_len, self.window_stride)
         if len(inputs) == 0:
             return "unchanged"
         with torch.random.fork_rng(devices=[]):
@@ -265,28 +266,6 @@ class SASRec(CandidateSource):
     def _validate(self, cases: Sequence[EvalCase], catalogs: dict[str, list[str]]) -> float:
         """Mean NDCG@10 over ``cases`` (full ranking, history excluded)."""
         return float(case_metrics(rank_cases(self, cases, catalogs), ks=(10,))["NDCG@10"].mean())
-
-    def _train_parts(self, sequence: list[Interaction]) -> list[list[Interaction]]:
-        if self.history_scope == "cross":
-            return [sequence]
-        platforms = dict.fromkeys(x.platform for x in sequence)
-        return [[x for x in sequence if x.platform == p] for p in platforms]
-
-    def _windows(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input windows ``(W, max_len)`` and their targets (``PAD`` where a position is not trained)."""
-        inputs, targets = [], []
-        for seq in sequences:
-            start = 0
-            trained_until = 0  # targets seq[1 .. trained_until] are already covered
-            while trained_until < len(seq) - 1:
-                window = seq[start : start + self.max_len]
-                target = seq[start + 1 : start + self.max_len + 1]
-                fresh = [t if start + 1 + j > trained_until else PAD for j, t in enumerate(target)]
-                inputs.append(window + [PAD] * (self.max_len - len(window)))
-                targets.append(fresh + [PAD] * (self.max_len - len(fresh)))
-                trained_until = start + len(target)
-                start += self.window_stride
-        return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
 
     def _train_epoch(
         self,
@@ -406,3 +385,37 @@ def fit_epochs(net: nn.Module, train_epoch: Callable[[float | None], tuple[float
     if validate is not None:
         net.load_state_dict(best_state)
     return log, stopped, best, best_epoch
+
+
+def train_parts(sequence: list[Interaction], history_scope: HistoryScope) -> list[list[Interaction]]:
+    """The train sequences one user's time-ordered history gives: itself (``"cross"``), or one per platform in
+    order of first appearance (``"target"``)."""
+    if history_scope == "cross":
+        return [sequence]
+    platforms = dict.fromkeys(x.platform for x in sequence)
+    return [[x for x in sequence if x.platform == p] for p in platforms]
+
+
+def windows(sequences: list[list[int]], max_len: int, stride: int | None = None, *,
+            untargeted_input: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input windows ``(W, max_len)`` of item sequences and their next-item targets (``PAD`` where a position is not
+    trained), every target trained once: windows start every ``stride`` items (default ``max_len``: no overlap),
+    and a target an earlier window already trained is ``PAD``. With ``untargeted_input=False`` a sequence's last
+    window ends at its last target's input, without the last item, which has no target (under the causal mask that
+    item changes no trained position, but it widens batches and so the random draws made over them)."""
+    stride = max_len if stride is None else stride
+    inputs, targets = [], []
+    for seq in sequences:
+        start = 0
+        trained_until = 0  # targets seq[1 .. trained_until] are already covered
+        while trained_until < len(seq) - 1:
+            window = seq[start : start + max_len]
+            target = seq[start + 1 : start + max_len + 1]
+            if not untargeted_input:
+                window = window[: len(target)]
+            fresh = [t if start + 1 + j > trained_until else PAD for j, t in enumerate(target)]
+            inputs.append(window + [PAD] * (max_len - len(window)))
+            targets.append(fresh + [PAD] * (max_len - len(fresh)))
+            trained_until = start + len(target)
+            start += stride
+    return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)

@@ -1,12 +1,14 @@
 """TextSeqRec: a text-aware sequential recommender shared by every platform (ideas from UniSRec, KDD 2022, and
 LLM-ESR, NeurIPS 2024; written for genrec).
 
-Item representation. Each item's text (its title) goes through the frozen sentence embedder once; the vectors of
-the fitted catalogs are centred and PCA-whitened to ``text_dim`` dimensions (fixed at fit time), then a learned
-mixture-of-experts adaptor (``n_experts`` linear experts with their own bias, softmax-gated by the text) maps them to
-the model's ``hidden_size``. Items seen in training also get an ID embedding added to that; during training the ID
-part of each item is dropped with probability ``id_dropout`` so that the text carries the signal on its own, and
-items never seen in training (new items, a zero-shot platform's whole catalog) are represented by their text alone.
+Item representation. Each item's text (its title; with ``item_text="title+details"`` followed by its category,
+attributes and description where the catalog has them: ``TrainData.details``) goes through the frozen sentence
+embedder once; the vectors of the fitted catalogs are centred and PCA-whitened to ``text_dim`` dimensions (fixed
+at fit time), then a learned mixture-of-experts adaptor (``n_experts`` linear experts with their own bias,
+softmax-gated by the text) maps them to the model's ``hidden_size``. Items seen in training also get an ID
+embedding added to that; during training the ID part of each item is dropped with probability ``id_dropout`` so
+that the text carries the signal on its own, and items never seen in training (new items, a zero-shot platform's
+whole catalog) are represented by their text alone.
 
 Sequence model. A causal post-norm transformer (SASRec's layers) over the user's history: every position adds the
 item's representation, a position embedding, the embedding of the item's platform and the embedding of the
@@ -14,6 +16,11 @@ platform of the *next* item (the platform being predicted; at serving time the t
 train interactions (and, with probability ``platform_dropout`` in training, any platform) use a shared "unknown
 platform" embedding, which is how a platform never seen in training is served. With ``history_scope="cross"`` the
 sequences are the merged cross-platform histories; with ``"target"`` they are split per platform.
+``history_order="target_last"`` (cross scope only) reorders each cross-platform history as the other platforms'
+items first, then the target platform's, each part in time order: at serving the target platform is the case's,
+and in training every user sequence gives one sequence per platform P it holds (the other platforms' items, then
+P's) whose trained targets are P's items only, so each item is trained once as a target (a platform's first item
+too: the other platforms' items are its context).
 
 Training and scoring. Each next-item target is trained with a softmax over its own platform's catalog (the ranking
 space of the evaluation), sampled for speed on CPU: the batch's targets of that platform plus ``n_negatives`` of its
@@ -38,7 +45,7 @@ from genrec.errors import GenrecError
 from genrec.evaluation.metrics import case_metrics
 from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_cases
 from genrec.pipeline.sources.content import TextEncoder
-from genrec.pipeline.sources.sasrec import _Layer, fit_epochs
+from genrec.pipeline.sources.sasrec import _Layer, fit_epochs, train_parts, windows
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
@@ -112,9 +119,12 @@ class TextSeqRec(CandidateSource):
     """
 
     kind = "textseq"
+    adds_platforms = True
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "text_dim", "n_experts", "dropout",
                "attn_dropout", "id_dropout", "platform_dropout", "use_ids", "n_negatives", "lr", "weight_decay",
-               "batch_size", "max_epochs", "patience", "time_budget_s", "seed")
+               "batch_size", "max_epochs", "patience", "time_budget_s", "seed", "history_order", "item_text")
+    ORDERS = ("time", "target_last")
+    TEXTS = ("title", "title+details")
 
     def __init__(
         self,
@@ -141,9 +151,17 @@ class TextSeqRec(CandidateSource):
         patience: int = 3,
         time_budget_s: float | None = 780.0,
         seed: int = 2020,
+        history_order: str = "time",
+        item_text: str = "title",
         progress: bool = True,
     ) -> None:
+        if history_order not in self.ORDERS:
+            raise GenrecError(f"TextSeq: history_order must be one of {', '.join(self.ORDERS)}, got {history_order!r}")
+        if item_text not in self.TEXTS:
+            raise GenrecError(f"TextSeq: item_text must be one of {', '.join(self.TEXTS)}, got {item_text!r}")
         self.name = "TextSeq"
+        self.history_order = history_order
+        self.item_text = item_text
         self.history_scope = history_scope
         self._encoder = encoder
         self.max_len = max_len
@@ -190,9 +208,11 @@ class TextSeqRec(CandidateSource):
 
     # ------------------------------------------------------------------------------------------------ text
 
-    def _embed(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> np.ndarray:
-        """Unit sentence embeddings of ``items``' texts (through the catalog-embedding cache when the encoder is
-        genrec's embedder); an item without text is an error."""
+    def _embed(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+               details: Mapping[tuple[str, str], str] | None = None) -> np.ndarray:
+        """Unit sentence embeddings of ``items``' texts: the title, and with ``item_text="title+details"`` the
+        item's other text after it (through the catalog-embedding cache when the encoder is genrec's embedder); an
+        item without a title is an error."""
         texts = [titles.get((platform, item)) or "" for item in items]
         missing = [item for item, text in zip(items, texts, strict=True) if not text.strip()]
         if missing:
@@ -200,6 +220,9 @@ class TextSeqRec(CandidateSource):
                               f"represent them, e.g. {', '.join(map(repr, missing[:3]))}")
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
+        if self.item_text == "title+details" and details:
+            texts = [f"{text}. {extra}" if (extra := details.get((platform, item))) else text
+                     for item, text in zip(items, texts, strict=True)]
         encoder = self.encoder
         if hasattr(encoder, "fingerprint") and hasattr(encoder, "model"):
             from genrec.grounding import CatalogIndex
@@ -221,8 +244,8 @@ class TextSeqRec(CandidateSource):
         if not train.catalogs:
             raise GenrecError(f"{self.name}: no catalog to fit on")
         vocab = ItemVocabulary(train.catalogs, offset=1)
-        vectors = np.concatenate([self._embed(p, items, train.titles) for p, items in train.catalogs.items()
-                                  if items])
+        vectors = np.concatenate([self._embed(p, items, train.titles, train.details)
+                                  for p, items in train.catalogs.items() if items])
         # PCA whitening of the fitted catalogs' text, fixed from here on (new platforms reuse it)
         self._mean = vectors.mean(axis=0)
         centred = vectors - self._mean
@@ -234,7 +257,7 @@ class TextSeqRec(CandidateSource):
         text[1:] = self._whitened(vectors)
         embed_seconds = time.perf_counter() - started
 
-        parts = [vocab.encode(part) for seq in train.sequences.values() for part in self._train_parts(seq)]
+        parts, trained = self._train_sequences(train.sequences.values(), vocab)
         counts = np.bincount([i for part in parts for i in part], minlength=vocab.size)
         platforms = [p for p in train.catalogs if counts[vocab.block(p)].sum() > 0]
         self._platforms = {p: i + 1 for i, p in enumerate(platforms)}
@@ -246,7 +269,12 @@ class TextSeqRec(CandidateSource):
         self._seen[PAD] = False
         self._item_platform = item_platform
         self._added, self._cache = {}, {}
-        inputs, targets = self._windows(parts)
+        inputs, targets = windows(parts, self.max_len, untargeted_input=False)
+        if trained is not None:  # only the marked targets are trained; windows left with none are dropped
+            _, marks = windows(trained, self.max_len, untargeted_input=False)
+            targets = torch.where(marks == 1, targets, PAD)
+            kept = (targets != PAD).any(dim=1)
+            inputs, targets = inputs[kept], targets[kept]
         if len(inputs) == 0:
             raise GenrecError(f"{self.name} needs at least one train sequence with two items")
 
@@ -276,23 +304,25 @@ class TextSeqRec(CandidateSource):
     def _validate(self, cases: Sequence[EvalCase]) -> float:
         return float(case_metrics(rank_cases(self, cases, self.catalogs), ks=(10,))["NDCG@10"].mean())
 
-    def _train_parts(self, sequence: list[Interaction]) -> list[list[Interaction]]:
-        if self.history_scope == "cross":
-            return [sequence]
-        platforms = dict.fromkeys(x.platform for x in sequence)
-        return [[x for x in sequence if x.platform == p] for p in platforms]
-
-    def _windows(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Non-overlapping windows of ``max_len`` inputs and their next-item targets (``PAD``: not trained)."""
-        inputs, targets = [], []
+    def _train_sequences(self, sequences, vocab: ItemVocabulary) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The encoded train sequences and, for ``history_order="target_last"``, a parallel mark per position: 1
+        where its item is a trained target, 2 where it is context only (None: every target is trained)."""
+        if self.history_order == "time" or self.history_scope != "cross":
+            return [vocab.encode(part) for seq in sequences for part in train_parts(seq, self.history_scope)], None
+        parts, marks = [], []
         for seq in sequences:
-            for start in range(0, len(seq) - 1, self.max_len):
-                window = seq[start : start + self.max_len]
-                target = seq[start + 1 : start + self.max_len + 1]
-                window = window[: len(target)]
-                inputs.append(window + [PAD] * (self.max_len - len(window)))
-                targets.append(target + [PAD] * (self.max_len - len(target)))
-        return torch.tensor(inputs, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+            for platform in dict.fromkeys(x.platform for x in seq):
+                pairs = [(i, 1 if x.platform == platform else 2) for x in target_last(seq, platform)
+                         if (i := vocab.get(x)) is not None]
+                parts.append([i for i, _ in pairs])
+                marks.append([m for _, m in pairs])
+        return parts, marks
+
+    def _history(self, case: Context) -> list[Interaction]:
+        history = scoped_history(case, self.history_scope)
+        if self.history_order == "target_last":
+            history = target_last(history, case.platform)
+        return list(history)
 
     def _train_epoch(self, net: _Network, optimiser: torch.optim.Optimizer, inputs: torch.Tensor,
                      targets: torch.Tensor, deadline: float | None) -> tuple[float, float]:
@@ -352,22 +382,41 @@ class TextSeqRec(CandidateSource):
 
     # -------------------------------------------------------------------------------------------- scoring
 
-    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str]) -> None:
+    def add_platform(self, platform: str, items: Sequence[str], titles: Mapping[tuple[str, str], str],
+                     details: Mapping[tuple[str, str], str] | None = None) -> None:
         """Make a catalog that was not fitted scorable (its items' text is all it needs): ``titles`` maps
-        ``(platform, item_id)`` to the item's text."""
+        ``(platform, item_id)`` to the item's title, ``details`` to its other text (read with
+        ``item_text="title+details"``)."""
         if self._net is None:
             raise RuntimeError("fit() first")
-        if platform in self.catalogs or platform in self._added:
+        if self._catalog_known(platform):
             raise GenrecError(f"{self.name}: platform {platform!r} is already known")
         if not items:
             raise GenrecError(f"{self.name}: platform {platform!r} has an empty catalog")
-        self._added[platform] = (list(items), self._whitened(self._embed(platform, items, titles)))
+        text = self._whitened(self._embed(platform, items, titles, details))
+        self._extend_catalogs(platform, items)
+        self._added[platform] = (list(items), text)
         self._cache.pop(platform, None)
+
+    def _catalog_known(self, platform: str) -> bool:
+        return super()._catalog_known(platform) or platform in self._added
 
     def _catalog(self, platform: str) -> list[str]:
         if platform in self._added:
             return self._added[platform][0]
         return super()._catalog(platform)
+
+    def no_preference(self, context: Context) -> str | None:
+        """Every score is 0 when the history holds no item of the fitted catalogs that the scope reads."""
+        if self._vocab is None or self._vocab.encode(scoped_history(context, self.history_scope)):
+            return None
+        if not context.history:
+            return "the history is empty"
+        if self.history_scope == "target" and not context.history_on(context.platform):
+            return (f"the history has no {context.platform!r} item, and this source reads only the target "
+                    "platform's (history_scope 'target')")
+        return (f"none of the history's {len(context.history)} item(s) is in the catalogs it was fitted on "
+                f"({', '.join(self._vocab.platforms)})")
 
     def _representations(self, platform: str) -> torch.Tensor:
         if platform not in self._cache:
@@ -390,7 +439,7 @@ class TextSeqRec(CandidateSource):
             items = self._representations(platform)
             if not cases:
                 return np.zeros((0, len(items)), dtype=np.float32)
-            seqs = [self._vocab.encode(scoped_history(case, self.history_scope))[-self.max_len :] for case in cases]
+            seqs = [self._vocab.encode(self._history(case))[-self.max_len :] for case in cases]
             lengths = torch.tensor([max(len(s), 1) for s in seqs])
             width = int(lengths.max())
             seq = torch.tensor([s + [PAD] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -427,3 +476,8 @@ class TextSeqRec(CandidateSource):
         self._net = self._network(len(self._platforms), self._text.shape[1])
         self._net.load_state_dict(state["weights"])
         self._net.eval()
+
+
+def target_last(history: Sequence[Interaction], platform: str) -> list[Interaction]:
+    """``history`` with the other platforms' items first and ``platform``'s last, each part in time order."""
+    return [x for x in history if x.platform != platform] + [x for x in history if x.platform == platform]
