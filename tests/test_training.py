@@ -558,6 +558,8 @@ def test_training_with_hard_negatives_and_validation_by_reranking(store, tiny_mo
         parse({**raw, "model": str(tiny_model_dir), "validation": {"mode": "rank"}})
     with pytest.raises(GenrecError, match="rank_temperature must be positive"):
         parse({**raw, "model": str(tiny_model_dir), "train": {**raw["train"], "rank_temperature": 0}})
+    with pytest.raises(GenrecError, match="checkpoint_every and train.log_every must be positive"):
+        parse({**raw, "model": str(tiny_model_dir), "train": {**raw["train"], "checkpoint_every": 0}})
     # a setting added after adapters were recorded leaves their recipes' digests unchanged at its default: this
     # recipe's adapter was recorded with digest 56d964ea91408b97 before rank_temperature existed
     recipe = load(Path(__file__).parents[1] / "training" / "configs" / "amazon-arts-office-rank-calibrated.yaml")

@@ -249,6 +249,8 @@ def _check(config: TrainConfig, where: str) -> None:
     if train.sft_weight < 0 or not 0 <= train.rank_calibration <= 1 or not train.rank_temperature > 0:
         problems.append("train.sft_weight must not be negative, train.rank_calibration must be in [0, 1] and "
                         "train.rank_temperature must be positive")
+    if train.checkpoint_every < 1 or train.log_every < 1:
+        problems.append("train.checkpoint_every and train.log_every must be positive (steps)")
     if valid.mode not in ("generate", "rerank"):
         problems.append(f"validation.mode = {valid.mode!r}; expected generate or rerank")
     if valid.mode == "rerank" and (not valid.sources or valid.per_source < 1 or not _calibrations_ok(valid)):
