@@ -412,8 +412,8 @@ def refresh(
         console.print_json(json.dumps(outcome.to_dict()))
         return
     if outcome.version is None:
-        console.print("no event after the champion's data window: nothing to refresh"
-                      + (f" ({outcome.new_events:,} held-out events wait for fresh ones)" if outcome.new_events else ""))
+        waiting = f" ({outcome.new_events:,} held-out events wait for fresh ones)" if outcome.new_events else ""
+        console.print(f"no event after the champion's data window: nothing to refresh{waiting}")
         return
     j = outcome.judgement
     console.print(f"{outcome.version.name} from {outcome.version.parent}: {outcome.new_events:,} new events; "
