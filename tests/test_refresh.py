@@ -110,9 +110,9 @@ def _pipeline(n: int = 5) -> Pipeline:
 def test_registry_versions_promotion_and_rollback(tmp_path) -> None:
     registry = Registry(tmp_path / "reg")
     assert registry.versions() == [] and registry.champion() is None
-    with pytest.raises(GenrecError, match="no champion"):
-        Pipeline.load(tmp_path / "reg") if registry.root.exists() else registry.champion_path()
     first = registry.add(_pipeline(), origin="fit", window_end=10.0)
+    with pytest.raises(GenrecError, match="no champion"):  # added, not yet promoted: nothing serves
+        Pipeline.load(registry.root)
     registry.promote(first.name, reason="registered")
     second = registry.add(_pipeline(), origin="refresh", parent=first.name, window_end=20.0,
                           metrics={"champion_ndcg10": 0.1, "challenger_ndcg10": 0.2, "cases": 5})

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genrec.errors import GenrecError, NotFoundError
-from genrec.pipeline.spec import SPEC_FILE, Pipeline
+from genrec.pipeline.spec import SPEC_FILE, Pipeline, PipelineSpec
 from genrec.pipeline.types import Context, Interaction
 
 MANIFEST = "manifest.json"
@@ -165,7 +165,7 @@ class ShardScorer:
 
     def __init__(self, pipeline_dir: str, platforms: Sequence[str], k: int, db: str | None = None) -> None:
         store = None
-        if _needs_store(Path(pipeline_dir)):
+        if PipelineSpec.from_yaml(Path(pipeline_dir) / SPEC_FILE).llm is not None:  # the LLM reads profiles
             from genrec.data.store import Store
 
             store = Store(db, read_only=True)
@@ -176,13 +176,6 @@ class ShardScorer:
         tables = [_to_ipc(score_shard(self.pipeline, pickle.loads(blob), self.platforms, self.k))  # noqa: S301
                   for blob in batch["histories"]]
         return {"shard": list(batch["shard"]), "table": tables, "pid": [os.getpid()] * len(tables)}
-
-
-def _needs_store(pipeline_dir: Path) -> bool:
-    import yaml
-
-    spec = yaml.safe_load((pipeline_dir / SPEC_FILE).read_text()) or {}
-    return bool(spec.get("llm"))
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -239,7 +232,7 @@ def run_batch(store, pipeline_dir: str | Path, out: str | Path, *, users: Sequen
 
     bar = tqdm(total=len(users), initial=sum(len(shards[i]) for i in done), desc="scoring users", unit="user",
                disable=not progress)
-    schema = output_schema([s["name"] for s in _spec_sources(pipeline_dir)])
+    schema = output_schema([s.name for s in PipelineSpec.from_yaml(pipeline_dir / SPEC_FILE).sources])
 
     stamps: list[tuple[float, int]] = []  # (when, users) of each shard written
 
@@ -303,13 +296,6 @@ def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: lis
         pids.add(int(row["pid"]))
         finished(int(row["shard"]), _from_ipc(bytes(row["table"])))
     return pids
-
-
-def _spec_sources(pipeline_dir: Path) -> list[dict]:
-    import yaml
-
-    spec = yaml.safe_load((pipeline_dir / SPEC_FILE).read_text())
-    return [{"name": (s if isinstance(s, str) else s.get("name") or s["kind"])} for s in spec["sources"]]
 
 
 def _fit_digest(pipeline_dir: Path) -> str:

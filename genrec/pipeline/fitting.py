@@ -35,9 +35,9 @@ def fit_registered(store: Store, spec: PipelineSpec, registry, *, data_dir: Path
     from genrec.pipeline.refresh import register
 
     pipeline, data = _fit(store, spec, data_dir=data_dir, embedder=embedder, progress=progress)
-    window_end = max((x.timestamp for seq in data.train.sequences.values() for x in seq), default=0.0)
     held_out = [[c.user_id, c.platform, c.target, c.timestamp] for c in (*data.valid, *data.test)]
-    window_end = max([window_end, *(c.timestamp for c in (*data.valid, *data.test))])
+    window_end = max([*(x.timestamp for seq in data.train.sequences.values() for x in seq),
+                      *(timestamp for *_, timestamp in held_out)], default=0.0)
     return pipeline, register(registry, pipeline, window_end=window_end, holdout=held_out,
                               metrics=pipeline.fusion.report)
 

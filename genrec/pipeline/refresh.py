@@ -143,6 +143,7 @@ def refresh(store, registry: Registry, *, steps: int = 200, holdout_users: int =
         return Outcome(None, None, False, new_events)
     challenger = Pipeline.load(folder, store=store, embedder=embedder)
     how = challenger.refresh(part.train, part.new, steps=steps)
+    challenger.share_scorer(champion)  # both judged with one loaded LLM
     judgement = judge(champion, challenger, part.cases, seed=seed)
     window_end = max((x.timestamp for seq in everything.sequences.values() for x in seq), default=0.0)
     holdout = [[c.user_id, c.platform, c.target, c.timestamp] for c in part.cases]

@@ -112,6 +112,8 @@ class Registry:
         folder = pipeline.save(self.root / f".{version.name}")  # hidden until complete: versions() skips it
         _write(folder / VERSION_FILE, asdict(version))
         folder.rename(self.root / version.name)
+        if not (self.root / REGISTRY_FILE).is_file():  # a registry from its first version on, champion or not
+            _write(self.root / REGISTRY_FILE, self._state())
         return version
 
     def promote(self, name: str, *, reason: str = "promoted") -> Version:

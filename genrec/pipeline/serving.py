@@ -61,11 +61,8 @@ class Pipelines:
             try:
                 stamp = self.registry.stamp()
                 champion = Pipeline.load(self.registry.champion_path(), store=self.store)
-                previous = self.configured
-                if previous is not None and previous.scorer is not None and champion.scorer is not None and \
-                        previous.spec.llm == champion.spec.llm:
-                    champion.scorer = previous.scorer  # the loaded model stays
-                    champion.scorer.titles = champion.titles
+                if self.configured is not None:
+                    champion.share_scorer(self.configured)  # the loaded model stays
                 self.configured, self._stamp = champion, stamp
             except Exception:  # a broken version never takes the service down: the old champion keeps serving
                 logger.exception("could not load the registry's champion; the previous version keeps serving")

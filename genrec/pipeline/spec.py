@@ -176,6 +176,13 @@ class Pipeline:
         self.fit_info["refreshed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         return how
 
+    def share_scorer(self, other: Pipeline) -> None:
+        """Score with ``other``'s LLM scorer (its loaded model and score caches) when both name the same LLM: a
+        second version of one pipeline then loads no second model."""
+        if self.scorer is not None and other.scorer is not None and self.spec.llm == other.spec.llm:
+            self.scorer = other.scorer
+            self.scorer.titles = self.titles
+
     @property
     def components(self) -> list[str]:
         return [*self.sources, *([LLM] if self.scorer else [])]

@@ -61,9 +61,11 @@ class CandidateSource:
     history_scope: HistoryScope
     catalogs: dict[str, list[str]]
 
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the constructor arguments kept as attributes of the same name
+
     def options(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this source (JSON-serialisable)."""
-        raise NotImplementedError
+        return {name: getattr(self, name) for name in self.OPTIONS}
 
     def state(self) -> dict[str, Any]:
         raise NotImplementedError

@@ -84,9 +84,6 @@ class ContentOnly(CandidateSource):
                 queries[r] = self._embeddings[items].sum(axis=0)
         return _normalise(queries) @ self._embeddings[self._vocab.block(platform)].T
 
-    def options(self) -> dict[str, Any]:
-        return {}
-
     def state(self) -> dict[str, Any]:
         return {"vocab": self._vocab, "embeddings": self._embeddings}
 

@@ -23,6 +23,7 @@ class ItemKNN(CandidateSource):
     """
 
     kind = "itemknn"
+    OPTIONS = ("neighbours", "shrink")
     adds_platforms = True
 
     def __init__(self, history_scope: HistoryScope = "cross", neighbours: int | None = None, shrink: float = 0.0):
@@ -119,9 +120,6 @@ class ItemKNN(CandidateSource):
             (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(cases), self._vocab.size)
         )
         return np.asarray((history @ self._block(platform)).todense(), dtype=np.float32)
-
-    def options(self) -> dict[str, Any]:
-        return {"neighbours": self.neighbours, "shrink": self.shrink}
 
     def state(self) -> dict[str, Any]:
         if self._cooc is None:

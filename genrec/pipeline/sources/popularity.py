@@ -55,9 +55,6 @@ class MostPop(CandidateSource):
             self._index[platform] = {item: i for i, item in enumerate(catalog)}
         return self._index[platform]
 
-    def options(self) -> dict[str, Any]:
-        return {}
-
     def state(self) -> dict[str, Any]:
         return {"counts": self._counts}
 

@@ -330,9 +330,6 @@ class SASRec(CandidateSource):
 
     # ------------------------------------------------------------------------------------------ save / load
 
-    def options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.OPTIONS}
-
     def state(self) -> dict[str, Any]:
         if self._net is None:
             raise RuntimeError("fit() first")
