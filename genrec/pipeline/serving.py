@@ -50,10 +50,10 @@ class Pipelines:
             return True
         return self.defaults and dataset_of(platform, self.store) is not None
 
-    def swap_if_promoted(self, *, wait: bool = False) -> None:
+    def swap_if_promoted(self) -> None:
         """Load the registry's champion when it changed (a refresh promoted a version, or a rollback) and swap it
-        in; answers in flight finish on the version they started with. The load runs on its own thread unless
-        ``wait``, so no request waits for it."""
+        in; answers in flight finish on the version they started with. The load runs on its own thread, so no
+        request waits for it."""
         if self.registry is None or self.registry.stamp() == self._stamp or not self._swapping.acquire(blocking=False):
             return
 
@@ -70,10 +70,7 @@ class Pipelines:
             finally:
                 self._swapping.release()
 
-        if wait:
-            swap()
-        else:
-            threading.Thread(target=swap, name="genrec-swap", daemon=True).start()
+        threading.Thread(target=swap, name="genrec-swap", daemon=True).start()
 
     def get(self, platform: str) -> Pipeline:
         self.swap_if_promoted()
