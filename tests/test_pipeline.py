@@ -220,7 +220,8 @@ def test_fit_and_recommend_through_the_cli_rank_as_the_pipeline_object(tmp_path:
 @pytest.mark.integration
 def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, embedder) -> None:
     """The real model explains three items from a small history: every rationale cites evidence from that history,
-    one the LLM wrote passes the faithfulness check, and any other is an evidence sentence marked `template`."""
+    one the LLM wrote opens with its evidence, adds a reason of its own and passes the faithfulness check, and any
+    other is an evidence sentence marked `template`."""
     from genrec.pipeline.explain import Explainer
     from genrec.pipeline.types import ScoredItem
     from genrec.prompts import PromptTemplates
@@ -238,6 +239,11 @@ def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, em
         assert item.rationale and item.rationale_source in ("llm", "template")
         assert set(item.evidence) <= set(history) and len(item.evidence) == 2
         assert explainer.checker.check(item.rationale, history, item.title).status == "supported"
+    written = [item for item in explained if item.rationale_source == "llm"]
+    assert len(written) >= 2  # greedy decoding: the default model writes these
+    for item in written:
+        opening = f'Since you watched "{item.evidence[0]}", you will probably enjoy it because '
+        assert item.rationale.startswith(opening) and len(item.rationale[len(opening):].split()) >= 3
     no_history = explainer.explain(items[:1], [], verb="watched")
     assert no_history[0].rationale_source == "template" and not no_history[0].evidence
     # the platform, which the prompt names, is not an item a rationale could wrongly claim

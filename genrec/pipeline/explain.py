@@ -1,10 +1,13 @@
 """The explain stage: a short rationale for each final item, written by the LLM and citing the user's history.
 
 For each recommended item the evidence is the user's history items whose titles are closest to its title (sentence
-embeddings). The LLM is asked, in one batch for the whole list, for one sentence that names the evidence
-(``prompts/explain.j2``); ``genrec.faithfulness`` then checks that every item the sentence names is in the
-history. A rationale that fails (names another item, or none) is generated once more by sampling; if that fails
-too, the item gets an evidence sentence marked ``template``.
+embeddings). The LLM is asked, in one batch for the whole list, why the user may like the item
+(``prompts/explain.j2``); its answer opens with a fixed clause citing the evidence (``prompts/explain_opening.j2``),
+and the LLM writes the reason that completes the sentence. A 135M model asked to quote a title itself mangles
+long ones; given the citation, it only has to say why. ``genrec.faithfulness`` then checks that every item the
+whole sentence names is in the history. A rationale that fails (names another item, or the LLM wrote fewer than
+``MIN_WORDS`` words) is generated once more by sampling; if that fails too, the item gets an evidence sentence
+marked ``template``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from genrec.faithfulness import FaithfulnessChecker
 from genrec.pipeline.types import ScoredItem
 
 TEMPLATE = "explain.j2"
+OPENING = "explain_opening.j2"
+MIN_WORDS = 3  # words the LLM must add to the opening for the rationale to count as its own
+PROMPT_WORDS = 8  # words of a title the prompt and the opening quote
 EVIDENCE = 2  # history titles cited per item
 RECENT = 20  # most recent titled history items considered as evidence
 
@@ -42,26 +48,33 @@ class Explainer:
             return [replace(item, rationale=f"Popular with people who {verb} what you did.",
                             rationale_source="template") for item in items]
         evidence = self._evidence(titles, [item.title for item in items])
+        openings = [self.templates.render(OPENING, verb=verb, evidence=_first_words(cited[0])).strip() + " "
+                    for cited in evidence]
         prompts = [self.llm.format_chat(self.templates.messages(
-            TEMPLATE, title=item.title, platform=item.platform, verb=verb, evidence=list(cited)))
-            for item, cited in zip(items, evidence, strict=True)]
-        answers = [_sentence(texts[0]) for texts in self.llm.generate(
+            TEMPLATE, title=_first_words(item.title), platform=item.platform, verb=verb,
+            evidence=[_first_words(t) for t in cited])) + opening
+            for item, cited, opening in zip(items, evidence, openings, strict=True)]
+        answers = [_reason(texts[0]) for texts in self.llm.generate(
             prompts, max_new_tokens=self.max_new_tokens, stop_after_lines=1)]
-        failed = [i for i, (item, answer) in enumerate(zip(items, answers, strict=True))
-                  if not self._faithful(answer, titles, item.title)]
+        failed = [i for i, (item, opening, answer) in enumerate(zip(items, openings, answers, strict=True))
+                  if not self._written(opening, answer, titles, item.title)]
         if failed:
             retry = self.llm.generate([prompts[i] for i in failed], max_new_tokens=self.max_new_tokens,
                                       stop_after_lines=1, do_sample=True, temperature=0.7)
             for i, texts in zip(failed, retry, strict=True):
-                answers[i] = _sentence(texts[0])
+                answers[i] = _reason(texts[0])
         out = []
-        for item, answer, cited in zip(items, answers, evidence, strict=True):
-            if self._faithful(answer, titles, item.title):
-                out.append(replace(item, rationale=answer, rationale_source="llm", evidence=cited))
+        for item, opening, answer, cited in zip(items, openings, answers, evidence, strict=True):
+            if self._written(opening, answer, titles, item.title):
+                out.append(replace(item, rationale=opening + answer, rationale_source="llm", evidence=cited))
             else:
                 out.append(replace(item, rationale=f'Because you {verb} "{cited[0]}".', rationale_source="template",
                                    evidence=cited))
         return out
+
+    def _written(self, opening: str, reason: str, history_titles: Sequence[str], title: str) -> bool:
+        """Whether the LLM wrote a reason of its own and the whole sentence names only the user's items."""
+        return len(reason.split()) >= MIN_WORDS and self._faithful(opening + reason, history_titles, title)
 
     def _faithful(self, rationale: str, history_titles: Sequence[str], title: str) -> bool:
         return bool(rationale) and self.checker.check(rationale, history_titles, title).status == "supported"
@@ -73,7 +86,12 @@ class Explainer:
         return [tuple(history_titles[j] for j in np.argsort(-row, kind="stable")[:EVIDENCE]) for row in similarity]
 
 
-def _sentence(text: str) -> str:
-    """The first line of a generation, without list markers or surrounding quotes."""
-    line = text.strip().splitlines()[0].strip() if text.strip() else ""
-    return line.lstrip("-*0123456789. ").strip()
+def _reason(text: str) -> str:
+    """The first line of the LLM's continuation of the opening."""
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def _first_words(title: str) -> str:
+    """A long title's first ``PROMPT_WORDS`` words (still a part of the title the faithfulness check matches)."""
+    words = title.split()
+    return " ".join(words[:PROMPT_WORDS])
