@@ -8,8 +8,13 @@ following batch (prequential: each of up to ``--cases`` sampled events of that b
 event before it, NDCG@10 over the full catalog, history excluded):
 
 - (a) never refreshed: the first fit;
-- (b) refreshed after every batch (``Pipeline.refresh``: counts updated, SASRec fine-tuned from its weights);
+- (b) refreshed after every batch as `genrec refresh` does (``Pipeline.refresh``: counts updated, SASRec fine-tuned
+  from its weights for ``--steps`` batches, the fusion weights tuned again on the newest event of ``--tune-users``
+  users, which the next refresh learns);
 - (c) refitted from scratch on every event so far after every batch (sources and fusion weights).
+
+Two more refreshed arms show what each part buys: ``refresh-kept-weights`` (no re-tuning, every new event learned)
+and ``refresh-long`` (as (b) with ``--long-steps`` fine-tuning batches).
 
 Cost is CPU seconds of this process (``time.process_time``; wall seconds beside it), so other work on the
 machine moves it less than wall time. Writes ``results/refresh.json`` and the curves ``results/refresh.png``.
@@ -82,6 +87,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="equal-size event batches after the first 70%% of time")
     parser.add_argument("--cases", type=int, default=1000, help="events of the next batch measured per point")
     parser.add_argument("--steps", type=int, default=200, help="SASRec fine-tuning batches per refresh")
+    parser.add_argument("--long-steps", type=int, default=1000, help="fine-tuning batches of the refresh-long arm")
+    parser.add_argument("--tune-users", type=int, default=200, help="users whose newest event re-tunes the fusion")
     parser.add_argument("--sasrec-budget", type=float, default=120.0, help="SASRec time budget per fit, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -104,16 +111,22 @@ def main() -> None:
     catalogs = everything.catalogs
 
     (first, held_out), fit_cpu, fit_wall = timed(lambda: fit_full(spec, upto(everything, bounds[0])))
-    arms = {"never": first, "refresh": copy.deepcopy(first), "refit": first}
-    carried = held_out
+    refreshed = {"refresh": (args.steps, args.tune_users), "refresh-kept-weights": (args.steps, 0),
+                 "refresh-long": (args.long_steps, args.tune_users)}  # arm -> (steps, tune users)
+    arms = {"never": first, **{name: copy.deepcopy(first) for name in refreshed}, "refit": first}
+    carried = {name: held_out for name in refreshed}
     points = []
     for i in range(args.batches):
         if i:  # batch i (bounds[i-1], bounds[i]] has arrived
-            part = split_new(upto(everything, bounds[i]), bounds[i - 1], carried=carried, holdout_users=0)
-            how, refresh_cpu, refresh_wall = timed(lambda p=part: arms["refresh"].refresh(p.train, p.new,
-                                                                                         steps=args.steps))
-            carried = []
-            (arms["refit"], _), refit_cpu, refit_wall = timed(lambda i=i: fit_full(spec, upto(everything, bounds[i])))
+            data = upto(everything, bounds[i])
+            runs = {}
+            for name, (steps, tune_users) in refreshed.items():
+                part = split_new(data, bounds[i - 1], carried=carried[name], holdout_users=0, tune_users=tune_users,
+                                 seed=args.seed + i)
+                runs[name] = (part, *timed(lambda p=part, a=arms[name], s=steps: a.refresh(
+                    p.train, p.new, steps=s, valid_cases=p.tune)))
+                carried[name] = part.held_out()
+            (arms["refit"], _), refit_cpu, refit_wall = timed(lambda d=data: fit_full(spec, d))
         cases = batch_cases(everything, bounds[i], bounds[i + 1], args.cases, args.seed + i)
         values = {name: ndcg(p, cases, catalogs) for name, p in arms.items()}
         diffs = bootstrap({"refresh-refit": values["refresh"] - values["refit"],
@@ -122,21 +135,23 @@ def main() -> None:
                  "ndcg10": {name: float(v.mean()) for name, v in values.items()},
                  "paired": {k: vars(e) for k, e in diffs.items()}}
         if i:
-            point |= {"new_events": int(sum(len(v) for v in part.new.values())), "refresh_sources": how,
-                      "refresh_cpu_s": round(refresh_cpu, 2), "refresh_wall_s": round(refresh_wall, 2),
+            point |= {"new_events": int(sum(len(v) for v in runs["refresh"][0].new.values())),
+                      "refresh_sources": runs["refresh"][1],
+                      "fusion": {name: arms[name].fusion.weights for name in (*refreshed, "refit")},
+                      **{f"{name}_cpu_s": round(run[2], 2) for name, run in runs.items()},
+                      **{f"{name}_wall_s": round(run[3], 2) for name, run in runs.items()},
                       "refit_cpu_s": round(refit_cpu, 2), "refit_wall_s": round(refit_wall, 2)}
         points.append(point)
         print(point, flush=True)
 
     measured = points[1:]
     mean = {name: float(np.mean([p["ndcg10"][name] for p in measured])) for name in arms}
-    cost = {"refresh_cpu_s": float(np.sum([p["refresh_cpu_s"] for p in measured])),
-            "refit_cpu_s": float(np.sum([p["refit_cpu_s"] for p in measured])),
-            "refresh_wall_s": float(np.sum([p["refresh_wall_s"] for p in measured])),
-            "refit_wall_s": float(np.sum([p["refit_wall_s"] for p in measured]))}
+    cost = {f"{name}_{unit}_s": float(np.sum([p[f"{name}_{unit}_s"] for p in measured]))
+            for name in (*refreshed, "refit") for unit in ("cpu", "wall")}
     summary = {"mean_ndcg10_after_updates": mean,
-               "refresh_vs_refit_ndcg": mean["refresh"] / mean["refit"] if mean["refit"] else None,
-               "refresh_cost_share": cost["refresh_cpu_s"] / cost["refit_cpu_s"] if cost["refit_cpu_s"] else None,
+               "vs_refit_ndcg": {name: mean[name] / mean["refit"] for name in refreshed} if mean["refit"] else None,
+               "cost_share": {name: cost[f"{name}_cpu_s"] / cost["refit_cpu_s"] for name in refreshed}
+               if cost["refit_cpu_s"] else None,
                **cost, "first_fit_cpu_s": round(fit_cpu, 2), "first_fit_wall_s": round(fit_wall, 2),
                "targets": {"refresh_within_5pct_of_refit": mean["refresh"] >= 0.95 * mean["refit"],
                            "refresh_cost_at_most_20pct": cost["refresh_cpu_s"] <= 0.2 * cost["refit_cpu_s"],
@@ -144,6 +159,7 @@ def main() -> None:
     result = {"benchmark": "refresh", "protocol": "prequential replay: fit on the first 70% of the time span, "
               f"then {args.batches} equal event batches; NDCG@10 on the next batch's events, full catalog, "
               "history excluded", "data": DATASET, "spec": spec.name, "steps": args.steps,
+              "long_steps": args.long_steps, "tune_users": args.tune_users,
               "sasrec_budget_s": args.sasrec_budget, "cases_per_point": args.cases, "seed": args.seed,
               "machine": info, "points": points, "summary": summary}
     save_result(result, args.out)
@@ -159,7 +175,8 @@ def plot(points: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [p["after_batch"] for p in points]
     for name, label in (("never", "(a) never refreshed"), ("refresh", "(b) refreshed every batch"),
-                        ("refit", "(c) refitted every batch")):
+                        ("refresh-kept-weights", "refreshed, fusion weights kept"),
+                        ("refresh-long", "refreshed, longer fine-tuning"), ("refit", "(c) refitted every batch")):
         ax.plot(x, [p["ndcg10"][name] for p in points], marker="o", label=label)
     ax.set_xlabel("batches arrived")
     ax.set_ylabel("NDCG@10 on the next batch")

@@ -394,6 +394,9 @@ def refresh(
     steps: Annotated[int, typer.Option("--steps", min=0, help="Fine-tuning batches for sequential sources.")] = 200,
     holdout_users: Annotated[int, typer.Option("--holdout-users", min=1, help="Users whose newest event judges "
                                                                               "the challenger.")] = 200,
+    tune_users: Annotated[int, typer.Option("--tune-users", min=0, help="Other users whose newest event tunes the "
+                                                                        "challenger's fusion weights (when its spec "
+                                                                        "searches them; 0: keep the weights).")] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote the challenger when it is not "
                                                                          "worse than the champion.")] = True,
@@ -406,8 +409,8 @@ def refresh(
     from genrec.pipeline.registry import Registry
 
     with _store(db, read_only=True) as store:
-        outcome = run_refresh(store, Registry(registry), steps=steps, holdout_users=holdout_users, seed=seed,
-                              promote=promote)
+        outcome = run_refresh(store, Registry(registry), steps=steps, holdout_users=holdout_users,
+                              tune_users=tune_users, seed=seed, promote=promote)
     if as_json:
         console.print_json(json.dumps(outcome.to_dict()))
         return

@@ -100,6 +100,43 @@ def test_split_new_holds_out_each_picked_users_newest_event() -> None:
     assert [x.item_id for x in part.train.sequences["v"]] == ["a", "b"]
 
 
+def test_split_new_holds_out_tuning_cases_from_other_users() -> None:
+    """The tuning slice is the newest event of users apart from the judged ones; neither is learned, and both
+    are recorded for the next refresh."""
+    seqs = {f"u{n}": [Interaction("p", i, float(t)) for t, i in enumerate("abc")] for n in range(6)}
+    part = split_new(TrainData(seqs, {"p": list("abc")}), since=0.5, holdout_users=2, tune_users=3, seed=1)
+    judged, tuned = {c.user_id for c in part.cases}, {c.user_id for c in part.tune}
+    assert len(judged) == 2 and len(tuned) == 3 and not judged & tuned
+    for user in judged | tuned:
+        assert [x.item_id for x in part.train.sequences[user]] == ["a", "b"] and part.new[user][-1].item_id == "b"
+    assert sorted(row[0] for row in part.held_out()) == sorted(judged | tuned)
+    assert all(row[2] == "c" for row in part.held_out())
+
+
+def test_refresh_tunes_the_fusion_again_on_held_out_cases() -> None:
+    """With tuning cases, a refresh searches the weights again over the refreshed sources (the same search a fit
+    runs); without, the weights stay."""
+    import copy
+
+    spec = PipelineSpec.from_dict({"name": "two", "llm": None, "fusion": {"tune_users": 100},
+                                   "sources": [{"kind": "popularity", "n": 4}, {"kind": "itemknn", "n": 4}]})
+    old = _random_sequences(0, 40)
+    first = split_new(TrainData(old, CATALOGS), since=-1.0, holdout_users=0, tune_users=40)
+    pipeline = Pipeline(spec)
+    pipeline.fit(TrainData(old, CATALOGS), first.tune)
+    # new users all walk d -> a: item-kNN learns it, popularity barely moves
+    new = {f"n{u}": [Interaction("p", item, 10.0 + t) for t, item in enumerate("dada")] for u in range(30)}
+    part = split_new(TrainData(old | new, CATALOGS), since=5.0, holdout_users=0, tune_users=30, seed=2)
+    kept, tuned = copy.deepcopy(pipeline), copy.deepcopy(pipeline)
+    kept.refresh(part.train, part.new, steps=0)
+    assert kept.fusion.weights == pipeline.fusion.weights
+    tuned.refresh(part.train, part.new, steps=0, valid_cases=part.tune)
+    assert tuned.fusion.report["tuning_cases"] == len(part.tune) == 30
+    kept.tune_fusion(part.tune)
+    assert tuned.fusion.weights == kept.fusion.weights and tuned.info["fusion"] == tuned.fusion.to_dict()
+    assert tuned.fusion.report["tuned"] >= tuned.fusion.report["single_components"]["popularity"]
+
+
 def _pipeline(n: int = 5) -> Pipeline:
     spec = PipelineSpec.from_dict({"name": "tiny", "sources": [{"kind": "popularity", "n": n}], "llm": None})
     pipeline = Pipeline(spec)
@@ -173,7 +210,7 @@ def test_refresh_registry_loop_on_a_real_store(tmp_path) -> None:
         _ingest(store, rows)
     run = [sys.executable, "-m", "genrec.cli"]
     out = subprocess.run([*run, "refresh", "--registry", str(reg), "--db", str(db), "--holdout-users", "30",
-                          "--steps", "5", "--json"], capture_output=True, text=True, timeout=600)
+                          "--tune-users", "5", "--steps", "5", "--json"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["version"] == "v0002" and result["parent"] == "v0001"
@@ -183,12 +220,14 @@ def test_refresh_registry_loop_on_a_real_store(tmp_path) -> None:
     assert result["judgement"]["cases"] == 30 and result["promoted"] == (result["judgement"]["interval"][1] >= 0)
     registry = Registry(reg)
     version = registry.version("v0002")
-    assert len(version.holdout) == 30 and version.window_end == start + 60 * 2 + 39
+    # judged on 30 users' newest events, the fusion tuned again on 5 others'
+    assert len(version.holdout) == 35 and version.window_end == start + 60 * 2 + 39
+    assert version.decision["tune_cases"] == 5 and version.decision["fusion"]["report"]["tuning_cases"] == 5
     with Store(db, read_only=True) as store:
         refreshed = Pipeline.load(reg / "v0002", store=store)
         gained = refreshed.sources["popularity"]._counts["movies"] - pipeline.sources["popularity"]._counts["movies"]
         # the three movies gained their new watchers (less the ones held out to judge on)
-        assert gained[-3:].sum() >= 120 - 30 and gained[-3:].sum() <= 120
+        assert gained[-3:].sum() >= 120 - 35 and gained[-3:].sum() <= 120
     out = subprocess.run([*run, "versions", "--registry", str(reg), "--json"], capture_output=True, text=True,
                          timeout=120)
     listing = json.loads(out.stdout)

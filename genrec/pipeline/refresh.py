@@ -3,6 +3,8 @@ challenger, judge both on the newest held-out slice, and promote the challenger 
 
 The slice is the latest new event of a seeded sample of users with new events: the challenger learns every other
 new event (``Pipeline.refresh``), neither version has seen the slice, and both rank it from the same histories.
+A pipeline whose fusion was searched on validation also holds out the latest new event of a second sample of
+users, on which the challenger's fusion is tuned again (the sources' relative strength moves as they learn).
 The challenger is promoted unless it is worse beyond the paired bootstrap interval of NDCG@10 (challenger minus
 champion entirely below zero). The held-out events are recorded with the new version, and the next refresh
 learns them. A refresh with no event after the champion's window writes nothing.
@@ -28,12 +30,17 @@ from genrec.pipeline.types import EvalCase, Interaction, TrainData
 
 @dataclass(frozen=True)
 class Slice:
-    """What a refresh learns (``train``, with each user's ``new`` interactions ending their sequence) and the
-    held-out ``cases`` it is judged on."""
+    """What a refresh learns (``train``, with each user's ``new`` interactions ending their sequence), the
+    held-out ``cases`` it is judged on and the held-out ``tune`` cases its fusion is tuned on."""
 
     train: TrainData
     new: dict[str, list[Interaction]]
     cases: list[EvalCase]
+    tune: list[EvalCase]
+
+    def held_out(self) -> list[list[Any]]:
+        """Every held-out event as [user, platform, item, timestamp] (the next refresh learns them)."""
+        return [[c.user_id, c.platform, c.target, c.timestamp] for c in (*self.cases, *self.tune)]
 
 
 @dataclass(frozen=True)
@@ -58,11 +65,12 @@ class Judgement:
 
 
 def split_new(everything: TrainData, since: float, *, carried: Sequence[Sequence[Any]] = (), holdout_users: int = 200,
-              seed: int = 0) -> Slice:
+              tune_users: int = 0, seed: int = 0) -> Slice:
     """The events after ``since`` (and the ``carried`` [user, platform, item, timestamp] events a previous refresh
-    held out) as each user's new interactions, less the held-out slice: the newest event of up to
-    ``holdout_users`` users (seeded sample of those whose newest event is after ``since``, with an earlier
-    history). A carried event is never held out twice."""
+    held out) as each user's new interactions, less the held-out slices: the newest event of up to
+    ``holdout_users`` users to judge on, then of up to ``tune_users`` other users to tune on (one seeded sample
+    of those whose newest event is after ``since``, with an earlier history). A carried event is never held out
+    twice."""
     carried_keys = {(str(u), str(p), str(i), float(t)) for u, p, i, t in carried}
     new: dict[str, list[Interaction]] = {}
     for user, seq in everything.sequences.items():
@@ -74,17 +82,20 @@ def split_new(everything: TrainData, since: float, *, carried: Sequence[Sequence
         if n:
             new[user] = seq[len(seq) - n:]
     eligible = sorted(u for u in new if len(everything.sequences[u]) > 1 and new[u][-1].timestamp > since)
-    picked = sorted(random.Random(seed).sample(eligible, min(holdout_users, len(eligible))))
-    sequences, cases = dict(everything.sequences), []
+    picked = random.Random(seed).sample(eligible, min(holdout_users + tune_users, len(eligible)))
+    sequences, held = dict(everything.sequences), {}
     for user in picked:
         seq = everything.sequences[user]
         found = cases_at(user, seq, [len(seq) - 1], "test")
         if not found:  # the newest event shares its time with every earlier one: nothing to predict it from
             continue
-        cases += found
+        held[user] = found
         sequences[user], new[user] = seq[:-1], new[user][:-1]
+    judged = set(picked[:holdout_users])
+    cases = [c for user in sorted(held) if user in judged for c in held[user]]
+    tune = [c for user in sorted(held) if user not in judged for c in held[user]]
     new = {u: items for u, items in new.items() if items}
-    return Slice(TrainData(sequences, everything.catalogs, everything.titles), new, cases)
+    return Slice(TrainData(sequences, everything.catalogs, everything.titles), new, cases, tune)
 
 
 def judge(champion: Pipeline, challenger: Pipeline, cases: Sequence[EvalCase], *, seed: int = 0) -> Judgement:
@@ -125,10 +136,11 @@ class Outcome:
                 "judgement": self.judgement.to_dict() if self.judgement else None, "promoted": self.promoted}
 
 
-def refresh(store, registry: Registry, *, steps: int = 200, holdout_users: int = 200, seed: int = 0,
-            promote: bool = True, embedder: object | None = None) -> Outcome:
-    """Refresh the registry's champion with the store's new events into a challenger version, judge it, and
-    promote it when it is not worse (and ``promote``)."""
+def refresh(store, registry: Registry, *, steps: int = 200, holdout_users: int = 200, tune_users: int = 200,
+            seed: int = 0, promote: bool = True, embedder: object | None = None) -> Outcome:
+    """Refresh the registry's champion with the store's new events into a challenger version (its fusion tuned
+    again on ``tune_users`` users' newest events when the spec searches it), judge it, and promote it when it is
+    not worse (and ``promote``)."""
     champion_version = registry.champion()
     if champion_version is None:
         registry.champion_path()  # raises the registry's "no champion" error
@@ -137,21 +149,21 @@ def refresh(store, registry: Registry, *, steps: int = 200, holdout_users: int =
     platforms = list(next(iter(champion.sources.values())).catalogs)
     everything = snapshot(store, platforms)
     part = split_new(everything, champion_version.window_end, carried=champion_version.holdout,
-                     holdout_users=holdout_users, seed=seed)
-    new_events = sum(len(items) for items in part.new.values()) + len(part.cases)
+                     holdout_users=holdout_users, tune_users=tune_users if champion.searches_fusion else 0, seed=seed)
+    new_events = sum(len(items) for items in part.new.values()) + len(part.cases) + len(part.tune)
     if not part.cases:  # nothing after the window to judge on (held-out events wait for the next fresh ones)
         return Outcome(None, None, False, new_events)
     challenger = Pipeline.load(folder, store=store, embedder=embedder)
-    how = challenger.refresh(part.train, part.new, steps=steps)
+    how = challenger.refresh(part.train, part.new, steps=steps, valid_cases=part.tune)
     challenger.share_scorer(champion)  # both judged with one loaded LLM
     judgement = judge(champion, challenger, part.cases, seed=seed)
     window_end = max((x.timestamp for seq in everything.sequences.values() for x in seq), default=0.0)
-    holdout = [[c.user_id, c.platform, c.target, c.timestamp] for c in part.cases]
     version = registry.add(challenger, origin="refresh", parent=champion_version.name, window_end=window_end,
-                           holdout=holdout, metrics=judgement.to_dict(), sources=how,
+                           holdout=part.held_out(), metrics=judgement.to_dict(), sources=how,
                            decision={"promote": judgement.promote and promote,
                                      "rule": "promoted unless the paired NDCG@10 interval is entirely below 0",
-                                     "new_events": new_events, "steps": steps})
+                                     "new_events": new_events, "steps": steps, "tune_cases": len(part.tune),
+                                     "fusion": challenger.fusion.to_dict()})
     promoted = judgement.promote and promote
     if promoted:
         registry.promote(version.name)

@@ -164,15 +164,20 @@ class Pipeline:
                               f"fitting; refit the pipeline to rank {platform!r}")
 
     def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int = 200,
-                ) -> dict[str, str]:
+                valid_cases: Sequence[EvalCase] | None = None) -> dict[str, str]:
         """Bring every source up to ``train`` from what it learned (``new``: each user's interactions since the
         last fit or refresh, the end of their sequence in ``train``): counts updated, new catalog items taken on,
-        sequential models fine-tuned for ``steps`` batches; the fusion weights stay. Returns how each source was
-        brought up to date (``CandidateSource.refresh``)."""
+        sequential models fine-tuned for ``steps`` batches. With ``valid_cases`` (events none of the sources
+        learned) the fusion is tuned again on them, as a fit tunes it, since the sources' relative strength moves
+        as they learn; without, the weights stay. Returns how each source was brought up to date
+        (``CandidateSource.refresh``)."""
         how = {name: source.refresh(train, new, steps=steps) for name, source in self.sources.items()}
         if self.scorer is not None:
             self.scorer.fit(train)
         self.titles = dict(train.titles)
+        if valid_cases:
+            self.tune_fusion(valid_cases)
+            self.info = {"fusion": self.fusion.to_dict()}
         self.fit_info["refreshed_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         return how
 
@@ -182,6 +187,11 @@ class Pipeline:
         if self.scorer is not None and other.scorer is not None and self.spec.llm == other.spec.llm:
             self.scorer = other.scorer
             self.scorer.titles = self.titles
+
+    @property
+    def searches_fusion(self) -> bool:
+        """Whether the fusion is searched on validation cases (not fixed in the spec, more than one component)."""
+        return self.spec.fusion.fixed is None and len(self.components) > 1
 
     @property
     def components(self) -> list[str]:
@@ -198,6 +208,18 @@ class Pipeline:
         if self.scorer is not None:
             self.scorer.fit(train)
         self.titles = dict(train.titles)
+        self.tune_fusion(valid_cases, progress=progress)
+        self.fit_info = {"fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                         "fit_seconds": round(time.perf_counter() - started, 2),
+                         "train_users": len(train.sequences),
+                         "train_interactions": sum(len(s) for s in train.sequences.values()),
+                         "valid_cases": len(valid_cases or [])}
+        self.info = {"fusion": self.fusion.to_dict()}
+
+    def tune_fusion(self, valid_cases: Sequence[EvalCase] | None, *, progress: bool = False) -> None:
+        """Set the fusion: the spec's fixed weights, the single component's, or the weights and calibration
+        searched by NDCG@10 on the validation cases of a seeded sample of users (``progress``: a bar over the
+        LLM's tuning cases)."""
         fixed = self.spec.fusion.fixed
         if fixed is not None:
             unknown = set(fixed["weights"]) - set(self.components)
@@ -208,7 +230,7 @@ class Pipeline:
                                  float(fixed.get("calibration", 0.0)),
                                  report={"rule": "fixed in the spec", **{k: v for k, v in fixed.items()
                                                                          if k not in ("weights", "calibration")}})
-        elif len(self.components) == 1:
+        elif not self.searches_fusion:
             self.fusion = Fusion({self.components[0]: 1.0}, report={"rule": "a single component"})
         else:
             tune_on = tuning_cases(valid_cases or [], self.spec.fusion.tune_users, self.spec.fusion.seed)
@@ -217,12 +239,6 @@ class Pipeline:
             cases = self._tuning_cases(tune_on, progress)
             calibrations = self.spec.llm.calibrations if self.spec.llm else [0.0]
             self.fusion = tune(cases, self.components, self.spec.fusion, calibrations)
-        self.fit_info = {"fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                         "fit_seconds": round(time.perf_counter() - started, 2),
-                         "train_users": len(train.sequences),
-                         "train_interactions": sum(len(s) for s in train.sequences.values()),
-                         "valid_cases": len(valid_cases or [])}
-        self.info = {"fusion": self.fusion.to_dict()}
 
     def _tuning_cases(self, cases: Sequence[EvalCase], progress: bool = False) -> list[TuningCase]:
         from tqdm.auto import tqdm

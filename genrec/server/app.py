@@ -439,7 +439,7 @@ def _add_routes(app: FastAPI) -> None:
         try:
             outcome = await run_in_threadpool(partial(
                 run_refresh, service.store, registry, steps=body.steps, holdout_users=body.holdout_users,
-                seed=body.seed, promote=body.promote))
+                tune_users=body.tune_users, seed=body.seed, promote=body.promote))
         finally:
             service.refresh_lock.release()
         service.pipelines.swap_if_promoted()
