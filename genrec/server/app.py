@@ -528,18 +528,20 @@ def _add_routes(app: FastAPI) -> None:
     def events(body: EventsIn, service: ServiceDep) -> EventsOut:
         """Append events (canonical schema) in one transaction; the next recommendation sees them."""
         _limit("events", len(body.events), service.settings.max_events)
-        # users whose items the loaded pipelines' counts follow (popularity, ItemKNN): their pairs before and after
-        users = sorted({service.user(e.user_id) for e in body.events}) if service.pipelines.loaded() else []
-        before = service.store.user_items(users)
-        try:
-            batch = events_from_records([e.model_dump() for e in body.events])
-            report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
-                                                                salt=service.settings.salt))
-        except DataError as exc:
-            where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
-            raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc
-        if users and report.events_added:
-            service.pipelines.observe(before, service.store.user_items(users))
+        # users whose items the loaded pipelines' counts follow (popularity, ItemKNN): their pairs before and after;
+        # a swap of the served version waits for the pairs to be queued (it learns what it has not from the store)
+        with service.pipelines.learning:
+            users = sorted({service.user(e.user_id) for e in body.events}) if service.pipelines.loaded() else []
+            before = service.store.user_items(users)
+            try:
+                batch = events_from_records([e.model_dump() for e in body.events])
+                report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
+                                                                    salt=service.settings.salt))
+            except DataError as exc:
+                where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
+                raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc
+            if users and report.events_added:
+                service.pipelines.observe(before, service.store.user_items(users))
         return EventsOut(received=len(body.events), added=report.events_added,
                          already_present=report.events_present,
                          removed_by_cleaning=sum(rule.removed for rule in report.cleaning.rules),
