@@ -420,9 +420,10 @@ def test_a_refresh_schedule_is_a_positive_duration_and_needs_a_registry(tmp_path
 
 @pytest.mark.integration
 def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
-    """`genrec serve --pipeline REGISTRY` with a refresh every 2 s: ticks with nothing new write nothing; once
-    events are posted, a scheduled refresh registers and promotes a new version, the server answers with it,
-    and GET /v1/admin/refresh tells when the last scheduled run was and what it did."""
+    """`genrec serve --pipeline REGISTRY` with a refresh every 2 s: ticks with nothing new write nothing, a tick
+    that fails is recorded and the next one runs; once events are posted, a scheduled refresh registers and
+    promotes a new version, the server answers with it, and GET /v1/admin/refresh tells when the last scheduled
+    run was and what it did."""
     import os
     import time
 
@@ -476,6 +477,14 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
         assert idle["last_scheduled"]["status"] == "ok" and idle["last_scheduled"]["version"] is None  # nothing new
         assert idle["last_scheduled"]["started_at"] <= idle["last_scheduled"]["finished_at"]
         assert version() == "v0001"
+        # a refresh that fails (an unreadable registry file) is recorded and logged; the next tick tries again
+        state = (reg / "registry.json").read_text()
+        (reg / "registry.json").write_text("{not json")
+        failed = status(lambda s: (s["last_scheduled"] or {}).get("status") == "failed", "failed")
+        assert "not a registry file" in failed["last_scheduled"]["error"]
+        (reg / "registry.json").write_text(state)
+        status(lambda s: s["last_scheduled"]["status"] == "ok", "recovered")
+        assert "the scheduled refresh failed" in log.read_text()
         start = first.window_end + 86400
         events = [{"user_id": user, "platform": "movies", "item_id": movie, "timestamp": start + 60 * n + i}
                   for i, user in enumerate(users) for n, movie in enumerate(movies)]
@@ -493,7 +502,7 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
         later = status(lambda s: s["last_scheduled"]["started_at"] > last["finished_at"], "ticked again")
         assert later["last_scheduled"]["version"] is None and [v.name for v in Registry(reg).versions()] == [
             "v0001", "v0002"]
+        assert version() == "v0002"
     finally:
         process.terminate()
         process.wait(timeout=30)
-    assert "Traceback" not in log.read_text()

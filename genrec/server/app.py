@@ -209,7 +209,10 @@ class Service:
                               "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **result}
 
     def refresh_status(self) -> dict:
-        champion = self.pipelines.registry.champion() if self.pipelines.registry is not None else None
+        try:
+            champion = self.pipelines.registry.champion() if self.pipelines.registry is not None else None
+        except GenrecError:  # an unreadable registry: the status still answers (the last run says why)
+            champion = None
         return {"registry": str(self.pipelines.registry.root) if self.pipelines.registry is not None else None,
                 "champion": champion.name if champion else None,
                 "serving": getattr(self.pipelines.configured, "version", None),
