@@ -811,6 +811,10 @@ def serve(
         "--default-pipelines/--no-default-pipelines",
         help="Serve a registered data set's platforms with its default pipeline (fitted on first use) "
              "[default: on]")] = None,
+    refresh_every: Annotated[str | None, typer.Option(
+        "--refresh-every", metavar="DURATION",
+        help="Refresh the served registry (--pipeline REGISTRY) on a timer, e.g. 30m, 6h, 1d: the refresh of "
+             "POST /v1/admin/refresh (`genrec refresh`), never two at once")] = None,
 ) -> None:
     """Run the HTTP service (API, chat page at /, OpenAPI docs at /docs). Write endpoints need an API key from
     GENREC_API_KEYS or the config file."""
@@ -818,13 +822,16 @@ def serve(
 
     from genrec.server import ServerSettings, create_app
     from genrec.server.app import GRACEFUL_S
+    from genrec.server.settings import parse_duration
 
     settings = ServerSettings.load(config, db=db, cors_origins=cors_origin or None, max_batch=max_batch,
                                    max_queue=max_queue, chat_llm=False if no_chat_llm else None, model=model,
                                    adapter=adapter, dtype=dtype, device=device, load_in_4bit=four_bit or None,
                                    templates=templates, decoding=decoding, calibration=calibration,
                                    adapter_scale=adapter_scale, pipeline=pipeline,
-                                   default_pipelines=default_pipelines)
+                                   default_pipelines=default_pipelines,
+                                   refresh_every=parse_duration(refresh_every, "--refresh-every")
+                                   if refresh_every is not None else None)
     if not settings.api_keys:
         err.print("[yellow]no API key configured: write endpoints (events, platforms) are disabled[/]")
     app = create_app(settings)

@@ -330,3 +330,218 @@ def test_the_server_refreshes_and_swaps_versions_without_dropping_a_request(tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_a_swap_keeps_every_event_and_platform_the_served_version_learned(tmp_path) -> None:
+    """A refresh snapshots the store; events posted afterwards (the served version counts them at once) and a
+    platform onboarded in memory are not in the version it registers. When that version is promoted, the server
+    swaps to it having learned them: its popularity and ItemKNN scores equal the served version's, nothing
+    counted twice, and the in-memory platform stays rankable with its counts; a rollback swaps back the same."""
+    import os
+
+    import httpx
+    import yaml
+    from servers import free_port, wait_ready
+
+    from genrec.data.store import Store
+    from genrec.pipeline.fitting import fit_registered
+
+    db, reg = tmp_path / "store.duckdb", tmp_path / "registry"
+    spec = PipelineSpec.from_dict({"name": "ml-swap", "dataset": "movielens-latest-small",
+                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
+                                   "fusion": {"tune_users": 60}})
+    with Store(db) as store:
+        _, first = fit_registered(store, spec, Registry(reg))
+        users = store.users("movies")
+        watchers, asker = users[:60], users[100]
+        catalog = store.catalog("movies")["item_id"].tolist()
+        stored = store.events(["movies"])
+    watched = set(stored["item_id"])
+    movies = catalog[-2:]
+    had = {movie: stored[stored["item_id"] == movie]["user_id"].nunique() for movie in movies}
+    unseen = next(item for item in catalog if item not in watched and item not in movies)
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
+    port, log = free_port(), tmp_path / "server.log"
+    keys = {"X-API-Key": "admin-key"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
+             str(config), "--pipeline", str(reg), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
+            env=os.environ | {"GENREC_API_KEYS": "admin-key:admin", "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def post_events(rows: list[dict]) -> None:
+        answer = httpx.post(f"{url}/v1/events", json={"events": rows}, headers=keys, timeout=60)
+        assert answer.status_code == 200, answer.text
+
+    def ask(platform: str, candidates: list[str] | None = None) -> dict:
+        answer = httpx.post(f"{url}/v1/recommend", headers=keys, timeout=60, json={
+            "user_id": asker, "platform": platform, "k": 3, "candidates": candidates})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def scores() -> tuple[str, dict, dict]:
+        movies_answer, garden = ask("movies", [unseen, *movies]), ask("garden")
+        assert movies_answer["version"] == garden["version"]
+        return (movies_answer["version"], {item["item_id"]: item["sources"] for item in movies_answer["items"]},
+                {item["item_id"]: item["sources"] for item in garden["items"]})
+
+    def swapped_to(name: str) -> tuple[str, dict, dict]:
+        for _ in range(240):
+            if ask("movies")["version"] == name:
+                return scores()
+            time.sleep(0.25)
+        raise AssertionError(f"the server never swapped to {name}:\n{log.read_text()[-3000:]}")
+
+    import time
+
+    try:
+        wait_ready(process, url, log)
+        catalog_file = "sku,name\n" + "".join(f"s{i},Garden seed packet {i}\n" for i in range(6))
+        added = httpx.post(f"{url}/v1/platforms", data={"name": "garden", "mapping": ["item_id=sku", "title=name"]},
+                           files={"catalog": ("garden.csv", catalog_file.encode())}, headers=keys, timeout=300)
+        assert added.status_code == 201 and added.json()["pipelines"] == ["ml-swap"], added.text
+        start = first.window_end + 86400
+        post_events([{"user_id": f"gardener-{n}", "platform": "garden", "item_id": "s4", "timestamp": start}
+                     for n in range(3)])
+        post_events([{"user_id": user, "platform": "movies", "item_id": movie, "timestamp": start + 60 * n + i}
+                     for i, user in enumerate(watchers) for n, movie in enumerate(movies)])
+        refreshed = httpx.post(f"{url}/v1/admin/refresh", json={"holdout_users": 20, "promote": False},
+                               headers=keys, timeout=300)
+        assert refreshed.status_code == 200, refreshed.text
+        assert refreshed.json()["version"] == "v0002" and refreshed.json()["champion"] == "v0001"
+        # after the refresh's snapshot: five newcomers watch a movie nobody had, a watcher watches one again
+        later = start + 86400
+        post_events([{"user_id": f"newcomer-{n}", "platform": "movies", "item_id": unseen, "timestamp": later + n}
+                     for n in range(5)] +
+                    [{"user_id": watchers[0], "platform": "movies", "item_id": movies[0], "timestamp": later + 9}])
+        version, served, garden = scores()
+        assert version == "v0001" and served[unseen]["popularity"] == 5.0
+        assert garden["s4"]["popularity"] == 3.0 and list(garden)[0] == "s4"
+
+        Registry(reg).promote("v0002")  # the registry changes under the running server: it swaps at the next answer
+        for name in ("v0002", "v0001"):
+            version, after, garden_after = swapped_to(name)
+            assert after[unseen]["popularity"] == 5.0  # posted after the snapshot: learned at the swap
+            for movie in movies:  # 60 more watchers (the one who watched again counts once), held out or not
+                assert after[movie]["popularity"] == served[movie]["popularity"] == had[movie] + 60
+            for item in (unseen, *movies):
+                assert after[item]["itemknn"] == pytest.approx(served[item]["itemknn"], rel=1e-5)
+            assert garden_after == garden  # the in-memory platform is ranked, with its counts
+            Registry(reg).rollback("v0001")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_refresh_schedule_is_a_positive_duration_and_needs_a_registry(tmp_path) -> None:
+    from genrec.server.settings import ServerSettings, parse_duration
+
+    assert [parse_duration(text) for text in ("90s", "30m", "6h", "1d", "2", 0.5, "1.5h")] == [
+        90, 1800, 21600, 86400, 2, 0.5, 5400]
+    for bad in ("", "5x", "-3m", "0s", "h", "1h30m"):
+        with pytest.raises(GenrecError, match="--refresh-every: .*duration"):
+            parse_duration(bad, "--refresh-every")
+    registry = Registry(tmp_path / "registry")
+    registry.promote(registry.add(_pipeline(), origin="fit", window_end=1.0).name)
+    assert ServerSettings.load(refresh_every="45s", pipeline=registry.root).refresh_every == 45
+    with pytest.raises(GenrecError, match="refresh_every.*5 parsecs"):
+        ServerSettings.load(refresh_every="5 parsecs", pipeline=registry.root)
+    for folder in (None, tmp_path / "registry" / "v0001"):  # no pipeline, a pipeline folder that is no registry
+        with pytest.raises(GenrecError, match="scheduled refresh .*needs a registry"):
+            ServerSettings.load(refresh_every="30m", pipeline=folder)
+    cli = subprocess.run([sys.executable, "-m", "genrec.cli", "serve", "--refresh-every", "soon", "--pipeline",
+                          str(registry.root)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "--refresh-every: expected a duration like 90s, 30m, 6h or 1d" in cli.stderr
+
+
+@pytest.mark.integration
+def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
+    """`genrec serve --pipeline REGISTRY` with a refresh every 2 s: ticks with nothing new write nothing, a tick
+    that fails is recorded and the next one runs; once events are posted, a scheduled refresh registers and
+    promotes a new version, the server answers with it, and GET /v1/admin/refresh tells when the last scheduled
+    run was and what it did."""
+    import os
+    import time
+
+    import httpx
+    import yaml
+    from servers import free_port, wait_ready
+
+    from genrec.data.store import Store
+    from genrec.pipeline.fitting import fit_registered
+
+    db, reg = tmp_path / "store.duckdb", tmp_path / "registry"
+    spec = PipelineSpec.from_dict({"name": "ml-timer", "dataset": "movielens-latest-small",
+                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
+                                   "fusion": {"tune_users": 60}})
+    with Store(db) as store:
+        _, first = fit_registered(store, spec, Registry(reg))
+        users = store.users("movies")[:60]
+        movies = store.catalog("movies")["item_id"].tolist()[-2:]
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False,
+                                                 "refresh_every": "2s"}}))
+    port, log = free_port(), tmp_path / "server.log"
+    keys = {"X-API-Key": "admin-key"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
+             str(config), "--pipeline", str(reg), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
+            env=os.environ | {"GENREC_API_KEYS": "admin-key:admin,reader:read", "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def status(until, what: str) -> dict:
+        for _ in range(480):
+            answer = httpx.get(f"{url}/v1/admin/refresh", headers=keys, timeout=60)
+            assert answer.status_code == 200, answer.text
+            if until(answer.json()):
+                return answer.json()
+            time.sleep(0.25)
+        raise AssertionError(f"never {what}: {answer.json()}\n{log.read_text()[-3000:]}")
+
+    def version() -> str:
+        answer = httpx.post(f"{url}/v1/recommend", json={"user_id": users[0], "platform": "movies", "k": 5},
+                            headers=keys, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["version"]
+
+    try:
+        wait_ready(process, url, log)
+        assert httpx.get(f"{url}/v1/admin/refresh", headers={"X-API-Key": "reader"}, timeout=60).status_code == 403
+        idle = status(lambda s: s["last_scheduled"] is not None, "refreshed on schedule")
+        assert idle["every_s"] == 2 and idle["next_at"] and idle["champion"] == idle["serving"] == "v0001"
+        assert idle["last_scheduled"]["status"] == "ok" and idle["last_scheduled"]["version"] is None  # nothing new
+        assert idle["last_scheduled"]["started_at"] <= idle["last_scheduled"]["finished_at"]
+        assert version() == "v0001"
+        # a refresh that fails (an unreadable registry file) is recorded and logged; the next tick tries again
+        state = (reg / "registry.json").read_text()
+        (reg / "registry.json").write_text("{not json")
+        failed = status(lambda s: (s["last_scheduled"] or {}).get("status") == "failed", "failed")
+        assert "not a registry file" in failed["last_scheduled"]["error"]
+        (reg / "registry.json").write_text(state)
+        status(lambda s: s["last_scheduled"]["status"] == "ok", "recovered")
+        assert "the scheduled refresh failed" in log.read_text()
+        start = first.window_end + 86400
+        events = [{"user_id": user, "platform": "movies", "item_id": movie, "timestamp": start + 60 * n + i}
+                  for i, user in enumerate(users) for n, movie in enumerate(movies)]
+        assert httpx.post(f"{url}/v1/events", json={"events": events}, headers=keys, timeout=60).status_code == 200
+        done = status(lambda s: (s["last_scheduled"] or {}).get("version") == "v0002", "registered v0002")
+        last = done["last_scheduled"]
+        assert last["status"] == "ok" and last["parent"] == "v0001" and last["new_events"] >= 120
+        assert last["promoted"] and done["champion"] == "v0002" and Registry(reg).champion().name == "v0002"
+        for _ in range(240):
+            if version() == "v0002":
+                break
+            time.sleep(0.25)
+        assert version() == "v0002"
+        # the next ticks find nothing new after v0002's window: no third version
+        later = status(lambda s: s["last_scheduled"]["started_at"] > last["finished_at"], "ticked again")
+        assert later["last_scheduled"]["version"] is None and [v.name for v in Registry(reg).versions()] == [
+            "v0001", "v0002"]
+        assert version() == "v0002"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

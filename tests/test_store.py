@@ -61,6 +61,20 @@ def test_history_is_cross_platform_in_time_order(store):
     assert store.history("nobody") == []
 
 
+def test_events_since_returns_the_whole_histories_of_users_with_newer_events(store):
+    """What a swapped-in pipeline version learns from: the users with an event after its window, on a platform
+    it learns whole, or named; their whole histories on the platforms asked for."""
+    def rows(*args, **kwargs) -> list[tuple]:
+        found = store.events_since(*args, **kwargs)
+        return list(zip(found["user_id"], found["item_id"], strict=True))
+
+    late = datetime(1970, 1, 1, 0, 0, 25)
+    assert rows(["shop", "video"], late) == [("u1", "s1"), ("u1", "v1"), ("u1", "s2")]
+    assert rows(["video"], late) == []  # u1's newer event is on shop
+    assert rows(["shop", "video"], late, whole=["video"], users=["u2"]) == [
+        ("u1", "s1"), ("u1", "v1"), ("u1", "s2"), ("u2", "s1"), ("u2", "s3"), ("u3", "v1")]
+
+
 def test_equal_timestamps_keep_arrival_order(store):
     assert [h.item_id for h in store.history("u2")] == ["s1", "s3"]
 

@@ -1,5 +1,6 @@
 """The chat page in a real headless Chromium (Debian's ``chromium``, driven by Playwright) against the real server:
-choose a user, send a request, see cards. Saves ``artifacts/chat.png``."""
+choose a user, send a request, see cards; served by a fitted pipeline, each card says where its item came from.
+Saves ``artifacts/chat.png`` and ``artifacts/chat-sources.png``."""
 
 from __future__ import annotations
 
@@ -63,4 +64,90 @@ def test_chat_page_shows_recommendation_cards(server, browser) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
     assert (ARTIFACTS / "chat.png").stat().st_size > 10_000
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline_server(tmp_path_factory):
+    """`genrec serve --pipeline DIR` over movielens-latest-small with a fitted popularity + ItemKNN pipeline (chat
+    understands messages with rules): its chat answers carry each source's score, the rationale's author and
+    evidence."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from servers import free_port, wait_ready
+
+    from genrec.data.store import Store
+    from genrec.pipeline import PipelineSpec
+    from genrec.pipeline.fitting import fit_pipeline
+
+    root = tmp_path_factory.mktemp("web-pipeline")
+    db, folder = root / "store.duckdb", root / "classic"
+    spec = PipelineSpec.from_dict({"name": "ml-web", "dataset": "movielens-latest-small",
+                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
+                                   "fusion": {"tune_users": 60}})
+    with Store(db) as store:
+        fit_pipeline(store, spec).save(folder)
+    config = root / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
+    port, log = free_port(), root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
+             str(config), "--pipeline", str(folder), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
+            env=os.environ | {"GENREC_API_KEYS": "web-key:read", "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _score(value: float) -> str:
+    """As the page writes a score: whole numbers as they are, else two decimals; a true minus sign."""
+    return (str(int(value)) if float(value).is_integer() else f"{value:.2f}").replace("-", "\u2212")
+
+
+def test_chat_page_shows_where_each_item_came_from(pipeline_server, browser) -> None:
+    """A pipeline's chat answer: each card says every source's own score, the LLM's (when the pipeline has one)
+    and who wrote the rationale, as text, and lists the history titles the rationale rests on."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(pipeline_server + "/")
+    page.fill("#key", "web-key")
+    page.dispatch_event("#key", "change")
+    page.locator("#users option").first.wait_for(state="attached")
+    page.fill("#user", "1")
+    page.click("#choose")
+    page.wait_for_selector("#history li")
+    page.fill("#message", "recommend me some movies")
+    with page.expect_response(lambda response: response.url.endswith("/v1/chat")) as chat:
+        page.click("#send")
+    answer = chat.value.json()
+    assert answer["pipeline"] == "ml-web" and answer["items"]
+    page.wait_for_selector(".card")
+    cards = page.locator(".card")
+    assert cards.count() == len(answer["items"])
+    names = {"popularity": "popularity", "itemknn": "ItemKNN"}
+    for index, item in enumerate(answer["items"]):
+        card = cards.nth(index)
+        assert card.get_attribute("data-item-id") == item["item_id"]
+        assert set(item["sources"]) == {"popularity", "itemknn"} and item["rationale_source"] in ("llm", "template")
+        expected = [f"{names[name]} {_score(value)}" for name, value in item["sources"].items()]
+        if item["llm"] is not None:
+            expected.append(f"LLM {_score(item['llm'])}")
+        expected.append(f"rationale: {'LLM' if item['rationale_source'] == 'llm' else item['rationale_source']}")
+        assert card.locator(".card-sources").inner_text() == " \u00b7 ".join(expected)
+        assert item["evidence"]
+        assert card.locator(".card-evidence li").all_inner_texts() == [
+            f"from your history: {title}" for title in item["evidence"]]
+    assert page.locator(".card-sources").first.is_visible()
+    assert not errors
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-sources.png"), full_page=True)
     page.close()

@@ -508,6 +508,22 @@ class Store:
             f"SELECT user_id, platform, item_id, timestamp, event, value, seq FROM events {where} "
             "ORDER BY user_id, timestamp, seq", params).df()
 
+    def events_since(self, platforms: Sequence[str], after: datetime, *, whole: Sequence[str] = (),
+                     users: Sequence[str] = ()) -> pd.DataFrame:
+        """Every event of ``platforms`` of the users who have one after ``after``, one on a platform of ``whole``,
+        or are among ``users``: their whole histories on ``platforms``, ordered like ``events``."""
+        recent, params = "timestamp > ?", [list(platforms), list(platforms), after]
+        if whole:
+            recent, params = f"({recent} OR list_contains(?, platform))", [*params, list(whole)]
+        named = ""
+        if users:
+            named, params = "UNION SELECT unnest(?)", [*params, list(users)]
+        return self.con.execute(
+            f"""SELECT user_id, platform, item_id, timestamp, event, value, seq FROM events
+                WHERE list_contains(?, platform) AND user_id IN (
+                    SELECT user_id FROM events WHERE list_contains(?, platform) AND {recent} {named})
+                ORDER BY user_id, timestamp, seq""", params).df()
+
     def catalog(self, platform: str) -> pd.DataFrame:
         self.platform(platform)
         return self.con.execute(

@@ -12,7 +12,11 @@ answer (``Pipeline.update``, as a refit would count them); SASRec learns them at
 restart fits the default pipeline anew when the store has changed).
 
 Served from a registry (``genrec.pipeline.registry``), the champion is swapped for the promoted one as soon as
-the registry changes (a refresh, a rollback), without dropping a request."""
+the registry changes (a refresh, a rollback), without dropping a request, and nothing the served one learned is
+lost: before it serves, the incoming version re-adds the platforms onboarded in memory that it lacks, and learns
+(``Pipeline.update``) every stored event it has not: those after its data window, those it held out to be judged
+on, and those of the re-added platforms. Events posted meanwhile are caught up under the lock that posting holds
+(``learning``), so none falls between the two versions. The champion loaded at startup catches up the same way."""
 
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from genrec.data.schema import HistoryItem
 from genrec.data.store import Store
 from genrec.errors import GenrecError
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
-from genrec.pipeline.registry import Registry, is_registry
+from genrec.pipeline.registry import Registry, Version, is_registry
 from genrec.pipeline.types import Interaction, ScoredItem
 
 logger = logging.getLogger("genrec.server")
@@ -38,7 +43,14 @@ class Pipelines:
         self.registry = Registry(folder) if folder is not None and is_registry(folder) else None
         self._stamp = self.registry.stamp() if self.registry else None
         self._swapping = threading.Lock()
-        self.configured = Pipeline.load(folder, store=store) if folder is not None else None
+        # held while events are posted (store write and observe) and while a swap's last catch-up and the swap run
+        self.learning = threading.Lock()
+        self._added: dict[str, tuple] = {}  # platform onboarded in memory -> add_platform's arguments
+        self.configured = None
+        if self.registry is not None:
+            self.configured = self._catch_up_version(self.registry.champion())
+        elif folder is not None:
+            self.configured = Pipeline.load(folder, store=store)
         self._fitted: dict[str, Pipeline] = {}  # data set -> its default pipeline
         self._lock = threading.Lock()
         self._pending: dict[int, list[tuple[set, set]]] = {}  # id(pipeline) -> (items before, items added)
@@ -51,19 +63,16 @@ class Pipelines:
         return self.defaults and dataset_of(platform, self.store) is not None
 
     def swap_if_promoted(self) -> None:
-        """Load the registry's champion when it changed (a refresh promoted a version, or a rollback) and swap it
-        in; answers in flight finish on the version they started with. The load runs on its own thread, so no
-        request waits for it."""
+        """Load the registry's champion when it changed (a refresh promoted a version, or a rollback), bring it up
+        to what the served one learned (see the module docstring) and swap it in; answers in flight finish on the
+        version they started with. The load runs on its own thread, so no request waits for it."""
         if self.registry is None or self.registry.stamp() == self._stamp or not self._swapping.acquire(blocking=False):
             return
 
         def swap() -> None:
             try:
                 stamp = self.registry.stamp()
-                champion = Pipeline.load(self.registry.champion_path(), store=self.store)
-                if self.configured is not None:
-                    champion.share_scorer(self.configured)  # the loaded model stays
-                self.configured, self._stamp = champion, stamp
+                self._swap(self.registry.champion(), stamp)
             except Exception:  # a broken version never takes the service down: the old champion keeps serving
                 logger.exception("could not load the registry's champion; the previous version keeps serving")
                 self._stamp = self.registry.stamp()
@@ -71,6 +80,76 @@ class Pipelines:
                 self._swapping.release()
 
         threading.Thread(target=swap, name="genrec-swap", daemon=True).start()
+
+    def _swap(self, version: Version | None, stamp) -> None:
+        if version is None:
+            self.registry.champion_path()  # raises the registry's "no champion" error
+        champion, known = Pipeline.load(self.registry.root / version.name, store=self.store), {}
+        if self.configured is not None:
+            champion.share_scorer(self.configured)  # the loaded model stays
+        learned = set(self._platforms(champion))
+        self._re_add(champion)
+        written = self.store.version
+        self._fold(champion, version, learned, known)
+        with self.learning:  # no event is posted (nor platform added) from here to the swap
+            if self._re_add(champion) or self.store.version != written:
+                self._fold(champion, version, learned, known)
+            with self._pending_lock:
+                if self.configured is not None:  # what was queued for the old one is in the store: learned above
+                    self._pending.pop(id(self.configured), None)
+                self.configured, self._stamp = champion, stamp
+        logger.info("serving pipeline %s version %s", champion.name, champion.version)
+
+    def _catch_up_version(self, version: Version | None) -> Pipeline:
+        """The registry's champion at startup, having learned every stored event it has not."""
+        if version is None:
+            self.registry.champion_path()  # raises the registry's "no champion" error
+        champion = Pipeline.load(self.registry.root / version.name, store=self.store)
+        self._fold(champion, version, set(self._platforms(champion)), {})
+        return champion
+
+    def _re_add(self, champion: Pipeline) -> list[str]:
+        """Add to ``champion`` the platforms onboarded in memory that it lacks (``add_platform``); the ones added."""
+        added = []
+        for platform, arguments in list(self._added.items()):
+            if platform in self._platforms(champion):
+                continue
+            try:
+                champion.add_platform(platform, *arguments)
+            except GenrecError as exc:
+                logger.warning("pipeline %s version %s does not rank the platform %r added in memory: %s",
+                               champion.name, champion.version, platform, exc)
+                continue
+            added.append(platform)
+        return added
+
+    def _fold(self, champion: Pipeline, version: Version, learned: set[str], known: dict[str, set]) -> int:
+        """Fold into ``champion`` (loaded from ``version``, which learned the events of the ``learned`` platforms up
+        to its data window, less its held-out ones) every stored event of its platforms it has not learned:
+        counted once per (user, item) as a refit would (``known``: each user's pairs counted so far, kept across
+        calls). Returns the number of users who gained items."""
+        from genrec.evaluation.protocol import _sequences
+
+        platforms = sorted(self._platforms(champion))
+        held = {(str(u), str(p), str(i), float(t)) for u, p, i, t in version.holdout}
+        after = datetime.fromtimestamp(max(version.window_end - 1, 0), UTC).replace(tzinfo=None)
+        events = self.store.events_since(platforms, after, whole=sorted(set(platforms) - learned),
+                                         users=sorted({u for u, *_ in held}))
+        gained = 0
+        for user, seq in _sequences(events).items():
+            if user not in known:
+                known[user] = {(x.platform, x.item_id) for x in seq if x.platform in learned and
+                               x.timestamp <= version.window_end and
+                               (user, x.platform, x.item_id, x.timestamp) not in held}
+            added = {(x.platform, x.item_id) for x in seq} - known[user]
+            if added:
+                champion.update(_interactions(known[user]), _interactions(added))
+                known[user] |= added
+                gained += 1
+        if gained:
+            logger.info("pipeline %s version %s learned the new items of %d user(s) since its data window",
+                        champion.name, champion.version, gained)
+        return gained
 
     def get(self, platform: str) -> Pipeline:
         self.swap_if_promoted()
@@ -91,14 +170,16 @@ class Pipelines:
         in memory only: ``genrec platform add --pipeline DIR`` keeps it in the folder). Runs on the worker thread.
         The names of the pipelines that rank it now: none without a configured pipeline, or when one of its
         sources needs a refit for it (logged)."""
-        pipeline = self.configured
-        if pipeline is None:
-            return []
-        try:
-            pipeline.add_platform(platform, items, titles, details)
-        except GenrecError as exc:
-            logger.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
-            return []
+        with self.learning:  # a swap in progress re-adds it to the incoming version
+            pipeline = self.configured
+            if pipeline is None:
+                return []
+            try:
+                pipeline.add_platform(platform, items, titles, details)
+            except GenrecError as exc:
+                logger.warning("pipeline %s does not rank the new platform %r: %s", pipeline.name, platform, exc)
+                return []
+            self._added[platform] = (items, titles, details)
         return [pipeline.name]
 
     def observe(self, before: dict[str, set[tuple[str, str]]], after: dict[str, set[tuple[str, str]]]) -> None:

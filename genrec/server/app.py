@@ -12,6 +12,7 @@ the request's deadline, the deadline passed, or the server is stopping. Every re
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, BinaryIO, Literal
@@ -67,6 +68,7 @@ from genrec.server.models import (
     RecommendOut,
     RefreshIn,
     RefreshOut,
+    RefreshStatusOut,
 )
 from genrec.server.security import Hardened, KeysFirst, authorize, needs, parse_keys, redact_access_log
 from genrec.server.settings import ServerSettings
@@ -78,6 +80,7 @@ GRACEFUL_S = 5  # at shutdown, how long uvicorn lets requests in flight finish
 STOP_WAIT_S = 3.0  # at shutdown, how long the batch in progress may still run (uvicorn waits GRACEFUL_S first)
 UPLOAD_PATH = "/v1/platforms"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+logger = logging.getLogger("genrec.server")
 
 
 class Busy(Exception):
@@ -110,6 +113,10 @@ class Service:
     ready: threading.Event
     pipelines: Pipelines
     refresh_lock: threading.Lock = field(default_factory=threading.Lock)
+    scheduled: dict[str, Any] | None = None  # the last scheduled refresh: when, and what it did or why it failed
+    next_refresh: datetime | None = None  # when the schedule refreshes next
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _timer: threading.Thread | None = None
 
     @classmethod
     def start(cls, settings: ServerSettings) -> Service:
@@ -130,6 +137,10 @@ class Service:
                       chat, ReportBuilder(recommender, k=settings.report_k, pipelines=pipelines), threading.Lock(),
                       threading.Event(), pipelines)
         worker.start()
+        if settings.refresh_every is not None:
+            service._timer = threading.Thread(target=service._refresh_on_schedule, args=(settings.refresh_every,),
+                                              name="genrec-refresh-timer", daemon=True)
+            service._timer.start()
         if settings.warm_up:
             worker.submit(CallJob(service.warm_up))
         else:
@@ -156,7 +167,63 @@ class Service:
             return user_id
         return hash_user_id(user_id, self.settings.salt)
 
+    def refresh(self, options: RefreshIn) -> dict:
+        """Refresh the served registry's champion (``genrec.pipeline.refresh``) and swap to a promoted version;
+        ``ConflictError`` without a registry or while another refresh runs. ``POST /v1/admin/refresh`` and the
+        schedule (``refresh_every``) both run it."""
+        from genrec.pipeline.refresh import refresh as run_refresh
+
+        registry = self.pipelines.registry
+        if registry is None:
+            raise ConflictError("this server serves no registry: start it with --pipeline REGISTRY_FOLDER "
+                                "(a folder made by `genrec fit --registry`)")
+        if not self.refresh_lock.acquire(blocking=False):
+            raise ConflictError("a refresh is already running")
+        try:
+            outcome = run_refresh(self.store, registry, steps=options.steps, holdout_users=options.holdout_users,
+                                  tune_users=options.tune_users, seed=options.seed, promote=options.promote)
+        finally:
+            self.refresh_lock.release()
+        self.pipelines.swap_if_promoted()
+        champion = registry.champion()
+        return outcome.to_dict() | {"champion": champion.name if champion else None}
+
+    def _refresh_on_schedule(self, every_s: float) -> None:
+        """Every ``every_s`` seconds until the server stops: a refresh with the default options. One that fails
+        (or finds another refresh running) is recorded and logged; the next tick tries again."""
+        while True:
+            self.next_refresh = datetime.now(UTC) + timedelta(seconds=every_s)
+            if self._stopping.wait(every_s):
+                return
+            started = datetime.now(UTC)
+            try:
+                result: dict[str, Any] = {"status": "ok", **self.refresh(RefreshIn())}
+            except ConflictError as exc:  # a refresh asked for by POST /v1/admin/refresh is running
+                result = {"status": "skipped", "error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - logged and recorded; the next tick tries again
+                if self._stopping.is_set():
+                    return
+                logger.exception("the scheduled refresh failed; the next one runs in %g s", every_s)
+                result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            self.scheduled = {"started_at": started.isoformat(timespec="seconds"),
+                              "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), **result}
+
+    def refresh_status(self) -> dict:
+        try:
+            champion = self.pipelines.registry.champion() if self.pipelines.registry is not None else None
+        except GenrecError:  # an unreadable registry: the status still answers (the last run says why)
+            champion = None
+        return {"registry": str(self.pipelines.registry.root) if self.pipelines.registry is not None else None,
+                "champion": champion.name if champion else None,
+                "serving": getattr(self.pipelines.configured, "version", None),
+                "running": self.refresh_lock.locked(), "every_s": self.settings.refresh_every,
+                "next_at": self.next_refresh.isoformat(timespec="seconds") if self.next_refresh and
+                self.settings.refresh_every else None, "last_scheduled": self.scheduled}
+
     def stop(self) -> None:
+        self._stopping.set()  # the refresh timer stops (a refresh in progress ends with the store)
+        if self._timer is not None:
+            self._timer.join(timeout=STOP_WAIT_S)
         self.worker.stop(timeout=STOP_WAIT_S)
         self.store.close()
 
@@ -427,24 +494,16 @@ def _add_routes(app: FastAPI) -> None:
     async def refresh(body: RefreshIn, service: ServiceDep) -> dict:
         """Refresh the served registry's champion with the events since its data window, judge the challenger on
         the newest held-out events and promote it unless it is worse (``genrec refresh``); the server swaps to a
-        promoted version without dropping a request (``admin`` key). 409 while another refresh runs."""
-        from genrec.pipeline.refresh import refresh as run_refresh
+        promoted version without dropping a request (``admin`` key). 409 while another refresh runs (one asked
+        for here, or the schedule's: ``genrec serve --refresh-every``)."""
+        return await run_in_threadpool(service.refresh, body)
 
-        registry = service.pipelines.registry
-        if registry is None:
-            raise ConflictError("this server serves no registry: start it with --pipeline REGISTRY_FOLDER "
-                                "(a folder made by `genrec fit --registry`)")
-        if not service.refresh_lock.acquire(blocking=False):
-            raise ConflictError("a refresh is already running")
-        try:
-            outcome = await run_in_threadpool(partial(
-                run_refresh, service.store, registry, steps=body.steps, holdout_users=body.holdout_users,
-                tune_users=body.tune_users, seed=body.seed, promote=body.promote))
-        finally:
-            service.refresh_lock.release()
-        service.pipelines.swap_if_promoted()
-        champion = registry.champion()
-        return outcome.to_dict() | {"champion": champion.name if champion else None}
+    @app.get("/v1/admin/refresh", response_model=RefreshStatusOut, tags=["service"], dependencies=[needs("admin")])
+    def refresh_status(service: ServiceDep) -> dict:
+        """The served registry's champion, the version answering now, whether a refresh runs, and the schedule
+        (``genrec serve --refresh-every``): its interval, next run and the last scheduled run's time and outcome
+        (``admin`` key)."""
+        return service.refresh_status()
 
     @app.get("/v1/users", tags=["users"], dependencies=[Reader])
     def users(service: ServiceDep, platform: str | None = None,
@@ -528,18 +587,20 @@ def _add_routes(app: FastAPI) -> None:
     def events(body: EventsIn, service: ServiceDep) -> EventsOut:
         """Append events (canonical schema) in one transaction; the next recommendation sees them."""
         _limit("events", len(body.events), service.settings.max_events)
-        # users whose items the loaded pipelines' counts follow (popularity, ItemKNN): their pairs before and after
-        users = sorted({service.user(e.user_id) for e in body.events}) if service.pipelines.loaded() else []
-        before = service.store.user_items(users)
-        try:
-            batch = events_from_records([e.model_dump() for e in body.events])
-            report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
-                                                                salt=service.settings.salt))
-        except DataError as exc:
-            where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
-            raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc
-        if users and report.events_added:
-            service.pipelines.observe(before, service.store.user_items(users))
+        # users whose items the loaded pipelines' counts follow (popularity, ItemKNN): their pairs before and after;
+        # a swap of the served version waits for the pairs to be queued (it learns what it has not from the store)
+        with service.pipelines.learning:
+            users = sorted({service.user(e.user_id) for e in body.events}) if service.pipelines.loaded() else []
+            before = service.store.user_items(users)
+            try:
+                batch = events_from_records([e.model_dump() for e in body.events])
+                report = service.store.ingest(batch, CleaningConfig(hash_user_ids=service.settings.hash_user_ids,
+                                                                    salt=service.settings.salt))
+            except DataError as exc:
+                where = f"events[{exc.line}].{exc.field}" if exc.line is not None and exc.field else "events"
+                raise Invalid(where, exc.reason + (f" (expected {exc.expected})" if exc.expected else "")) from exc
+            if users and report.events_added:
+                service.pipelines.observe(before, service.store.user_items(users))
         return EventsOut(received=len(body.events), added=report.events_added,
                          already_present=report.events_present,
                          removed_by_cleaning=sum(rule.removed for rule in report.cleaning.rules),

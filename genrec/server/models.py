@@ -180,6 +180,16 @@ class RefreshOut(BaseModel):
     champion: str | None  # the registry's champion after the refresh
 
 
+class RefreshStatusOut(BaseModel):
+    registry: str | None  # the served registry folder (None: the server serves none)
+    champion: str | None  # the registry's champion
+    serving: str | None  # the version answering now (the champion once swapped in)
+    running: bool  # a refresh runs now
+    every_s: float | None  # the schedule's interval (None: refreshes only on request)
+    next_at: str | None  # when the schedule refreshes next
+    last_scheduled: dict[str, Any] | None  # started_at, finished_at, status (ok, skipped, failed), error or outcome
+
+
 class ChatOut(BaseModel):
     conversation_id: str
     platform: str

@@ -9,10 +9,11 @@ origins.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genrec.config import read_yaml
 from genrec.errors import GenrecError
@@ -21,6 +22,23 @@ from genrec.server.security import parse_keys
 
 API_KEYS_ENV = "GENREC_API_KEYS"
 SALT_ENV = "GENREC_SALT"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float, what: str = "duration") -> float:
+    """Seconds of a duration like ``90s``, ``30m``, ``6h``, ``1d`` (a bare number is seconds); a ``GenrecError``
+    naming ``what`` unless it is a positive duration."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if match is None:
+            raise GenrecError(f"{what}: expected a duration like 90s, 30m, 6h or 1d, got {text!r}")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if not 0 < seconds < float("inf"):
+        raise GenrecError(f"{what}: must be a positive duration, got {text!r}")
+    return seconds
 
 
 class ServerSettings(BaseModel):
@@ -63,6 +81,8 @@ class ServerSettings(BaseModel):
     # platform (onboarded ones) gets the generate-then-ground recommender above
     pipeline: Path | None = None
     default_pipelines: bool = True
+    # refresh the served registry (`pipeline`) on a timer, in seconds (or "30m", "6h"; None: only on request)
+    refresh_every: float | None = None
     # privacy: hash every user id the API receives (events, paths, requests) like `--hash-user-ids`
     hash_user_ids: bool = False
     salt: str | None = None  # default: $GENREC_SALT
@@ -72,6 +92,26 @@ class ServerSettings(BaseModel):
         self.salt = self.salt or os.environ.get(SALT_ENV) or None
         if self.hash_user_ids and not self.salt:
             raise ValueError(f"hash_user_ids needs a salt: set salt in the server config or {SALT_ENV}")
+        return self
+
+    @field_validator("refresh_every", mode="before")
+    @classmethod
+    def _a_duration(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except GenrecError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _refresh_needs_a_registry(self) -> ServerSettings:
+        from genrec.pipeline.registry import is_registry
+
+        if self.refresh_every is not None and (self.pipeline is None or not is_registry(self.pipeline)):
+            raise ValueError("a scheduled refresh (refresh_every, --refresh-every) needs a registry to refresh: "
+                             "serve one with --pipeline REGISTRY_FOLDER (a folder made by `genrec fit --registry`)"
+                             + (f"; {self.pipeline} is not one" if self.pipeline is not None else ""))
         return self
 
     @model_validator(mode="after")
@@ -101,5 +141,7 @@ class ServerSettings(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(": ".join(filter(None, (".".join(map(str, e["loc"])),
+                                                          e["msg"].removeprefix("Value error, "))))
+                                 for e in exc.errors())
             raise GenrecError(f"invalid server settings{f' in {config}' if config else ''}: {problems}") from exc

@@ -90,12 +90,36 @@ async function chooseUser(event) {
   $("message").focus();
 }
 
+// Where a pipeline's item came from: each candidate source's own score, the LLM's score and who wrote the
+// rationale, e.g. "ItemKNN 0.42 · popularity 12 · LLM −3.10 · rationale: LLM". Null when the answer has none.
+const SOURCE_NAMES = { itemknn: "ItemKNN", sasrec: "SASRec", popularity: "popularity", content: "content" };
+
+function score(value) {
+  const text = Number.isInteger(value) ? String(value) : value.toFixed(2);
+  return text.replace("-", "\u2212");
+}
+
+function provenance(item) {
+  const parts = [];
+  for (const [name, value] of Object.entries(item.sources || {})) {
+    if (typeof value === "number") parts.push(`${SOURCE_NAMES[name] || name} ${score(value)}`);
+  }
+  if (typeof item.llm === "number") parts.push(`LLM ${score(item.llm)}`);
+  if (item.rationale_source) parts.push(`rationale: ${item.rationale_source === "llm" ? "LLM" : item.rationale_source}`);
+  if (!parts.length) return null;
+  const line = el("p", "card-sources", parts.join(" \u00b7 "));
+  line.title = "Each source's own score, the LLM's score, and who wrote the rationale";
+  return line;
+}
+
 function card(item) {
   const node = el("article", "card");
   node.dataset.itemId = item.item_id;
   node.appendChild(el("div", "card-rank", `#${item.rank}`));
   node.appendChild(el("div", "card-title", item.title));
   node.appendChild(el("span", "card-platform", item.platform));
+  const sources = provenance(item);
+  if (sources) node.appendChild(sources);
   node.appendChild(el("p", "card-rationale", item.rationale || ""));
   if (item.evidence && item.evidence.length) {
     const evidence = el("ul", "card-evidence");
