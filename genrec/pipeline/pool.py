@@ -23,15 +23,19 @@ class Pool:
 
 def candidate_pool(rows: Mapping[str, np.ndarray], catalog: Sequence[str], exclude: set[str],
                    n: int | Mapping[str, int], *,
-                   keep: Callable[[str], bool] | None = None) -> Pool:
+                   keep: Callable[[str], bool] | None = None, floors: Mapping[str, float] | None = None) -> Pool:
     """Pool the top ``n`` items (one number, or one per source name) of each source's full-catalog score row
     (``rows``: source name -> scores in catalog order), never an item of ``exclude`` nor one that ``keep``
-    rejects; ties keep catalog order."""
+    rejects, nor one a source scores at or below its floor (``floors``: source name -> the score of the items it
+    does not propose); ties keep catalog order."""
     position = {}
     proposed: dict[str, list[str]] = {}
     for name, scores in rows.items():
         picked: list[str] = []
+        floor = (floors or {}).get(name)
         for j in np.argsort(-scores, kind="stable"):
+            if floor is not None and scores[j] <= floor:
+                break
             item = catalog[j]
             if item in exclude or (keep is not None and not keep(item)):
                 continue

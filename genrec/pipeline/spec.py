@@ -41,7 +41,7 @@ LEAD = 10.0  # pooled items score LEAD - position / pool size: above every non-c
 
 @dataclass
 class SourceSpec:
-    """One candidate source: its ``kind`` (popularity, itemknn, sasrec, content, textseq), a unique ``name``
+    """One candidate source: its ``kind`` (popularity, itemknn, sasrec, content, textseq, generation), a unique ``name``
     (default: the kind), how many items it proposes (``n``) and its own ``options``."""
 
     kind: str
@@ -114,8 +114,13 @@ class Pipeline:
         self.store, self._embedder, self._explainer = store, embedder, None
         self.name = spec.name
         self.history_scope = spec.history_scope
+        self._llms: dict[str, Any] = {}  # loaded LLMs by their settings (the scorer's is its own)
         self.sources: dict[str, CandidateSource] = {
-            s.name: build(s.kind, s.options, spec.history_scope, encoder=embedder) for s in spec.sources}
+            s.name: build(s.kind, s.options, spec.history_scope, **self._resources()) for s in spec.sources}
+        stored = [name for name, source in self.sources.items() if source.needs_store]
+        if stored and store is None:
+            raise GenrecError(f"pipeline {spec.name!r}: source(s) {', '.join(stored)} read the event store (the "
+                              "catalogs the LLM's titles are grounded in): it needs the store")
         self.scorer: LLMScorer | None = None
         if spec.llm is not None:
             if store is None:
@@ -126,6 +131,24 @@ class Pipeline:
         self.fit_info: dict[str, Any] = {}
         self.info: dict[str, Any] = {}  # what the harness records of the fit
         self.version: str | None = None  # the registry version it was loaded from
+
+    def _resources(self) -> dict[str, Any]:
+        """What sources share: the embedder, the store and the loaded LLM (``shared_llm``)."""
+        return {"encoder": self._embedder, "store": self.store, "llm_loader": self.shared_llm}
+
+    def shared_llm(self, settings: dict[str, Any] | None = None):
+        """The loaded LLM of ``settings`` (``LLMConfig`` fields; ``None``: the spec's ``llm``, else the default
+        model), loaded once: the LLM scorer's own model when it names the same one."""
+        from genrec.llm import LLM, LLMConfig
+
+        config = LLMConfig(**settings) if settings is not None else \
+            self.spec.llm.config if self.spec.llm is not None else LLMConfig()
+        if self.scorer is not None and config == self.scorer.spec.config:
+            return self.scorer.recommender.llm
+        key = json.dumps(config.identity(), sort_keys=True, default=str)
+        if key not in self._llms:
+            self._llms[key] = LLM.load(config)
+        return self._llms[key]
 
     def update(self, before: Sequence[Interaction], new: Sequence[Interaction]) -> list[str]:
         """Fold one user's new interactions into every source that keeps counts (popularity, ItemKNN) without a
@@ -183,7 +206,10 @@ class Pipeline:
 
     def share_scorer(self, other: Pipeline) -> None:
         """Score with ``other``'s LLM scorer (its loaded model and score caches) when both name the same LLM: a
-        second version of one pipeline then loads no second model."""
+        second version of one pipeline then loads no second model (nor do its generation sources, which share
+        ``other``'s loaded LLMs)."""
+        other._llms.update(self._llms)
+        self._llms = other._llms
         if self.scorer is not None and other.scorer is not None and self.spec.llm == other.spec.llm:
             self.scorer = other.scorer
             self.scorer.titles = self.titles
@@ -264,6 +290,7 @@ class Pipeline:
         their title priors. The user's own items and ``exclude`` never enter a pool."""
         catalog = self._catalog(platform)
         rows = {name: source.score(contexts, platform) for name, source in self.sources.items()}
+        floors = {name: source.floor for name, source in self.sources.items() if source.floor is not None}
         n: int | dict[str, int] = {s.name: s.n for s in self.spec.sources}
         keep = None
         if candidates is not None:
@@ -275,7 +302,7 @@ class Pipeline:
         out = []
         for r, context in enumerate(contexts):
             pool = candidate_pool({name: rows[name][r] for name in rows}, catalog, context.owned() | set(exclude), n,
-                                  keep=keep)
+                                  keep=keep, floors=floors)
             llm = priors = None
             if self.scorer is not None and pool.items:
                 llm = self.scorer.score(context, pool.items)
@@ -365,9 +392,8 @@ class Pipeline:
                 llm, embedder = self.scorer.recommender.llm, self.scorer.recommender.embedder
             else:
                 from genrec.embedding import Embedder
-                from genrec.llm import LLM
 
-                llm, embedder = LLM.load(), self._embedder or Embedder()
+                llm, embedder = self.shared_llm(), self._embedder or Embedder()
             self._explainer = Explainer(llm, embedder, PromptTemplates(), list(self.titles.values()),
                                         names=sorted({platform for platform, _ in self.titles}))
         return self._explainer
@@ -424,7 +450,7 @@ class Pipeline:
         spec = PipelineSpec.from_yaml(directory / SPEC_FILE)
         pipeline = cls(spec, store=store, embedder=embedder, cache_dir=cache_dir)
         for name in pipeline.sources:
-            pipeline.sources[name] = _Base.load(directory / "sources" / name, encoder=embedder)
+            pipeline.sources[name] = _Base.load(directory / "sources" / name, **pipeline._resources())
         fused = json.loads((directory / FUSION_FILE).read_text())
         pipeline.fusion = Fusion(fused["weights"], fused["calibration"], fused.get("report", {}))
         with (directory / TITLES_FILE).open("rb") as fh:

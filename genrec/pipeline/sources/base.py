@@ -57,6 +57,8 @@ class CandidateSource:
 
     kind: ClassVar[str]
     adds_platforms: ClassVar[bool] = False  # ``add_platform`` makes a catalog onboarded after fitting scorable
+    floor: ClassVar[float | None] = None  # the score of every item the source does not propose (never pooled)
+    needs_store: ClassVar[bool] = False  # scoring reads the event store (a pipeline refuses to build it without)
     name: str
     history_scope: HistoryScope
     catalogs: dict[str, list[str]]
@@ -101,13 +103,15 @@ class CandidateSource:
         out. A source with no preference for this context (an empty usable history) still answers (ties keep
         catalog order), unless it says why it cannot rank for it (``no_preference``): then this is a
         ``GenrecError`` naming the user and the platform. ``score`` never refuses: the evaluation and a
-        pipeline's other sources rank such contexts."""
+        pipeline's other sources rank such contexts. A source with a ``floor`` never proposes an item scored
+        there."""
         reason = self.no_preference(context)
         if reason is not None:
             raise GenrecError(f"{self.name} cannot rank {context.platform!r} items for user {context.user_id!r}: "
                               f"{reason}")
         catalog = self._catalog(context.platform)
-        return top_items(self.score([context], context.platform)[0], catalog, context.owned(), n)
+        picked = top_items(self.score([context], context.platform)[0], catalog, context.owned(), n)
+        return picked if self.floor is None else [(item, score) for item, score in picked if score > self.floor]
 
     def no_preference(self, context: Context) -> str | None:
         """Why every score of this source is equal for ``context`` (e.g. it ranks from the history, and the
