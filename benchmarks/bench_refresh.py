@@ -8,13 +8,12 @@ following batch (prequential: each of up to ``--cases`` sampled events of that b
 event before it, NDCG@10 over the full catalog, history excluded):
 
 - (a) never refreshed: the first fit;
-- (b) refreshed after every batch as `genrec refresh` does (``Pipeline.refresh``: counts updated, SASRec fine-tuned
-  from its weights for ``--steps`` batches, the fusion weights tuned again on the newest event of ``--tune-users``
-  users, which the next refresh learns);
+- (b) refreshed after every batch as `genrec refresh` does by default (``Pipeline.refresh``: counts updated, SASRec
+  fine-tuned from its weights for at most ``--steps`` batches and 3 passes over the new windows, fusion weights
+  kept);
 - (c) refitted from scratch on every event so far after every batch (sources and fusion weights).
 
-Two more refreshed arms show what each part buys: ``refresh-kept-weights`` (no re-tuning, every new event learned)
-and ``refresh-long`` (as (b) with ``--long-steps`` fine-tuning batches).
+A fourth arm, ``refresh-long``, fine-tunes longer: at most ``--long-steps`` batches and ``--long-passes`` passes.
 
 Cost is CPU seconds of this process (``time.process_time``; wall seconds beside it), so other work on the
 machine moves it less than wall time. Writes ``results/refresh.json`` and the curves ``results/refresh.png``.
@@ -88,7 +87,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=1000, help="events of the next batch measured per point")
     parser.add_argument("--steps", type=int, default=200, help="SASRec fine-tuning batches per refresh")
     parser.add_argument("--long-steps", type=int, default=1000, help="fine-tuning batches of the refresh-long arm")
-    parser.add_argument("--tune-users", type=int, default=200, help="users whose newest event re-tunes the fusion")
+    parser.add_argument("--long-passes", type=int, default=15, help="fine-tuning passes of the refresh-long arm")
     parser.add_argument("--sasrec-budget", type=float, default=120.0, help="SASRec time budget per fit, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -111,20 +110,18 @@ def main() -> None:
     catalogs = everything.catalogs
 
     (first, held_out), fit_cpu, fit_wall = timed(lambda: fit_full(spec, upto(everything, bounds[0])))
-    refreshed = {"refresh": (args.steps, args.tune_users), "refresh-kept-weights": (args.steps, 0),
-                 "refresh-long": (args.long_steps, args.tune_users)}  # arm -> (steps, tune users)
+    refreshed = {"refresh": args.steps, "refresh-long": args.long_steps}  # arm -> fine-tuning steps
     arms = {"never": first, **{name: copy.deepcopy(first) for name in refreshed}, "refit": first}
+    arms["refresh-long"].sources["sasrec"].fine_tune_passes = args.long_passes
     carried = {name: held_out for name in refreshed}
     points = []
     for i in range(args.batches):
         if i:  # batch i (bounds[i-1], bounds[i]] has arrived
             data = upto(everything, bounds[i])
             runs = {}
-            for name, (steps, tune_users) in refreshed.items():
-                part = split_new(data, bounds[i - 1], carried=carried[name], holdout_users=0, tune_users=tune_users,
-                                 seed=args.seed + i)
-                runs[name] = (part, *timed(lambda p=part, a=arms[name], s=steps: a.refresh(
-                    p.train, p.new, steps=s, valid_cases=p.tune)))
+            for name, steps in refreshed.items():
+                part = split_new(data, bounds[i - 1], carried=carried[name], holdout_users=0)
+                runs[name] = (part, *timed(lambda p=part, a=arms[name], s=steps: a.refresh(p.train, p.new, steps=s)))
                 carried[name] = part.held_out()
             (arms["refit"], _), refit_cpu, refit_wall = timed(lambda d=data: fit_full(spec, d))
         cases = batch_cases(everything, bounds[i], bounds[i + 1], args.cases, args.seed + i)
@@ -137,7 +134,7 @@ def main() -> None:
         if i:
             point |= {"new_events": int(sum(len(v) for v in runs["refresh"][0].new.values())),
                       "refresh_sources": runs["refresh"][1],
-                      "fusion": {name: arms[name].fusion.weights for name in (*refreshed, "refit")},
+                      "refit_fusion": arms["refit"].fusion.weights,
                       **{f"{name}_cpu_s": round(run[2], 2) for name, run in runs.items()},
                       **{f"{name}_wall_s": round(run[3], 2) for name, run in runs.items()},
                       "refit_cpu_s": round(refit_cpu, 2), "refit_wall_s": round(refit_wall, 2)}
@@ -159,7 +156,7 @@ def main() -> None:
     result = {"benchmark": "refresh", "protocol": "prequential replay: fit on the first 70% of the time span, "
               f"then {args.batches} equal event batches; NDCG@10 on the next batch's events, full catalog, "
               "history excluded", "data": DATASET, "spec": spec.name, "steps": args.steps,
-              "long_steps": args.long_steps, "tune_users": args.tune_users,
+              "long_steps": args.long_steps, "long_passes": args.long_passes,
               "sasrec_budget_s": args.sasrec_budget, "cases_per_point": args.cases, "seed": args.seed,
               "machine": info, "points": points, "summary": summary}
     save_result(result, args.out)
@@ -175,7 +172,6 @@ def plot(points: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [p["after_batch"] for p in points]
     for name, label in (("never", "(a) never refreshed"), ("refresh", "(b) refreshed every batch"),
-                        ("refresh-kept-weights", "refreshed, fusion weights kept"),
                         ("refresh-long", "refreshed, longer fine-tuning"), ("refit", "(c) refitted every batch")):
         ax.plot(x, [p["ndcg10"][name] for p in points], marker="o", label=label)
     ax.set_xlabel("batches arrived")

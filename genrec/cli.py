@@ -396,7 +396,7 @@ def refresh(
                                                                               "the challenger.")] = 200,
     tune_users: Annotated[int, typer.Option("--tune-users", min=0, help="Other users whose newest event tunes the "
                                                                         "challenger's fusion weights (when its spec "
-                                                                        "searches them; 0: keep the weights).")] = 200,
+                                                                        "searches them; 0: keep the weights).")] = 0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     promote: Annotated[bool, typer.Option("--promote/--no-promote", help="Promote the challenger when it is not "
                                                                          "worse than the champion.")] = True,

@@ -32,7 +32,6 @@ from genrec.pipeline.sources.base import CandidateSource, ItemVocabulary, rank_c
 from genrec.pipeline.types import Context, EvalCase, HistoryScope, Interaction, TrainData, scoped_history
 
 PAD = 0
-FINE_TUNE_PASSES = 3  # a refresh's fine-tune sees its windows at most this often (more overfits the newest users)
 
 
 class _Layer(nn.Module):
@@ -130,7 +129,7 @@ class SASRec(CandidateSource):
 
     kind = "sasrec"
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout", "attn_dropout", "lr",
-               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "seed")
+               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "fine_tune_passes", "seed")
 
     def __init__(
         self,
@@ -149,10 +148,13 @@ class SASRec(CandidateSource):
         patience: int = 5,
         window_stride: int | None = None,
         time_budget_s: float | None = None,
+        fine_tune_passes: int = 3,
         seed: int = 2020,
         progress: bool = True,
     ) -> None:
         window_stride = max_len if window_stride is None else window_stride
+        if fine_tune_passes < 1:
+            raise ValueError("fine_tune_passes must be at least 1")
         if not 1 <= window_stride <= max_len:
             raise ValueError("window_stride must be in [1, max_len]")
         self.name = "SASRec"
@@ -170,6 +172,7 @@ class SASRec(CandidateSource):
         self.patience = patience
         self.window_stride = window_stride
         self.time_budget_s = time_budget_s
+        self.fine_tune_passes = fine_tune_passes  # a refresh's fine-tune sees its windows at most this often
         self.seed = seed
         self.progress = progress
         self.log: list[dict[str, float]] = []  # per epoch: epoch, loss, fraction trained, valid_ndcg10, seconds
@@ -235,7 +238,7 @@ class SASRec(CandidateSource):
         return True
 
     def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int) -> str:
-        """Fine-tune from the last weights for at most ``steps`` batches and ``FINE_TUNE_PASSES`` passes over the
+        """Fine-tune from the last weights for at most ``steps`` batches and ``fine_tune_passes`` passes over the
         windows that end at the newest interactions of users with new ones (so every new interaction is a
         target), mixed with as many windows of other users: a replay of what the model already knew, so it does
         not drift towards the newest users."""
@@ -257,7 +260,7 @@ class SASRec(CandidateSource):
             torch.manual_seed(self.seed)
             optimiser = torch.optim.Adam(self._net.parameters(), lr=self.lr)
             per_pass = max(1, -(-int((targets != PAD).sum()) // self.batch_size))  # about: batches hold ~batch_size
-            for _ in range(min(FINE_TUNE_PASSES, -(-steps // per_pass))):
+            for _ in range(min(self.fine_tune_passes, -(-steps // per_pass))):
                 self._train_epoch(self._net, optimiser, inputs, targets, max_batches=steps)
                 steps -= per_pass
         self._net.eval()
