@@ -1,14 +1,20 @@
-"""Helpers for tests that run `genrec serve` in a subprocess: a free port on 127.0.0.1 and a wait until the
-server answers its health check."""
+"""Helpers for tests that run `genrec serve` in a subprocess: a free port on 127.0.0.1, a wait until the server
+answers its health check, and a server on a pipeline for the length of a ``with`` block."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 
 def free_port() -> int:
@@ -38,3 +44,25 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path | None = None, tim
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server did not get ready within {timeout_s:.0f} s:\n{tail()}")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serving(root: Path, db: Path, pipeline: Path, keys: str, **server: Any) -> Iterator[tuple[str, Path]]:
+    """`genrec serve --pipeline PIPELINE` on a free port of 127.0.0.1, its settings ``server`` over warm-up and
+    default pipelines off, its API keys ``keys`` (``GENREC_API_KEYS``); yields its URL and log file once it is
+    ready, and stops it afterwards."""
+    config = root / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, **server}}))
+    port, log = free_port(), root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
+             str(config), "--pipeline", str(pipeline), "--log-level", "warning"], stdout=out,
+            stderr=subprocess.STDOUT, env=os.environ | {"GENREC_API_KEYS": keys, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(process, url, log)
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -248,12 +248,10 @@ def test_refresh_registry_loop_on_a_real_store(tmp_path) -> None:
 def test_the_server_refreshes_and_swaps_versions_without_dropping_a_request(tmp_path) -> None:
     """`genrec serve --pipeline REGISTRY` serves the champion; posted events, then `POST /v1/admin/refresh`,
     promote a new version the server swaps to while a client keeps asking; a rollback swaps back."""
-    import os
     import threading
 
     import httpx
-    import yaml
-    from servers import free_port, wait_ready
+    from servers import serving
 
     from genrec.data.store import Store
     from genrec.pipeline.fitting import fit_registered
@@ -266,18 +264,8 @@ def test_the_server_refreshes_and_swaps_versions_without_dropping_a_request(tmp_
         _, first = fit_registered(store, spec, Registry(reg))
         users = store.users("movies")[:60]
         movies = store.catalog("movies")["item_id"].tolist()[-2:]
-    config = tmp_path / "server.yaml"
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False}}))
-    port, log = free_port(), tmp_path / "server.log"
     keys = {"X-API-Key": "admin-key"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(reg), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-            env=os.environ | {"GENREC_API_KEYS": "admin-key:admin,reader:read", "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, log)
+    with serving(tmp_path, db, reg, "admin-key:admin,reader:read") as (url, log):
 
         def version() -> str:
             answer = httpx.post(f"{url}/v1/recommend", json={"user_id": users[0], "platform": "movies", "k": 5},
@@ -327,9 +315,6 @@ def test_the_server_refreshes_and_swaps_versions_without_dropping_a_request(tmp_
         assert not failures and "v0002" in seen and seen[-1] == "v0001"
         swapped = seen.index("v0002")
         assert set(seen[:swapped]) == {"v0001"}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.integration
@@ -338,11 +323,9 @@ def test_a_swap_keeps_every_event_and_platform_the_served_version_learned(tmp_pa
     platform onboarded in memory are not in the version it registers. When that version is promoted, the server
     swaps to it having learned them: its popularity and ItemKNN scores equal the served version's, nothing
     counted twice, and the in-memory platform stays rankable with its counts; a rollback swaps back the same."""
-    import os
 
     import httpx
-    import yaml
-    from servers import free_port, wait_ready
+    from servers import serving
 
     from genrec.data.store import Store
     from genrec.pipeline.fitting import fit_registered
@@ -361,16 +344,7 @@ def test_a_swap_keeps_every_event_and_platform_the_served_version_learned(tmp_pa
     movies = catalog[-2:]
     had = {movie: stored[stored["item_id"] == movie]["user_id"].nunique() for movie in movies}
     unseen = next(item for item in catalog if item not in watched and item not in movies)
-    config = tmp_path / "server.yaml"
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
-    port, log = free_port(), tmp_path / "server.log"
     keys = {"X-API-Key": "admin-key"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(reg), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-            env=os.environ | {"GENREC_API_KEYS": "admin-key:admin", "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
 
     def post_events(rows: list[dict]) -> None:
         answer = httpx.post(f"{url}/v1/events", json={"events": rows}, headers=keys, timeout=60)
@@ -397,8 +371,7 @@ def test_a_swap_keeps_every_event_and_platform_the_served_version_learned(tmp_pa
 
     import time
 
-    try:
-        wait_ready(process, url, log)
+    with serving(tmp_path, db, reg, "admin-key:admin", chat_llm=False) as (url, log):
         catalog_file = "sku,name\n" + "".join(f"s{i},Garden seed packet {i}\n" for i in range(6))
         added = httpx.post(f"{url}/v1/platforms", data={"name": "garden", "mapping": ["item_id=sku", "title=name"]},
                            files={"catalog": ("garden.csv", catalog_file.encode())}, headers=keys, timeout=300)
@@ -431,9 +404,6 @@ def test_a_swap_keeps_every_event_and_platform_the_served_version_learned(tmp_pa
                 assert after[item]["itemknn"] == pytest.approx(served[item]["itemknn"], rel=1e-5)
             assert garden_after == garden  # the in-memory platform is ranked, with its counts
             Registry(reg).rollback("v0001")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_a_refresh_schedule_is_a_positive_duration_and_needs_a_registry(tmp_path) -> None:
@@ -463,12 +433,10 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
     that fails is recorded and the next one runs; once events are posted, a scheduled refresh registers and
     promotes a new version, the server answers with it, and GET /v1/admin/refresh tells when the last scheduled
     run was and what it did."""
-    import os
     import time
 
     import httpx
-    import yaml
-    from servers import free_port, wait_ready
+    from servers import serving
 
     from genrec.data.store import Store
     from genrec.pipeline.fitting import fit_registered
@@ -481,17 +449,7 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
         _, first = fit_registered(store, spec, Registry(reg))
         users = store.users("movies")[:60]
         movies = store.catalog("movies")["item_id"].tolist()[-2:]
-    config = tmp_path / "server.yaml"
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False,
-                                                 "refresh_every": "2s"}}))
-    port, log = free_port(), tmp_path / "server.log"
     keys = {"X-API-Key": "admin-key"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(reg), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-            env=os.environ | {"GENREC_API_KEYS": "admin-key:admin,reader:read", "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
 
     def status(until, what: str) -> dict:
         for _ in range(480):
@@ -508,8 +466,7 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
         assert answer.status_code == 200, answer.text
         return answer.json()["version"]
 
-    try:
-        wait_ready(process, url, log)
+    with serving(tmp_path, db, reg, "admin-key:admin,reader:read", refresh_every="2s") as (url, log):
         assert httpx.get(f"{url}/v1/admin/refresh", headers={"X-API-Key": "reader"}, timeout=60).status_code == 403
         idle = status(lambda s: s["last_scheduled"] is not None, "refreshed on schedule")
         assert idle["every_s"] == 2 and idle["next_at"] and idle["champion"] == idle["serving"] == "v0001"
@@ -542,6 +499,3 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
         assert later["last_scheduled"]["version"] is None and [v.name for v in Registry(reg).versions()] == [
             "v0001", "v0002"]
         assert version() == "v0002"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -3,14 +3,9 @@ does for the same user, and honours `candidates` and `exclude`; chat and reports
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import httpx
 import pytest
-import yaml
-from servers import free_port, wait_ready
+from servers import serving
 
 pytestmark = pytest.mark.integration
 
@@ -47,24 +42,9 @@ def served(tmp_path_factory):
         instead = loaded.recommend(context, 1, exclude=expected[:3] + more)[0].item_id
         conversation = (expected[:3], more, instead)
         own_top = {item.item_id for item in loaded.recommend(context, 12)}  # what chat asks for, focused, k=4
-    config = root / "server.yaml"
     # chat understands messages with rules here, so that what it asks the pipeline for is known in advance
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
-    port = free_port()
-    log = root / "server.log"
-    env = os.environ | {"GENREC_API_KEYS": KEY, "HF_HUB_OFFLINE": "1"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(folder), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-            env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, log)
+    with serving(root, db, folder, KEY, chat_llm=False) as (url, log):
         yield url, expected, (chosen, restricted), neighbourhood, conversation, own_top
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _recommend(url: str, **body) -> httpx.Response:

@@ -72,12 +72,8 @@ def pipeline_server(tmp_path_factory):
     """`genrec serve --pipeline DIR` over movielens-latest-small with a fitted popularity + ItemKNN pipeline (chat
     understands messages with rules): its chat answers carry each source's score, the rationale's author and
     evidence."""
-    import os
-    import subprocess
-    import sys
 
-    import yaml
-    from servers import free_port, wait_ready
+    from servers import serving
 
     from genrec.data.store import Store
     from genrec.pipeline import PipelineSpec
@@ -90,21 +86,8 @@ def pipeline_server(tmp_path_factory):
                                    "fusion": {"tune_users": 60}})
     with Store(db) as store:
         fit_pipeline(store, spec).save(folder)
-    config = root / "server.yaml"
-    config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, "chat_llm": False}}))
-    port, log = free_port(), root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(folder), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-            env=os.environ | {"GENREC_API_KEYS": "web-key:read", "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, log)
+    with serving(root, db, folder, "web-key:read", chat_llm=False) as (url, log):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _score(value: float) -> str:

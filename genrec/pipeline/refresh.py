@@ -3,8 +3,9 @@ challenger, judge both on the newest held-out slice, and promote the challenger 
 
 The slice is the latest new event of a seeded sample of users with new events: the challenger learns every other
 new event (``Pipeline.refresh``), neither version has seen the slice, and both rank it from the same histories.
-A pipeline whose fusion was searched on validation also holds out the latest new event of a second sample of
-users, on which the challenger's fusion is tuned again (the sources' relative strength moves as they learn).
+With ``tune_users`` (off by default: weights tuned on a small slice are noisy), a pipeline whose fusion was
+searched on validation also holds out the latest new event of a second sample of users and tunes the challenger's
+fusion again on them.
 The challenger is promoted unless it is worse beyond the paired bootstrap interval of NDCG@10 (challenger minus
 champion entirely below zero). The held-out events are recorded with the new version, and the next refresh
 learns them. A refresh with no event after the champion's window writes nothing.
