@@ -146,7 +146,7 @@ def snapshot(store: Store, platforms: list[str]) -> TrainData:
         catalogs[platform] = catalog["item_id"].tolist()
         titles.update({(platform, i): t for i, t in zip(catalog["item_id"], catalog["title"], strict=True)})
         details.update({(platform, i): d for i, d in zip(catalog["item_id"], item_details(catalog), strict=True) if d})
-    return TrainData(_sequences(store.events(platforms)), catalogs, titles, details)
+    return TrainData(interaction_sequences(store.events(platforms)), catalogs, titles, details)
 
 
 def cases_at(user: str, seq: list[Interaction], indices: list[int], split: str) -> list[EvalCase]:
@@ -154,7 +154,7 @@ def cases_at(user: str, seq: list[Interaction], indices: list[int], split: str) 
     return _cases(user, seq, [x.timestamp for x in seq], indices, split)
 
 
-def _sequences(events) -> dict[str, list[Interaction]]:
+def interaction_sequences(events) -> dict[str, list[Interaction]]:
     """Per user, every event as an Interaction in (time, arrival) order."""
     seconds = events["timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
     values = events["value"].to_numpy(dtype=float)

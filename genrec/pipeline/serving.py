@@ -128,7 +128,7 @@ class Pipelines:
         to its data window, less its held-out ones) every stored event of its platforms it has not learned:
         counted once per (user, item) as a refit would (``known``: each user's pairs counted so far, kept across
         calls). Returns the number of users who gained items."""
-        from genrec.evaluation.protocol import _sequences
+        from genrec.evaluation.protocol import interaction_sequences
 
         platforms = sorted(self._platforms(champion))
         held = {(str(u), str(p), str(i), float(t)) for u, p, i, t in version.holdout}
@@ -136,7 +136,7 @@ class Pipelines:
         events = self.store.events_since(platforms, after, whole=sorted(set(platforms) - learned),
                                          users=sorted({u for u, *_ in held}))
         gained = 0
-        for user, seq in _sequences(events).items():
+        for user, seq in interaction_sequences(events).items():
             if user not in known:
                 known[user] = {(x.platform, x.item_id) for x in seq if x.platform in learned and
                                x.timestamp <= version.window_end and
