@@ -27,7 +27,9 @@ space of the evaluation), sampled for speed on CPU: the batch's targets of that 
 items drawn uniformly. Scores are dot products of the final hidden state with the item representations of the
 target platform's full catalog. The
 windows, the seeded batching, early stopping on validation NDCG@10 and the time budget are SASRec's
-(``genrec.pipeline.sources.sasrec``). ``add_platform`` makes a catalog embedded after fitting scorable at once.
+(``genrec.pipeline.sources.sasrec``); the budget counts training only, from after the catalogs' texts are embedded
+(a cold embedding cache can take minutes), so a fit trains as long with a cold cache as with a warm one.
+``add_platform`` makes a catalog embedded after fitting scorable at once.
 """
 
 from __future__ import annotations
@@ -278,7 +280,7 @@ class TextSeqRec(CandidateSource):
         if len(inputs) == 0:
             raise GenrecError(f"{self.name} needs at least one train sequence with two items")
 
-        budget_end = None if self.time_budget_s is None else started + self.time_budget_s
+        budget_end = None if self.time_budget_s is None else time.perf_counter() + self.time_budget_s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._net = net = self._network(len(self._platforms), dim)
