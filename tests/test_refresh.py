@@ -185,6 +185,23 @@ def _ingest(store, rows: list[dict]) -> None:
     store.ingest(events_from_records(rows))
 
 
+def _live_registry(tmp_path, name: str):
+    """movielens-latest-small in a store and a registry whose v0001 is popularity + ItemKNN fitted on it, as the
+    server tests serve: the store's path, the registry's, the first version, the users and the last two movies."""
+    from genrec.data.store import Store
+    from genrec.pipeline.fitting import fit_registered
+
+    db, reg = tmp_path / "store.duckdb", tmp_path / "registry"
+    spec = PipelineSpec.from_dict({"name": name, "dataset": "movielens-latest-small",
+                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
+                                   "fusion": {"tune_users": 60}})
+    with Store(db) as store:
+        _, first = fit_registered(store, spec, Registry(reg))
+        users = store.users("movies")
+        movies = store.catalog("movies")["item_id"].tolist()[-2:]
+    return db, reg, first, users, movies
+
+
 @pytest.mark.integration
 def test_refresh_registry_loop_on_a_real_store(tmp_path) -> None:
     """`genrec fit --registry`, new events, `genrec refresh` (counts updated, SASRec fine-tuned, judged,
@@ -253,17 +270,8 @@ def test_the_server_refreshes_and_swaps_versions_without_dropping_a_request(tmp_
     import httpx
     from servers import serving
 
-    from genrec.data.store import Store
-    from genrec.pipeline.fitting import fit_registered
-
-    db, reg = tmp_path / "store.duckdb", tmp_path / "registry"
-    spec = PipelineSpec.from_dict({"name": "ml-live", "dataset": "movielens-latest-small",
-                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
-                                   "fusion": {"tune_users": 60}})
-    with Store(db) as store:
-        _, first = fit_registered(store, spec, Registry(reg))
-        users = store.users("movies")[:60]
-        movies = store.catalog("movies")["item_id"].tolist()[-2:]
+    db, reg, first, users, movies = _live_registry(tmp_path, "ml-live")
+    users = users[:60]
     keys = {"X-API-Key": "admin-key"}
     with serving(tmp_path, db, reg, "admin-key:admin,reader:read") as (url, log):
 
@@ -438,17 +446,8 @@ def test_the_server_refreshes_on_a_schedule(tmp_path) -> None:
     import httpx
     from servers import serving
 
-    from genrec.data.store import Store
-    from genrec.pipeline.fitting import fit_registered
-
-    db, reg = tmp_path / "store.duckdb", tmp_path / "registry"
-    spec = PipelineSpec.from_dict({"name": "ml-timer", "dataset": "movielens-latest-small",
-                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
-                                   "fusion": {"tune_users": 60}})
-    with Store(db) as store:
-        _, first = fit_registered(store, spec, Registry(reg))
-        users = store.users("movies")[:60]
-        movies = store.catalog("movies")["item_id"].tolist()[-2:]
+    db, reg, first, users, movies = _live_registry(tmp_path, "ml-timer")
+    users = users[:60]
     keys = {"X-API-Key": "admin-key"}
 
     def status(until, what: str) -> dict:
