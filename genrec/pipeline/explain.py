@@ -3,15 +3,16 @@
 For each recommended item the evidence is the user's history items whose titles are closest to its title (sentence
 embeddings). The LLM is asked, in one batch for the whole list, why the user may like the item
 (``prompts/explain.j2``); its answer opens with a fixed clause citing the evidence (``prompts/explain_opening.j2``),
-and the LLM writes the reason that completes the sentence. A 135M model asked to quote a title itself mangles
-long ones; given the citation, it only has to say why. ``genrec.faithfulness`` then checks that every item the
-whole sentence names is in the history. A rationale that fails (names another item, or the LLM wrote fewer than
-``MIN_WORDS`` words) is generated once more by sampling; if that fails too, the item gets an evidence sentence
-marked ``template``.
+and the LLM writes the reason that completes the sentence (its first sentence is kept). A 135M model asked to
+quote a title itself mangles long ones; given the citation, it only has to say why. ``genrec.faithfulness`` then
+checks that every item the whole sentence names is in the history. A rationale that fails (names another item,
+or the LLM wrote fewer than ``MIN_WORDS`` words) is generated once more by sampling; if that fails too, the item
+gets an evidence sentence marked ``template``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -26,6 +27,7 @@ MIN_WORDS = 3  # words the LLM must add to the opening for the rationale to coun
 PROMPT_WORDS = 8  # words of a title the prompt and the opening quote
 EVIDENCE = 2  # history titles cited per item
 RECENT = 20  # most recent titled history items considered as evidence
+_SENTENCE_END = re.compile(r'(?<=\w\w\w)[.!?](?=\s+["A-Z])')  # before the next sentence (not after "Dr")
 
 
 class Explainer:
@@ -87,8 +89,10 @@ class Explainer:
 
 
 def _reason(text: str) -> str:
-    """The first line of the LLM's continuation of the opening."""
-    return text.strip().splitlines()[0].strip() if text.strip() else ""
+    """The first sentence of the LLM's continuation of the opening (a small model rambles on in the same line)."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    end = _SENTENCE_END.search(line)
+    return line[: end.start() + 1] if end else line
 
 
 def _first_words(title: str) -> str:
