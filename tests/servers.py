@@ -66,3 +66,19 @@ def serving(root: Path, db: Path, pipeline: Path, keys: str, **server: Any) -> I
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def fitted_classic(root: Path, name: str, tune_users: int) -> tuple[Path, Path]:
+    """movielens-latest-small imported into ``root``'s store and a popularity + ItemKNN pipeline fitted on it and
+    saved (what the server tests serve): the store's path and the pipeline folder."""
+    from genrec.data.store import Store
+    from genrec.pipeline import PipelineSpec
+    from genrec.pipeline.fitting import fit_pipeline
+
+    db, folder = root / "store.duckdb", root / "classic"
+    spec = PipelineSpec.from_dict({"name": name, "dataset": "movielens-latest-small",
+                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
+                                   "fusion": {"tune_users": tune_users}})
+    with Store(db) as store:
+        fit_pipeline(store, spec).save(folder)
+    return db, folder

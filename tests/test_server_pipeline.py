@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from servers import serving
+from servers import fitted_classic, serving
 
 pytestmark = pytest.mark.integration
 
@@ -15,17 +15,12 @@ KEY = "pipeline-test-key"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from genrec.data.store import Store
-    from genrec.pipeline import Pipeline, PipelineSpec
-    from genrec.pipeline.fitting import fit_pipeline, user_context
+    from genrec.pipeline import Pipeline
+    from genrec.pipeline.fitting import user_context
 
     root = tmp_path_factory.mktemp("pipeline-server")
-    db, folder = root / "store.duckdb", root / "classic"
-    spec = PipelineSpec.from_dict({"name": "ml-classic", "dataset": "movielens-latest-small",
-                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
-                                   "fusion": {"tune_users": 100}})
+    db, folder = fitted_classic(root, "ml-classic", tune_users=100)
     with Store(db) as store:
-        pipeline = fit_pipeline(store, spec)
-        pipeline.save(folder)
         loaded = Pipeline.load(folder, store=store)
         context = user_context(store, "1", "movies")
         expected = [item.item_id for item in loaded.recommend(context, 10)]

@@ -73,19 +73,10 @@ def pipeline_server(tmp_path_factory):
     understands messages with rules): its chat answers carry each source's score, the rationale's author and
     evidence."""
 
-    from servers import serving
-
-    from genrec.data.store import Store
-    from genrec.pipeline import PipelineSpec
-    from genrec.pipeline.fitting import fit_pipeline
+    from servers import fitted_classic, serving
 
     root = tmp_path_factory.mktemp("web-pipeline")
-    db, folder = root / "store.duckdb", root / "classic"
-    spec = PipelineSpec.from_dict({"name": "ml-web", "dataset": "movielens-latest-small",
-                                   "sources": [{"kind": "popularity", "n": 20}, {"kind": "itemknn", "n": 20}],
-                                   "fusion": {"tune_users": 60}})
-    with Store(db) as store:
-        fit_pipeline(store, spec).save(folder)
+    db, folder = fitted_classic(root, "ml-web", tune_users=60)
     with serving(root, db, folder, "web-key:read", chat_llm=False) as (url, log):
         yield url
 

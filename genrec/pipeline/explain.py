@@ -76,10 +76,8 @@ class Explainer:
 
     def _written(self, opening: str, reason: str, history_titles: Sequence[str], title: str) -> bool:
         """Whether the LLM wrote a reason of its own and the whole sentence names only the user's items."""
-        return len(reason.split()) >= MIN_WORDS and self._faithful(opening + reason, history_titles, title)
-
-    def _faithful(self, rationale: str, history_titles: Sequence[str], title: str) -> bool:
-        return bool(rationale) and self.checker.check(rationale, history_titles, title).status == "supported"
+        return (len(reason.split()) >= MIN_WORDS
+                and self.checker.check(opening + reason, history_titles, title).status == "supported")
 
     def _evidence(self, history_titles: list[str], item_titles: list[str]) -> list[tuple[str, ...]]:
         vectors = self.embedder.encode(history_titles + item_titles)

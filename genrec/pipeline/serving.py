@@ -81,10 +81,13 @@ class Pipelines:
 
         threading.Thread(target=swap, name="genrec-swap", daemon=True).start()
 
-    def _swap(self, version: Version | None, stamp) -> None:
+    def _load(self, version: Version | None) -> Pipeline:
         if version is None:
             self.registry.champion_path()  # raises the registry's "no champion" error
-        champion, known = Pipeline.load(self.registry.root / version.name, store=self.store), {}
+        return Pipeline.load(self.registry.root / version.name, store=self.store)
+
+    def _swap(self, version: Version | None, stamp) -> None:
+        champion, known = self._load(version), {}
         if self.configured is not None:
             champion.share_scorer(self.configured)  # the loaded model stays
         learned = set(self._platforms(champion))
@@ -102,9 +105,7 @@ class Pipelines:
 
     def _catch_up_version(self, version: Version | None) -> Pipeline:
         """The registry's champion at startup, having learned every stored event it has not."""
-        if version is None:
-            self.registry.champion_path()  # raises the registry's "no champion" error
-        champion = Pipeline.load(self.registry.root / version.name, store=self.store)
+        champion = self._load(version)
         self._fold(champion, version, set(self._platforms(champion)), {})
         return champion
 
