@@ -89,8 +89,8 @@ class RecommenderConfig:
         (``None`` values are ignored: the option was not given).
 
         An adapter learns from prompts of one shape (profile budget, items per platform, number of titles asked
-        for); inference should build the same prompts. The ``calibration`` (and ``title_prior``) that evaluation's
-        re-ranker tuned for it (metadata key ``rerank``) apply too; before any evaluation, the ones the training's
+        for); inference should build the same prompts. The ``calibration`` (and ``title_prior``) tuned for it apply too:
+        key ``rerank`` (written by earlier versions' evaluation) when present, else the ones the training's
         re-ranking validation chose for the kept adapter. Without an adapter, or without metadata: the defaults.
         """
         metadata = read_adapter_metadata(adapter) if adapter else {}

@@ -93,7 +93,7 @@ def _results(methods: dict[str, dict], rows: list[tuple[str, float]], pairs: lis
     return {"run": "r", "machine": {"cpus": 2, "processor": "x", "torch_threads": 2, "python": "3",
                                     "date": "2026-11-28", "git_commit": commit},
             "config": {"dataset": "d", "protocol": {"seed": 0}, "bootstrap": 10,
-                       "methods": [{"name": "rerank", "label": label, "options": options, "sample_users": None,
+                       "methods": [{"name": "pipeline", "label": label, "options": options, "sample_users": None,
                                     "scopes": None, "variants": None} for label, options in methods.items()],
                        "comparisons": [["b", "a"], ["c", "a"]]},
             "variants": {"main": {"description": "x", "protocol": {"seed": 0}, "evaluated_cases": 4, "data": {
@@ -144,7 +144,7 @@ def test_a_recorded_tuned_outcome_is_reused_unless_the_adapter_here_differs(tmp_
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"first weights")
-    spec = MethodSpec("rerank", label="tuned", options={"llm": {"adapter": str(adapter)}})
+    spec = MethodSpec("genrec", label="tuned", options={"llm": {"adapter": str(adapter)}})
     data = SimpleNamespace(protocol=SimpleNamespace(to_dict=lambda: {"seed": 0}))
     outcome = _outcome("tuned", ["u1", "u2"], [1.0, 3.0])
     record = {"fingerprint": outcome_fingerprint(spec, 2, {"seed": 0}), "outcome": vars(outcome)}
@@ -166,9 +166,10 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     raw = _config(protocol={"targets": "last-per-platform", "users": "all"}, bootstrap=50,
                   methods=["mostpop", "itemknn", {"name": "genrec", "sample_users": 3},
                            {"name": "mostpop", "label": "MostPop-2", "sample_users": 2},
-                           {"name": "rerank", "label": "rerank-calibrated", "sample_users": 2,
-                            "options": {"sources": ["mostpop"], "per_source": 4, "calibrations": [0.0, 1.0],
-                                        "tune_users": 2, "llm": {"dtype": "bfloat16"}}}],
+                           {"name": "pipeline", "label": "pipeline-llm", "sample_users": 2,
+                            "options": {"sources": [{"kind": "popularity", "n": 4}, {"kind": "itemknn", "n": 4}],
+                                        "llm": {"calibrations": [0.0, 1.0], "llm": {"dtype": "bfloat16"}},
+                                        "fusion": {"weights": [0.0, 1.0], "tune_users": 2, "rounds": 1}}}],
                   comparisons=[["MostPop-2", "ItemKNN"]])
     first_methods = raw["methods"]
     document = run(parse(raw), real_store, tmp_path, limit_users=12, progress=False)
@@ -186,9 +187,11 @@ def test_run_writes_results_resumes_and_shares_llm_answers(real_store, tmp_path)
     # a smaller seeded sample lies inside the larger one: it is compared with every method covering its users
     assert set(rows["MostPop-2"]["same_sample"]) == {"MostPop (cross)", "ItemKNN (cross)", "genrec (cross)"}
     assert rows["MostPop-2"]["same_sample"]["MostPop (cross)"] == rows["MostPop-2"]["metrics"]["all"]
-    calibrated = rows["rerank-calibrated"]["info"]  # the re-ranker's calibration, chosen on 2 users' validation
-    assert set(calibrated["by_calibration"]) == {"0.0", "1.0"} and calibrated["tuning_users"] == 2
-    assert f"rerank-calibrated (cross): calibration a = {calibrated['calibration']} " in report
+    fusion = rows["pipeline-llm"]["info"]["fusion"]  # the LLM stage's weight and calibration, tuned on validation
+    assert set(fusion["report"]["single_components"]) == {"popularity", "itemknn", "llm(a=0.0)", "llm(a=1.0)"}
+    assert fusion["report"]["tuned"] >= max(fusion["report"]["single_components"].values())
+    assert "pipeline-llm (cross): fusion " in report
+    assert (f"calibration a = {fusion['calibration']}," in report) == bool(fusion["weights"]["llm"])
     ndcg = rows["genrec"]["metrics"]["all"]["NDCG@10"]
     assert ndcg["low"] <= ndcg["mean"] <= ndcg["high"]
     assert 0.0 <= rows["genrec"]["generation"]["validity_rate"]["mean"] <= 1.0

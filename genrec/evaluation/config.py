@@ -17,13 +17,12 @@ from genrec.evaluation.protocol import Protocol
 ABLATIONS = ("history_scope", "zero_shot_platform")
 DISPLAY_NAMES = {"mostpop": "MostPop", "itemknn": "ItemKNN", "sasrec": "SASRec", "content": "ContentOnly",
                  "textseq": "TextSeq",
-                 "genrec": "genrec", "fusion": "genrec-fused",
-                 "rerank": "genrec-rerank", "pipeline": "pipeline"}
+                 "genrec": "genrec", "pipeline": "pipeline"}
 
 
 @dataclass
 class MethodSpec:
-    name: str  # registry name: mostpop, itemknn, sasrec, content, genrec, fusion, rerank, pipeline
+    name: str  # registry name: mostpop, itemknn, sasrec, content, textseq, genrec, pipeline
     label: str | None = None  # shown in tables; defaults to the name
     options: dict = field(default_factory=dict)
     sample_users: int | None = None  # evaluate on a seeded sample of this many test users (slow methods)

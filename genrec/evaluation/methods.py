@@ -37,45 +37,6 @@ def _genrec(spec: MethodSpec, scope: str, resources: Resources) -> Method:
                                          embedder=resources.embedder, cache_dir=resources.cache_dir, name=spec.title)
 
 
-def _fusion(spec: MethodSpec, scope: str, resources: Resources) -> Method:
-    from genrec.evaluation.fusion import FusedMethod
-
-    options = dict(spec.options)
-    prior = create(MethodSpec(options.pop("prior", "itemknn"), options=options.pop("prior_options", {})), scope,
-                   resources)
-    tuning = {k: options.pop(k) for k in ("weights", "tune_users", "seed") if k in options}
-    llm = _genrec(MethodSpec("genrec", label=spec.title, options=options), scope, resources)
-    return FusedMethod(prior, llm, name=spec.title, **tuning)
-
-
-def _rerank(spec: MethodSpec, scope: str, resources: Resources) -> Method:
-    from genrec.evaluation.generative import GenerativeMethod
-    from genrec.evaluation.rerank import RerankMethod
-
-    options = dict(spec.options)
-    made: dict[str, Method] = {}  # a prior that is also a source is the same fitted model
-
-    def method(entry: str | dict) -> Method:
-        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        key = repr(sorted(entry.items()))
-        if key not in made:
-            made[key] = create(MethodSpec(entry.pop("name"), options=entry.pop("options", {}), **entry), scope,
-                               resources)
-        return made[key]
-
-    sources = [method(entry) for entry in options.pop("sources", ["mostpop", "itemknn"])]
-    prior = method(options.pop("prior")) if "prior" in options else None
-    tuning = {k: options.pop(k) for k in ("per_source", "weights", "calibrations", "tune_users", "seed")
-              if k in options}
-    # raw scores (the re-ranker tunes its own calibration) and the title prior the row names (default: the model's
-    # own), whatever the adapter's metadata holds
-    options["recommender"] = {"title_prior": "model", **options.get("recommender", {}), "calibration": 0.0}
-    # the LLM only scores here: no generation cache to read (the re-ranker keeps its own score cache)
-    llm = GenerativeMethod.from_options(options, store=resources.store, history_scope=scope,
-                                        embedder=resources.embedder, cache_dir=None, name=spec.title)
-    return RerankMethod(sources, llm, name=spec.title, prior=prior, cache_dir=resources.cache_dir, **tuning)
-
-
 def _pipeline(spec: MethodSpec, scope: str, resources: Resources) -> Method:
     """A pipeline spec as an evaluated row: ``options: {spec: pipelines/NAME.yaml}`` or the spec's keys inline;
     the row's history scope replaces the spec's."""
@@ -109,8 +70,6 @@ FACTORIES: dict[str, Callable[[MethodSpec, str, Resources], Method]] = {
     "content": lambda spec, scope, res: ContentOnly(encoder=res.embedder, history_scope=scope, **spec.options),
     "textseq": lambda spec, scope, res: TextSeqRec(encoder=res.embedder, history_scope=scope, **spec.options),
     "genrec": _genrec,
-    "fusion": _fusion,
-    "rerank": _rerank,
     "pipeline": _pipeline,
 }
 

@@ -60,20 +60,16 @@ def write_markdown(document: dict, path: Path) -> None:
             g = r["generation"]
             lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
                          f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
-        for r in (r for r in rows if "by_calibration" in r.get("info", {})):
-            f = r["info"]
-            grid = ", ".join(f"{a}: {v:.4f}" for a, v in f["by_calibration"].items())
-            whose = " of the base model" if f.get("title_prior") == "base" else ""
-            lines.append(f"- {r['method']} ({r['history']}): calibration a = {f['calibration']} (LLM score less a "
-                         f"times the title prior{whose}), chosen on {f['tuning_cases']} validation cases of "
-                         f"{f['tuning_users']} users by {f['tuning_metric']} (LLM alone by a: {grid})")
-        for r in (r for r in rows if "weight" in r.get("info", {})):
-            f = r["info"]
-            rule = f" in {f['rule']}" if "rule" in f else ""  # outcomes cached before the rule was recorded
-            lines.append(f"- {r['method']} ({r['history']}): fusion weight w = {f['weight']}{rule} (prior: "
-                         f"{f['prior']}), chosen on {f['tuning_cases']} validation cases of {f['tuning_users']} "
-                         f"users by {f['tuning_metric']} ({f['prior']} alone {f['prior_alone']:.4f}, LLM alone "
-                         f"{f['llm_alone']:.4f}, fused {f['fused']:.4f})")
+        for r in (r for r in rows if (r.get("info") or {}).get("fusion", {}).get("report", {}).get("tuned")
+                  is not None):
+            f = r["info"]["fusion"]
+            weights = ", ".join(f"{name} {w:g}" for name, w in f["weights"].items() if w)
+            alone = ", ".join(f"{name} {v:.4f}" for name, v in f["report"]["single_components"].items())
+            calibration = f", calibration a = {f['calibration']}" if f["weights"].get("llm") else ""
+            lines.append(f"- {r['method']} ({r['history']}): fusion {weights}{calibration}, "
+                         f"chosen on {f['report']['tuning_cases']} validation cases by "
+                         f"{f['report']['tuning_metric']} ({f['report']['tuned']:.4f}; each component alone: "
+                         f"{alone})")
         for r in (r for r in rows if r.get("same_sample")):
             carried = f"{CARRIED_MARK}, every row as of its run" if "carried" in r else ""
             lines += ["", f"Same {r['sampled_users']} sampled users, for comparison with {r['method']} "

@@ -78,10 +78,12 @@ def _sample_users(users: set[str], n: int | None, seed: int) -> set[str] | None:
 
 
 def evaluate_method(method, data: EvalData, cases: Sequence[EvalCase], *, variant: str, label: str,
-                    progress: Progress | None = None, batch_size: int = 256) -> Outcome:
-    """Fit on the protocol's training data, then rank every case's target; per-case results."""
+                    progress: Progress | None = None, batch_size: int = 256, fit: bool = True) -> Outcome:
+    """Fit on the protocol's training data (unless ``fit`` is false: the method is fitted already), then rank every
+    case's target; per-case results."""
     started = time.perf_counter()
-    method.fit(data.train, data.valid)
+    if fit:
+        method.fit(data.train, data.valid)
     fit_seconds = time.perf_counter() - started
     ranks = np.full(len(cases), np.inf)
     tops: list[list[str]] = [[] for _ in cases]

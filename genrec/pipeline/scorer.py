@@ -57,10 +57,12 @@ class LLMScorer:
     name = "llm"
 
     def __init__(self, spec: LLMSpec, store: Store, *, history_scope: HistoryScope = "cross",
-                 embedder: object | None = None, cache_dir: Path | None = None) -> None:
+                 embedder: object | None = None, cache_dir: Path | None = None, recommender=None) -> None:
+        """``recommender``: score with this (loaded) recommender's LLM instead of loading ``spec``'s, e.g. the model
+        a training run is tuning; its scores must not be cached to disk then (``cache_dir`` None)."""
         self.spec, self.store, self.history_scope = spec, store, history_scope
         self._embedder = embedder
-        self._recommender = None
+        self._recommender = recommender
         self.titles: dict[tuple[str, str], str] = {}
         setup = {"llm": spec.config.identity(), "score_tokens": spec.score_tokens, "title_prior": spec.title_prior}
         if spec.config.adapter:

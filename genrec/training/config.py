@@ -111,7 +111,8 @@ class ValidationSettings:
     on the platforms it trains on). ``baselines``: harness methods scored on the same cases for reference.
     ``mode``: ``generate`` ranks what the recommender generates (its ``decoding``: free or catalog beams);
     ``rerank`` ranks the top ``per_source`` items of each of the ``sources`` by the model's likelihood less
-    ``calibration`` times the title prior, as the evaluation's re-ranker does (``genrec.evaluation.rerank``).
+    ``calibration`` times the title prior, as a pipeline's LLM stage does (``genrec.pipeline``: pooled candidates,
+    the LLM alone).
     ``calibration`` may be a list: each round then scores every value on the validation cases and reports the
     best (the evaluation chooses it on validation cases too), so a model whose title prior has moved with tuning
     is not judged at the untuned model's calibration.

@@ -1,6 +1,6 @@
 """Hard negatives for the ranking objective: what the re-ranker will have to tell the true next item apart from.
 
-At inference the LLM re-ranks the top items of classic models (MostPop, ItemKNN: ``genrec.evaluation.rerank``).
+At inference a pipeline's LLM stage ranks the pooled top items of classic sources (``genrec.pipeline``).
 Next-item SFT only raises the likelihood of the true item; it never shows the model the popular or co-consumed
 items it must rank below it. For each SFT example this module asks the same harness methods, fitted on the same
 training data, for their top ``negative_pool`` items of the target platform given the example's history, and draws

@@ -1,13 +1,13 @@
 """Validation during training, through the evaluation harness: the model being tuned, as the ``genrec`` method
-sees it at inference (generate, ground, rank the full catalog) or as the re-ranker uses it (classic models'
-candidates ranked by its calibrated likelihood), on a fixed seeded sample of validation cases."""
+sees it at inference (generate, ground, rank the full catalog) or as a pipeline's LLM stage uses it (the pooled
+candidates of classic sources ranked by its calibrated likelihood alone), on a fixed seeded sample of validation
+cases."""
 
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,13 +17,15 @@ from genrec.evaluation.generative import GenerativeMethod
 from genrec.evaluation.methods import create_named
 from genrec.evaluation.metrics import case_metrics
 from genrec.evaluation.protocol import EvalData
-from genrec.evaluation.rerank import RerankMethod
 from genrec.evaluation.runner import Outcome, evaluate_method
+from genrec.pipeline import Fusion, FusionSpec, LLMScorer, LLMSpec, Pipeline, PipelineSpec, SourceSpec
+from genrec.pipeline.fusion import LLM, TUNING_METRIC
 from genrec.pipeline.types import EvalCase
 from genrec.recommender import Recommender
 from genrec.training.config import ValidationSettings
 
 KS = (10,)
+SOURCE_KINDS = {"mostpop": "popularity"}  # harness method names -> pipeline source kinds (others are the same)
 
 
 def sample_cases(cases: Sequence[EvalCase], n: int, seed: int, platforms: Sequence[str] = ()) -> list[EvalCase]:
@@ -59,14 +61,26 @@ class Validator:
         self.recommender = recommender
         self.method = GenerativeMethod(store, history_scope="cross", config=recommender.config,
                                        embedder=recommender.embedder, recommender=recommender, name="genrec")
+        self.reranker: Pipeline | None = None
         if settings.mode == "rerank":
             if recommender.config.calibration:
                 raise ValueError("validation by re-ranking calibrates the scores itself: train with calibration 0")
-            sources = create_named(settings.sources, "cross", store, recommender.embedder)
-            # a calibration grid is chosen on every user of the validation sample
-            self.method = RerankMethod(sources, self.method, name="genrec-rerank", per_source=settings.per_source,
-                                       calibrations=settings.calibrations,
-                                       tune_users=len({c.user_id for c in self.cases}), seed=settings.seed)
+            self.reranker = self._reranker()
+
+    def _reranker(self) -> Pipeline:
+        """The pipeline whose LLM stage is validated: the ``sources``' top ``per_source`` items each, ranked by
+        the LLM alone (its fusion fixed), fitted once (the sources do not change while the LLM trains)."""
+        config = self.recommender.config
+        spec = PipelineSpec(
+            name="genrec-rerank",
+            sources=[SourceSpec(kind=SOURCE_KINDS.get(name, name), n=self.settings.per_source)
+                     for name in self.settings.sources],
+            llm=LLMSpec(calibrations=self.settings.calibrations, score_tokens=config.score_tokens,
+                        title_prior=config.title_prior),
+            fusion=FusionSpec(fixed={"weights": {LLM: 1.0}}))
+        pipeline = Pipeline(spec, store=self.store, embedder=self.recommender.embedder)
+        pipeline.fit(self.data.train)
+        return pipeline
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the current model; it runs in eval mode (no dropout) and returns to train mode."""
@@ -74,14 +88,32 @@ class Validator:
         started = time.perf_counter()
         model.eval()
         self.recommender.forget_title_priors()  # the model has changed since they were computed
-        # the re-ranker chooses its calibration (when given a grid) on the validation cases themselves
-        data = replace(self.data, valid=self.cases) if isinstance(self.method, RerankMethod) else self.data
         try:
-            outcome = evaluate_method(self.method, data, self.cases, variant="valid", label="genrec")
+            if self.reranker is None:
+                outcome, chosen = evaluate_method(self.method, self.data, self.cases, variant="valid",
+                                                  label="genrec"), {}
+            else:
+                outcome, chosen = self._rerank()
         finally:
             model.train()
-        chosen = {k: v for k, v in outcome.info.items() if k in ("calibration", "by_calibration")}
         return {**summarize(outcome), **chosen, "seconds": round(time.perf_counter() - started, 1)}
+
+    def _rerank(self) -> tuple[Outcome, dict[str, Any]]:
+        """The LLM alone at each calibration of the grid (one LLM pass: its scores are kept in memory), and the
+        calibration with the best NDCG@10 on these cases (ties: the smaller)."""
+        pipeline = self.reranker
+        pipeline.scorer = LLMScorer(pipeline.spec.llm, self.store, recommender=self.recommender)
+        pipeline.scorer.fit(self.data.train)
+        by_calibration: dict[float, float] = {}
+        best: tuple[float, Outcome] | None = None
+        for a in sorted(set(self.settings.calibrations)):
+            pipeline.fusion = Fusion({**dict.fromkeys(pipeline.components, 0.0), LLM: 1.0}, a)
+            outcome = evaluate_method(pipeline, self.data, self.cases, variant="valid", label=pipeline.name,
+                                      fit=False)
+            by_calibration[a] = summarize(outcome)[TUNING_METRIC]
+            if best is None or by_calibration[a] > by_calibration[best[0]]:
+                best = (a, outcome)
+        return best[1], {"calibration": best[0], "by_calibration": by_calibration}
 
     def baselines(self) -> dict[str, dict[str, Any]]:
         """The configured harness baselines (e.g. MostPop) on the same cases."""
