@@ -129,7 +129,8 @@ class SASRec(CandidateSource):
 
     kind = "sasrec"
     OPTIONS = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout", "attn_dropout", "lr",
-               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "fine_tune_passes", "seed")
+               "batch_size", "max_epochs", "patience", "window_stride", "time_budget_s", "fine_tune_passes",
+               "refresh_windows", "seed")
 
     def __init__(
         self,
@@ -149,12 +150,15 @@ class SASRec(CandidateSource):
         window_stride: int | None = None,
         time_budget_s: float | None = None,
         fine_tune_passes: int = 3,
+        refresh_windows: str = "new",
         seed: int = 2020,
         progress: bool = True,
     ) -> None:
         window_stride = max_len if window_stride is None else window_stride
         if fine_tune_passes < 1:
             raise ValueError("fine_tune_passes must be at least 1")
+        if refresh_windows not in ("new", "all"):
+            raise ValueError(f"refresh_windows must be 'new' or 'all', got {refresh_windows!r}")
         if not 1 <= window_stride <= max_len:
             raise ValueError("window_stride must be in [1, max_len]")
         self.name = "SASRec"
@@ -173,6 +177,7 @@ class SASRec(CandidateSource):
         self.window_stride = window_stride
         self.time_budget_s = time_budget_s
         self.fine_tune_passes = fine_tune_passes  # a refresh's fine-tune sees its windows at most this often
+        self.refresh_windows = refresh_windows  # what a refresh fine-tunes on: see ``refresh``
         self.seed = seed
         self.progress = progress
         self.log: list[dict[str, float]] = []  # per epoch: epoch, loss, fraction trained, valid_ndcg10, seconds
@@ -238,22 +243,30 @@ class SASRec(CandidateSource):
         return True
 
     def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int) -> str:
-        """Fine-tune from the last weights for at most ``steps`` batches and ``fine_tune_passes`` passes over the
-        windows that end at the newest interactions of users with new ones (so every new interaction is a
-        target), mixed with as many windows of other users: a replay of what the model already knew, so it does
-        not drift towards the newest users."""
+        """Fine-tune from the last weights for at most ``steps`` batches and ``fine_tune_passes`` passes.
+
+        ``refresh_windows="new"``: over the windows that end at the newest interactions of users with new ones (so
+        every new interaction is a target), mixed with as many windows of other users: a replay of what the model
+        already knew, so it does not drift towards the newest users. ``"all"``: over every user's windows, as a
+        fit trains, warm-started from the last weights (a partial refit: costlier, no drift)."""
         if not self.grow(train.catalogs):
             self.fit(train)
             return "refit"
         fresh = [u for u in new if new[u] and u in train.sequences]
         if not fresh or steps < 1:
             return "unchanged"
-        rng = np.random.default_rng(self.seed)
-        others = [u for u in train.sequences if u not in new]
-        replay = list(rng.choice(others, size=min(len(others), len(fresh)), replace=False)) if others else []
-        inputs, targets = windows([self._vocab.encode(part[-(self.max_len + 1):]) for user in [*fresh, *replay]
-                                   for part in train_parts(train.sequences[user], self.history_scope)],
-                                  self.max_len, self.window_stride)
+        if self.refresh_windows == "all":
+            inputs, targets = windows([self._vocab.encode(part) for seq in train.sequences.values()
+                                       for part in train_parts(seq, self.history_scope)],
+                                      self.max_len, self.window_stride)
+        else:
+            rng = np.random.default_rng(self.seed)
+            others = [u for u in train.sequences if u not in new]
+            replay = list(rng.choice(others, size=min(len(others), len(fresh)), replace=False)) if others else []
+            inputs, targets = windows([self._vocab.encode(part[-(self.max_len + 1):])
+                                       for user in [*fresh, *replay]
+                                       for part in train_parts(train.sequences[user], self.history_scope)],
+                                      self.max_len, self.window_stride)
         if len(inputs) == 0:
             return "unchanged"
         with torch.random.fork_rng(devices=[]):
