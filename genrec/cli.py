@@ -391,7 +391,8 @@ RegistryArgument = Annotated[Path, typer.Option("--registry", help="A registry f
 @app.command()
 def refresh(
     registry: RegistryArgument,
-    steps: Annotated[int, typer.Option("--steps", min=0, help="Fine-tuning batches for sequential sources.")] = 200,
+    steps: Annotated[int, typer.Option("--steps", min=0, help="At most this many fine-tuning batches for "
+                                       "sequential sources (their passes usually bind first).")] = 10_000,
     holdout_users: Annotated[int, typer.Option("--holdout-users", min=1, help="Users whose newest event judges "
                                                                               "the challenger.")] = 200,
     tune_users: Annotated[int, typer.Option("--tune-users", min=0, help="Other users whose newest event tunes the "

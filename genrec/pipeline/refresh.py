@@ -137,7 +137,7 @@ class Outcome:
                 "judgement": self.judgement.to_dict() if self.judgement else None, "promoted": self.promoted}
 
 
-def refresh(store, registry: Registry, *, steps: int = 200, holdout_users: int = 200, tune_users: int = 0,
+def refresh(store, registry: Registry, *, steps: int = 10_000, holdout_users: int = 200, tune_users: int = 0,
             seed: int = 0, promote: bool = True, embedder: object | None = None) -> Outcome:
     """Refresh the registry's champion with the store's new events into a challenger version (its fusion tuned
     again on ``tune_users`` users' newest events when the spec searches it), judge it, and promote it when it is

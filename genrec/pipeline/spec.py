@@ -186,7 +186,7 @@ class Pipeline:
             raise GenrecError(f"pipeline {self.name!r}: {', '.join(unable)} cannot score a platform added after "
                               f"fitting; refit the pipeline to rank {platform!r}")
 
-    def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int = 200,
+    def refresh(self, train: TrainData, new: Mapping[str, Sequence[Interaction]], *, steps: int = 10_000,
                 valid_cases: Sequence[EvalCase] | None = None) -> dict[str, str]:
         """Bring every source up to ``train`` from what it learned (``new``: each user's interactions since the
         last fit or refresh, the end of their sequence in ``train``): counts updated, new catalog items taken on,

@@ -163,7 +163,7 @@ class RefreshIn(BaseModel):
     """``POST /v1/admin/refresh``: see ``genrec refresh``."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(200, ge=0, le=100_000)
+    steps: int = Field(10_000, ge=0, le=100_000)
     holdout_users: int = Field(200, ge=1, le=100_000)
     tune_users: int = Field(0, ge=0, le=100_000)
     seed: int = 0
