@@ -260,7 +260,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"score {round(lora.get('scoring_packed_s', 0), 2)} s"
         rows.append(f"| {r['engine']} | {r['load_s']} | {r['prefill_tokens_per_s']} | "
                     f"{r['greedy_single']['tokens_per_s']} | {r['greedy_batch8']['tokens_per_s']} | {score} | "
-                    f"{lora_cell} | {report['install'][r['engine']]['installed_mb']} |")
+                    f"{lora_cell} | {report['install'][r['engine'].split()[0]]['installed_mb']} |")
     lines = [
         f"# LLM engines ({report['date']})", "",
         f"Machine: {m['cpu']}, {m['threads']} threads, flags {', '.join(k for k, v in m['flags'].items() if v)}; "
@@ -304,15 +304,21 @@ def main() -> None:
     }
     reference = LLM.load(LLMConfig())
     prompts = profile_prompts(reference, 2 + BATCH)
-    engines = [("transformers", LLMConfig())]
+    engines = [("transformers", LLMConfig(), args.threads)]
     if importlib.util.find_spec("openvino_genai") is not None:
-        engines.append(("openvino", LLMConfig(engine="openvino")))
+        engines.append(("openvino", LLMConfig(engine="openvino"), args.threads))
     if importlib.util.find_spec("llama_cpp") is not None:
-        engines.append(("llamacpp", LLMConfig(engine="llamacpp")))
+        # llama.cpp's threads spin at every operation's barrier: when another process takes a core, its decoding
+        # slows down several times, so it also runs on one thread (it reads torch's thread count when it loads)
+        engines.append(("llamacpp", LLMConfig(engine="llamacpp"), args.threads))
+        if args.threads > 1:
+            engines.append(("llamacpp (1 thread)", LLMConfig(engine="llamacpp"), 1))
     with tempfile.TemporaryDirectory(prefix="genrec-engines-") as tmp:
-        for name, config in engines:
+        for name, config, threads in engines:
+            torch.set_num_threads(threads)
             result = bench_engine(name, config, prompts)
             result["adapter"] = bench_adapter(config, prompts, Path(tmp, "lora"))
+            torch.set_num_threads(args.threads)
             report["engines"].append(result)
             print(json.dumps({k: v for k, v in result.items() if k not in ("texts", "scores")}), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
