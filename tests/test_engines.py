@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,12 @@ def test_engine_setting_is_checked_and_keys_caches_only_when_not_the_reference()
         LLMConfig(engine="openvino", load_in_4bit=True)
     assert "engine" not in LLMConfig().identity()
     assert LLMConfig(engine="openvino").identity()["engine"] == "openvino"
+
+
+def test_llamacpp_missing_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where it is not installed
+    with pytest.raises(GenrecError, match=r"needs the package llama-cpp-python.*builds it from source"):
+        LLM.load(LLMConfig(engine="llamacpp"))
 
 
 # --- the transformers backend's scorer -------------------------------------------------------------------------

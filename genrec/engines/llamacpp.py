@@ -13,6 +13,9 @@ ids, so every engine sees the same tokens. One llama.cpp context with a unified 
 - scoring: the prompt runs once as sequence 0, then each group of continuations runs in one call, every line its
   own sequence on the prompt's cells, with logits at each position.
 
+llama.cpp runs on ``torch.get_num_threads()`` threads, read at load. They spin at every operation's barrier, so
+on a machine shared with other jobs fewer threads than cores can decode faster (``benchmarks/results/engines.md``).
+
 Limits (``EngineUnsupportedError``): no beams or constrained decoding, no PEFT adapters (llama.cpp needs LoRA files
 converted to GGUF), no CUDA (the wheel is built for the CPU). llama-cpp-python has no wheel for every platform: pip
 then builds it from source (minutes to an hour).
