@@ -10,9 +10,10 @@ Measures, for the default SmolLM2-135M-Instruct on this machine (2 threads unles
 - fidelity: each engine's greedy texts against the reference (transformers fp32);
 - install cost: size on disk of each engine's packages and what they require.
 
-Usage: ``python benchmarks/bench_engines.py [--threads 2] [--out benchmarks/results/engines.json]``; it writes the
-JSON and a markdown table beside it (``engines.md``). ``--scoring-rounds N --out .../scoring.json`` only times the
-padded and packed scorers, alternated N times.
+Usage: ``python benchmarks/bench_engines.py [--threads 2] [--out benchmarks/results/engines.json] [--note TEXT]``;
+it writes the JSON (after every engine, so that a cut run keeps what it measured) and a markdown table beside it
+(``engines.md``); ``--note`` adds a line to its notes (e.g. how long a source build of an engine took).
+``--scoring-rounds N --out .../scoring.json`` only times the padded and packed scorers, alternated N times.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "am
 ENGINE_PACKAGES = {
     "transformers": ["torch", "transformers", "peft"],
     "openvino": ["openvino", "openvino-genai", "openvino-tokenizers", "openvino-telemetry"],
+    "llamacpp": ["llama-cpp-python", "diskcache"],  # its other requirements (numpy, jinja2) genrec has anyway
 }
 
 
@@ -258,7 +260,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"score {round(lora.get('scoring_packed_s', 0), 2)} s"
         rows.append(f"| {r['engine']} | {r['load_s']} | {r['prefill_tokens_per_s']} | "
                     f"{r['greedy_single']['tokens_per_s']} | {r['greedy_batch8']['tokens_per_s']} | {score} | "
-                    f"{lora_cell} | {report['install'][r['engine']]['installed_mb']} |")
+                    f"{lora_cell} | {report['install'][r['engine'].split()[0]]['installed_mb']} |")
     lines = [
         f"# LLM engines ({report['date']})", "",
         f"Machine: {m['cpu']}, {m['threads']} threads, flags {', '.join(k for k, v in m['flags'].items() if v)}; "
@@ -275,6 +277,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engines.json"))
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
     parser.add_argument("--scoring-rounds", type=int, default=0,
                         help="only compare the padded and packed scorers, alternated this many times")
     args = parser.parse_args()
@@ -297,19 +300,29 @@ def main() -> None:
                     "load_average_start": load_start, "python": platform.python_version(),
                     "torch": torch.__version__},
         "install": {name: package_cost(packages) for name, packages in ENGINE_PACKAGES.items()},
-        "engines": [], "notes": [],
+        "engines": [], "notes": list(args.note),
     }
     reference = LLM.load(LLMConfig())
     prompts = profile_prompts(reference, 2 + BATCH)
-    engines = [("transformers", LLMConfig())]
+    engines = [("transformers", LLMConfig(), args.threads)]
     if importlib.util.find_spec("openvino_genai") is not None:
-        engines.append(("openvino", LLMConfig(engine="openvino")))
+        engines.append(("openvino", LLMConfig(engine="openvino"), args.threads))
+    if importlib.util.find_spec("llama_cpp") is not None:
+        # llama.cpp's threads spin at every operation's barrier: when another process takes a core, its decoding
+        # slows down several times, so it also runs on one thread (it reads torch's thread count when it loads)
+        engines.append(("llamacpp", LLMConfig(engine="llamacpp"), args.threads))
+        if args.threads > 1:
+            engines.append(("llamacpp (1 thread)", LLMConfig(engine="llamacpp"), 1))
     with tempfile.TemporaryDirectory(prefix="genrec-engines-") as tmp:
-        for name, config in engines:
+        for name, config, threads in engines:
+            torch.set_num_threads(threads)
             result = bench_engine(name, config, prompts)
             result["adapter"] = bench_adapter(config, prompts, Path(tmp, "lora"))
+            torch.set_num_threads(args.threads)
             report["engines"].append(result)
             print(json.dumps({k: v for k, v in result.items() if k not in ("texts", "scores")}), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
     base = report["engines"][0]
     report["agreement"] = {r["engine"]: agreement(base, r) for r in report["engines"][1:]}
     for r in report["engines"]:
@@ -318,8 +331,8 @@ def main() -> None:
             flops = 2 * 135e6 * (s["line_tokens"] + s["prompt_tokens"])
             s["gflops_share_of_fp32_ceiling"] = round(flops / s["packed_s"] / 1e9 / report["machine"]["fp32_gflops"], 3)
     if importlib.util.find_spec("llama_cpp") is None:
-        report["notes"].append("llama-cpp-python: not measured; PyPI has no wheel for this platform (pip download "
-                               "--only-binary :all: finds none: a source build of about an hour on 2 cores)")
+        report["notes"].append("llama-cpp-python: not measured (not installed); PyPI has no wheel for this platform, "
+                               "pip builds it from source")
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -315,8 +315,9 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda")
 FourBitOption = Annotated[bool, typer.Option("--4bit", help="Load the LLM in 4-bit (bitsandbytes NF4; CUDA).")]
 EngineOption = Annotated[str, typer.Option("--engine", help="transformers (every feature), openvino (CPU "
                                                             "generation from the GGUF file; no scored or catalog "
-                                                            "decoding, no adapters) or openai (a server: "
-                                                            "--llm-url)")]
+                                                            "decoding, no adapters), llamacpp (CPU generation and "
+                                                            "scoring from the GGUF file; no catalog decoding, no "
+                                                            "adapters) or openai (a server: --llm-url)")]
 LLMUrlOption = Annotated[str | None, typer.Option("--llm-url", help="Base URL of an OpenAI-compatible server that "
                                                                    "runs the LLM, e.g. http://localhost:8000/v1 "
                                                                    "(vLLM); selects engine openai. --adapter then "

@@ -38,8 +38,8 @@ ADAPTER_METADATA = "genrec_adapter.json"  # written beside a PEFT adapter by gen
 _log = logging.getLogger(__name__)
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
-Engine = Literal["transformers", "openvino", "openai"]
-ENGINES = ("transformers", "openvino", "openai")
+Engine = Literal["transformers", "openvino", "llamacpp", "openai"]
+ENGINES = ("transformers", "openvino", "llamacpp", "openai")
 Message = dict[str, str]
 
 
@@ -62,7 +62,9 @@ class LLMConfig:
     model, 0 the base model, and values between interpolate their weights linearly (WiSE-FT, Wortsman et al.
     2022). ``engine`` runs the model: ``"transformers"`` (eager PyTorch, the reference, every feature, the one
     genrec trains with), ``"openvino"`` (openvino-genai on CPU: opens the GGUF file itself, continuous batching
-    with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``) or ``"openai"`` (an
+    with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``), ``"llamacpp"``
+    (llama-cpp-python on CPU: runs the GGUF file in-process, batched generation and scoring; no constrained decoding
+    or adapters; see ``genrec.engines.llamacpp``) or ``"openai"`` (an
     OpenAI-compatible server such as vLLM at ``llm_url``, e.g. ``http://host:8000/v1``; setting ``llm_url`` selects
     it). With ``"openai"``, ``model`` is where the local tokenizer comes from (default SmolLM2-135M-Instruct's),
     ``served_model`` the model's name on the server (default: the one it serves), and ``adapter`` the name of a LoRA
@@ -349,6 +351,10 @@ class LLM:
             from genrec.engines.openvino import load_openvino
 
             return load_openvino(cls, config)
+        if config.engine == "llamacpp":
+            from genrec.engines.llamacpp import load_llamacpp
+
+            return load_llamacpp(cls, config)
         if config.engine == "openai":
             from genrec.engines.openai_api import load_openai
 

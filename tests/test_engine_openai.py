@@ -3,8 +3,9 @@ server) on 127.0.0.1, running the default model and a tuned copy of it, held to 
 
 ``transformers serve`` 5.25 takes only text prompts (the engine falls back from token ids), ignores ``n`` (the
 engine asks again, reseeded) and ``echo``/``logprobs`` (so scoring raises ``EngineUnsupportedError`` there; vLLM
-returns them), and cannot load a PEFT adapter folder: the tuned model is served as its merged weights under their
-own name, which is what ``LLMConfig.adapter`` selects, as a LoRA name does on vLLM.
+and llama-cpp-python's server return them: ``tests/test_engine_llamacpp_server.py``), and cannot load a PEFT
+adapter folder: the tuned model is served as its merged weights under their own name, which is what
+``LLMConfig.adapter`` selects, as a LoRA name does on vLLM.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def test_adapter_is_a_served_model_name(server: str, models: dict[str, Path], se
 
 
 def test_scoring_says_the_server_cannot(served: LLM) -> None:
-    with pytest.raises(EngineUnsupportedError, match=r"cannot score candidate lines.*prompt must be a string"):
+    with pytest.raises(EngineUnsupportedError, match=r"cannot score candidate lines.*no log-probabilities"):
         served.continuation_logprobs([1, 2, 3], [[4], [5, 6]])
     with pytest.raises(EngineUnsupportedError, match="beam search"):
         served.generate(_chats(served)[:1], max_new_tokens=4, num_beams=2)

@@ -5,13 +5,17 @@ The tokenizer stays local (``LLM`` formats and encodes the prompts), so both sid
 
 - generation: one ``/v1/completions`` request per prompt (``n`` return sequences, ``temperature`` 0 for greedy,
   ``seed`` for sampling), sent concurrently (``batch_size`` at a time) so that the server batches them. Prompts go
-  as token ids; a server that refuses those (``transformers serve``) gets the decoded text. ``stop_after_lines``
+  as token ids; a server that refuses those (``transformers serve``, llama-cpp-python's server, which answers HTTP
+  500) gets the decoded text. ``stop_after_lines``
   streams the answer and closes the stream once it holds that many lines; the text is then cut at the token that
   completed the line, as the other engines do. The server stops at the model's end-of-sequence token.
 - scoring: every continuation is a prompt ``prompt + line`` of one ``/v1/completions`` request (``echo=True``,
   ``logprobs=1``, ``max_tokens=1``); the echoed prompt log-probabilities of the line's tokens are its scores (vLLM's
-  prefix caching runs the shared prompt once). A server that returns no prompt log-probabilities (``transformers
-  serve``) raises ``EngineUnsupportedError``.
+  prefix caching runs the shared prompt once). A server that takes only text prompts gets one request per line, its
+  decoded text; the line's values are then the echoed entries just before the generated token, kept only if their
+  token texts spell the line (the server may drop entries of special tokens, as llama-cpp-python does, or tokenize
+  the text otherwise). A server that returns no prompt log-probabilities (``transformers serve``) raises
+  ``EngineUnsupportedError``.
 - adapters: ``LLMConfig.adapter`` names a LoRA the server serves (vLLM ``--lora-modules NAME=PATH``): requests ask
   for that model name; ``without_adapter`` asks for the base model's. A local adapter folder (whose
   ``genrec_adapter.json`` then applies) stands for the LoRA the server loaded from it (vLLM lists its path as the
@@ -160,7 +164,7 @@ class OpenAIBackend:
         if self._token_prompts:
             try:
                 return self.client.completions.create(prompt=list(ids), **options)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
                 if "prompt" not in _detail(exc):
                     raise
                 self._token_prompts = False  # e.g. transformers serve: "prompt must be a string."
@@ -189,17 +193,25 @@ class OpenAIBackend:
             scores += self._score_group(list(prompt), [list(continuations[i]) for i in group])
         return scores
 
+    def _unsupported(self) -> str:
+        return (f"the LLM server at {self.url} cannot score candidate lines (decoding='scored'): it needs "
+                "/v1/completions with echo=True and prompt logprobs (vLLM and SGLang have them)")
+
     def _score_group(self, prompt: list[int], lines: list[list[int]]) -> list[list[float]]:
         import openai
 
-        unsupported = (f"the LLM server at {self.url} cannot score candidate lines (decoding='scored'): it needs "
-                       "/v1/completions with token-id prompts, echo=True and logprobs (vLLM and SGLang have them)")
+        if not self._token_prompts:
+            return [self._score_text(prompt, line) for line in lines]
+        unsupported = self._unsupported()
         with self._errors("scoring"):
             try:
                 response = self.client.completions.create(
                     model=self.model_name, prompt=[prompt + line for line in lines], echo=True, logprobs=1,
                     max_tokens=1, temperature=0.0)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
+                if "prompt" in _detail(exc) and exc.status_code in (400, 422, 500):
+                    self._token_prompts = False  # a server of text prompts only
+                    return [self._score_text(prompt, line) for line in lines]
                 raise EngineUnsupportedError(f"{unsupported}; it answered HTTP {exc.status_code}: "
                                              f"{_detail(exc)}") from exc
         choices = sorted(response.choices, key=lambda choice: choice.index)
@@ -215,6 +227,36 @@ class OpenAIBackend:
                                              "tokens")
             scores.append([float(value) for value in row])
         return scores
+
+    def _score_text(self, prompt: list[int], line: list[int]) -> list[float]:
+        """One line's scores from a server of text prompts: the echoed entries just before the generated token
+        (none when it stopped at once), checked against the line's own text."""
+        import openai
+
+        text = self.tokenizer.decode(prompt + line, skip_special_tokens=False)
+        with self._errors("scoring"):
+            try:
+                response = self.client.completions.create(model=self.model_name, prompt=text, echo=True, logprobs=1,
+                                                          max_tokens=1, temperature=0.0)
+            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
+                raise EngineUnsupportedError(f"{self._unsupported()}; it answered HTTP {exc.status_code}: "
+                                             f"{_detail(exc)}") from exc
+        choice = response.choices[0]
+        values = list(getattr(choice.logprobs, "token_logprobs", None) or [])
+        tokens = list(getattr(choice.logprobs, "tokens", None) or [])
+        usage = getattr(response, "usage", None)
+        generated = min(1, usage.completion_tokens) if usage is not None and usage.completion_tokens is not None \
+            else int(choice.text.startswith(text) and len(choice.text) > len(text))
+        end = len(values) - generated
+        row = values[end - len(line) : end] if end >= len(line) else []
+        spelled = "".join(tokens[end - len(line) : end]) if len(tokens) == len(values) else None
+        if len(row) != len(line) or any(value is None for value in row):
+            raise EngineUnsupportedError(f"{self._unsupported()}; it returned no log-probabilities for the prompt's "
+                                         "tokens")
+        if spelled != self.tokenizer.decode(line, skip_special_tokens=False):
+            raise EngineUnsupportedError(f"{self._unsupported()}; its echoed tokens do not spell the scored line "
+                                         f"({spelled!r}): it tokenizes the text otherwise")
+        return [float(value) for value in row]
 
 
 def _served_name(folder: Path, models: dict[str, Any]) -> str:
