@@ -5,12 +5,11 @@ That server takes only text prompts, one per request (a token-id prompt is refus
 fails), so the engine sends the decoded text and scores one line per request. Its echoed log-probabilities drop the
 entries of the prompt's special tokens; the engine reads a line's values just before the generated token and checks
 that their token texts spell the line. The server's sampler applies a repeat penalty of 1.1 by default, so its greedy
-text is not the in-process engines'. Skipped where llama-cpp-python is not installed (CI: it builds from source).
+text is not the in-process engines'.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -27,10 +26,7 @@ from genrec.decoding import answer_tokens
 from genrec.engines.base import lines_done
 from genrec.llm import LLM, LLMConfig, default_gguf_path
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None,
-    reason="llama-cpp-python[server] is not installed (optional: pip install 'genrec[llamacpp]' builds it from source "
-           "where PyPI has no wheel; CI does not install it)")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -116,24 +115,15 @@ def test_packed_scores_follow_the_adapter(llm: LLM, tmp_path: Path) -> None:
 
 # --- conformance: every engine ---------------------------------------------------------------------------------
 
-# llama-cpp-python has no PyPI wheel for every platform (pip builds it from source, minutes to an hour), so it is no
-# dependency of genrec[dev] and CI does not have it: its tests run where it is installed ('genrec[llamacpp]')
-HAS_LLAMACPP = importlib.util.find_spec("llama_cpp") is not None
-needs_llamacpp = pytest.mark.skipif(not HAS_LLAMACPP, reason=(
-    "llama-cpp-python is not installed (optional: pip install 'genrec[llamacpp]' builds it from source where PyPI has "
-    "no wheel; CI does not install it)"))
-LLAMACPP = pytest.param("llamacpp", marks=needs_llamacpp)
-ENGINES = ["transformers", "openvino", LLAMACPP]
+ENGINES = ["transformers", "openvino", "llamacpp"]
 PROMPTS = ["Name a famous painter.", "Recommend three books about the sea, one per line, numbered.",
            "What is the capital of France?"]
 
 
 @pytest.fixture(scope="module")
 def engines(llm: LLM) -> dict[str, LLM]:
-    loaded = {"transformers": llm, "openvino": LLM.load(LLMConfig(engine="openvino"))}
-    if HAS_LLAMACPP:
-        loaded["llamacpp"] = LLM.load(LLMConfig(engine="llamacpp"))
-    return loaded
+    return {"transformers": llm, "openvino": LLM.load(LLMConfig(engine="openvino")),
+            "llamacpp": LLM.load(LLMConfig(engine="llamacpp"))}
 
 
 def _chats(llm: LLM) -> list[str]:
@@ -156,7 +146,7 @@ def test_greedy_generation_stops_at_end_of_turn(engines: dict[str, LLM], engine:
     pytest.param("openvino", marks=pytest.mark.xfail(strict=True, reason=(
         "openvino-genai's continuous batching is not batch-invariant: a prompt's greedy text changes with the "
         "prompts batched beside it"))),
-    LLAMACPP,
+    "llamacpp",
 ])
 def test_greedy_batches_equal_single_prompts(engines: dict[str, LLM], engine: str) -> None:
     llm = engines[engine]
@@ -192,7 +182,7 @@ def test_sampling_repeats_with_the_seed(engines: dict[str, LLM], engine: str) ->
     pytest.param("openvino", marks=pytest.mark.xfail(strict=True, reason=(
         "openvino-genai keeps the GGUF weights 4-bit where transformers dequantizes them to fp32: greedy texts "
         "differ (benchmarks/results/engines.md)"))),
-    pytest.param("llamacpp", marks=[needs_llamacpp, pytest.mark.xfail(strict=True, reason=(
+    pytest.param("llamacpp", marks=[pytest.mark.xfail(strict=True, reason=(
         "llama.cpp keeps the GGUF weights 4-bit (and quantizes activations to 8 bits) where transformers "
         "dequantizes them to fp32: greedy texts differ"))]),
 ])
@@ -235,7 +225,6 @@ def ranking_agreement(reference: list[float], other: list[float]) -> tuple[float
 
 
 @pytest.mark.integration
-@needs_llamacpp
 @pytest.mark.parametrize("ask", ASKS)
 def test_llamacpp_scores_rank_candidates_as_the_reference(engines: dict[str, LLM], ask: str) -> None:
     """20 answer lines after a recommendation prompt: the 4-bit GGUF on llama.cpp ranks them as transformers fp32
@@ -258,7 +247,6 @@ def test_llamacpp_scores_rank_candidates_as_the_reference(engines: dict[str, LLM
 
 
 @pytest.mark.integration
-@needs_llamacpp
 def test_llamacpp_says_what_it_cannot_do(engines: dict[str, LLM], tmp_path: Path) -> None:
     llm = engines["llamacpp"]
     prompt = _chats(llm)[:1]
