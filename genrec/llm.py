@@ -312,6 +312,25 @@ def _check_adapter(adapter: str) -> Path:
     return path
 
 
+def gguf_tokenizer(path: Path | None = None) -> tuple[Path, Any]:
+    """A GGUF file (default: the shipped one) and its tokenizer: for the shipped file, its converted transformers
+    copy's when there is one (it loads fastest), else the one stored in the GGUF file (the engines that run GGUF
+    files feed and read token ids through it)."""
+    from transformers import AutoTokenizer
+
+    if path is None:
+        path = default_gguf_path()
+        converted = cache_dir("models") / DEFAULT_MODEL_NAME
+        if (converted / "tokenizer_config.json").is_file():
+            return path, AutoTokenizer.from_pretrained(converted, local_files_only=True)
+    return path, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The tokens generation stops at: EOS and the end of turn."""
+    return sorted({t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None})
+
+
 def end_of_turn_id(tokenizer: Any) -> int:
     """The token that ends an answer: ``<|im_end|>`` for ChatML templates, else EOS (generation stops at both)."""
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -335,8 +354,7 @@ class LLM:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        stops = {tokenizer.eos_token_id, end_of_turn_id(tokenizer)}
-        self.stop_token_ids: list[int] = sorted(token for token in stops if token is not None)
+        self.stop_token_ids: list[int] = stop_token_ids(tokenizer)
         if backend is None:
             from genrec.engines.hf import TransformersBackend
 

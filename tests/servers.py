@@ -23,9 +23,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(process: subprocess.Popen, url: str, log: Path | None = None, timeout_s: float = 300) -> None:
-    """Return once ``url``/healthz answers status ok; raise with the server's log tail if the process exits or the
-    deadline passes (cold caches on a fresh machine convert the model and embed the catalogs first)."""
+def wait_ready(process: subprocess.Popen, url: str, log: Path | None = None, timeout_s: float = 300,
+               path: str = "/healthz") -> None:
+    """Return once ``url`` + ``path`` answers 200 (``/healthz``: with status ok); raise with the server's log tail if
+    the process exits or the deadline passes (cold caches on a fresh machine convert the model and embed the
+    catalogs first)."""
 
     def tail() -> str:
         if log is not None:
@@ -37,13 +39,32 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path | None = None, tim
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}:\n{tail()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=5).json().get("status") == "ok":
+            response = httpx.get(f"{url}{path}", timeout=5)
+            if response.status_code == 200 and (path != "/healthz" or response.json().get("status") == "ok"):
                 return
         except (httpx.HTTPError, ValueError):
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server did not get ready within {timeout_s:.0f} s:\n{tail()}")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running(command: list[str], url: str, log: Path, *, path: str = "/healthz", timeout_s: float = 300,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A server process started with ``command`` (output to ``log``), yielded once ``url`` + ``path`` is ready
+    (``wait_ready``), terminated afterwards (killed if it does not stop within 20 s)."""
+    with log.open("w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env or os.environ.copy())
+    try:
+        wait_ready(process, url, log, timeout_s, path)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @contextlib.contextmanager
@@ -54,18 +75,11 @@ def serving(root: Path, db: Path, pipeline: Path, keys: str, **server: Any) -> I
     config = root / "server.yaml"
     config.write_text(yaml.safe_dump({"server": {"warm_up": False, "default_pipelines": False, **server}}))
     port, log = free_port(), root / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
-             str(config), "--pipeline", str(pipeline), "--log-level", "warning"], stdout=out,
-            stderr=subprocess.STDOUT, env=os.environ | {"GENREC_API_KEYS": keys, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, log)
+    with running([sys.executable, "-m", "genrec.cli", "serve", "--port", str(port), "--db", str(db), "--config",
+                  str(config), "--pipeline", str(pipeline), "--log-level", "warning"], url, log,
+                 env=os.environ | {"GENREC_API_KEYS": keys, "HF_HUB_OFFLINE": "1"}):
         yield url, log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def fitted_classic(root: Path, name: str, tune_users: int) -> tuple[Path, Path]:

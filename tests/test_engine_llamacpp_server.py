@@ -11,15 +11,10 @@ text is not the in-process engines'.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
-from servers import free_port
+from servers import free_port, running
 from test_engines import ASKS, TITLES, ranking_agreement
 
 from genrec.decoding import answer_tokens
@@ -37,33 +32,9 @@ def server(tmp_path_factory) -> str:
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--host", "127.0.0.1",
                "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--n_threads_batch", "2",
                "--logits_all", "true", "--verbose", "false"]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(process, url, log)
+    with running(command, url, log, path="/v1/models", timeout_s=120):
         yield f"{url}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"llama_cpp.server was not ready within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,13 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from servers import free_port
+from servers import free_port, running
 
 from genrec.engines.base import EngineUnsupportedError, lines_done
 from genrec.engines.openai_api import LLMServerError, OpenAIBackend
@@ -70,35 +68,11 @@ def server(models: dict[str, Path], tmp_path_factory) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve",
                "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_openai_server(process, url, log)
+    with running(command, url, log, path="/v1/models", timeout_s=120, env=env):
         for name in ("base", "tuned"):
             _load_model(url, str(models[name]))
         yield f"{url}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_openai_server(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"transformers serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"transformers serve was not ready within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def _load_model(url: str, model: str) -> None:

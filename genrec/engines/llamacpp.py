@@ -213,11 +213,9 @@ def load_llamacpp(llm_class: Any, config: Any) -> Any:
     import importlib.util
 
     import torch
-    from transformers import AutoTokenizer
 
-    from genrec.config import cache_dir
     from genrec.errors import GenrecError
-    from genrec.llm import DEFAULT_MODEL_NAME, ModelNotFoundError, default_gguf_path, end_of_turn_id
+    from genrec.llm import ModelNotFoundError, gguf_tokenizer, stop_token_ids
 
     if config.adapter is not None:
         raise EngineUnsupportedError("engine 'llamacpp' cannot apply a PEFT adapter (llama.cpp needs it converted "
@@ -231,18 +229,13 @@ def load_llamacpp(llm_class: Any, config: Any) -> Any:
                           "where PyPI has no wheel for the platform pip builds it from source: a C++ compiler and "
                           "CMake, minutes to an hour")
     if config.model is None:
-        source = default_gguf_path()
-        converted = cache_dir("models") / DEFAULT_MODEL_NAME
-        if (converted / "tokenizer_config.json").is_file():  # the transformers copy's tokenizer loads fastest
-            tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+        source, tokenizer = gguf_tokenizer()
     else:
         source = Path(config.model).expanduser()
         if not (source.is_file() and source.suffix == ".gguf"):
             raise ModelNotFoundError(f"engine 'llamacpp' needs a .gguf file, got {config.model!r}")
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
-    stops = sorted({t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None})
+        source, tokenizer = gguf_tokenizer(source)
+    stops = stop_token_ids(tokenizer)
     backend = LlamaCppBackend(source, tokenizer, stops, threads=torch.get_num_threads())
     return llm_class(None, tokenizer, config, backend=backend)
 

@@ -288,8 +288,7 @@ def load_openai(llm_class: Any, config: Any) -> Any:
     SmolLM2-135M-Instruct's), the model ``config.served_model`` on the server (default: the one it serves)."""
     from transformers import AutoTokenizer
 
-    from genrec.config import cache_dir
-    from genrec.llm import DEFAULT_MODEL_NAME, ModelNotFoundError, default_gguf_path
+    from genrec.llm import ModelNotFoundError, gguf_tokenizer
 
     if importlib.util.find_spec("openai") is None:
         raise GenrecError("engine 'openai' needs the package openai (pip install 'genrec[openai]')")
@@ -297,16 +296,11 @@ def load_openai(llm_class: Any, config: Any) -> Any:
         raise EngineUnsupportedError("engine 'openai' cannot scale an adapter (adapter_scale): the server applies "
                                      "it as served")
     if config.model is None:
-        converted = cache_dir("models") / DEFAULT_MODEL_NAME
-        if (converted / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
-        else:
-            source = default_gguf_path()
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+        _, tokenizer = gguf_tokenizer()
     else:
         source = Path(config.model).expanduser()
         if source.is_file() and source.suffix == ".gguf":
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+            _, tokenizer = gguf_tokenizer(source)
         elif source.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         else:

@@ -129,14 +129,8 @@ def load_openvino(llm_class: Any, config: Any) -> Any:
     import torch
     from transformers import AutoTokenizer
 
-    from genrec.config import cache_dir
     from genrec.errors import GenrecError
-    from genrec.llm import (
-        DEFAULT_MODEL_NAME,
-        ModelNotFoundError,
-        default_gguf_path,
-        end_of_turn_id,
-    )
+    from genrec.llm import ModelNotFoundError, gguf_tokenizer, stop_token_ids
 
     if config.adapter is not None:
         raise EngineUnsupportedError("engine 'openvino' cannot apply a PEFT adapter (its GGUF model's layer names "
@@ -146,22 +140,17 @@ def load_openvino(llm_class: Any, config: Any) -> Any:
     if importlib_missing("openvino_genai"):
         raise GenrecError("engine 'openvino' needs the package openvino-genai (pip install 'openvino-genai>=2026.4')")
     if config.model is None:
-        source = default_gguf_path()
-        converted = cache_dir("models") / DEFAULT_MODEL_NAME
-        if (converted / "tokenizer_config.json").is_file():  # the transformers copy's tokenizer loads fastest
-            tokenizer = AutoTokenizer.from_pretrained(converted, local_files_only=True)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+        source, tokenizer = gguf_tokenizer()
     else:
         source = Path(config.model).expanduser()
         if source.is_file() and source.suffix == ".gguf":
-            tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, local_files_only=True)
+            source, tokenizer = gguf_tokenizer(source)
         elif (source / "openvino_model.xml").is_file():
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         else:
             raise ModelNotFoundError(f"engine 'openvino' needs a .gguf file or an OpenVINO IR directory "
                                      f"(openvino_model.xml), got {config.model!r}")
-    stops = sorted({t for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None})
+    stops = stop_token_ids(tokenizer)
     backend = OpenVINOBackend(source, tokenizer, stops, precision=PRECISIONS[config.dtype],
                               threads=torch.get_num_threads())
     return llm_class(None, tokenizer, config, backend=backend)
