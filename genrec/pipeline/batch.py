@@ -44,6 +44,7 @@ from genrec.pipeline.types import Context, Interaction
 
 MANIFEST = "manifest.json"
 PARTS_SUFFIX = ".parts"
+ACTOR_START_S = 600  # how long Ray workers may take to load their pipeline replicas
 
 
 @dataclass
@@ -283,14 +284,19 @@ def _run_on_ray(store, pipeline_dir: Path, shards: list[list[str]], pending: lis
             ray.init(include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's bar counts the users
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the caller's bar counts the users
+    # every worker loads its replica before shards are dealt, one shard at a time: otherwise the first replica
+    # ready takes the queue while the others are still loading
+    context.wait_for_min_actors_s = max(context.wait_for_min_actors_s, ACTOR_START_S)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a log line per dataset run under that bar
     items = [{"shard": i, "histories": pickle.dumps(read_histories(store, shards[i]))} for i in pending]
     db = str(store.path) if getattr(store, "path", None) is not None else None
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardScorer, fn_constructor_kwargs={"pipeline_dir": str(pipeline_dir.resolve()), "platforms": platforms,
                                             "k": k, "db": db},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, batch_format="numpy")
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
+        num_cpus=1, batch_format="numpy")
     pids = set()
     for row in dataset.iter_rows():
         pids.add(int(row["pid"]))
