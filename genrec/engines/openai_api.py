@@ -209,7 +209,7 @@ class OpenAIBackend:
                     model=self.model_name, prompt=[prompt + line for line in lines], echo=True, logprobs=1,
                     max_tokens=1, temperature=0.0)
             except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
-                if "prompt" in _detail(exc) and exc.status_code in (400, 422, 500):
+                if "prompt" in _detail(exc):
                     self._token_prompts = False  # a server of text prompts only
                     return [self._score_text(prompt, line) for line in lines]
                 raise EngineUnsupportedError(f"{unsupported}; it answered HTTP {exc.status_code}: "

@@ -25,7 +25,6 @@ from genrec.recommender import Recommender
 from genrec.training.config import ValidationSettings
 
 KS = (10,)
-SOURCE_KINDS = {"mostpop": "popularity"}  # harness method names -> pipeline source kinds (others are the same)
 
 
 def sample_cases(cases: Sequence[EvalCase], n: int, seed: int, platforms: Sequence[str] = ()) -> list[EvalCase]:
@@ -59,13 +58,15 @@ class Validator:
         if not self.cases:
             raise ValueError("the protocol gives no validation cases to validate on")
         self.recommender = recommender
-        self.method = GenerativeMethod(store, history_scope="cross", config=recommender.config,
-                                       embedder=recommender.embedder, recommender=recommender, name="genrec")
+        self.method: GenerativeMethod | None = None
         self.reranker: Pipeline | None = None
         if settings.mode == "rerank":
             if recommender.config.calibration:
                 raise ValueError("validation by re-ranking calibrates the scores itself: train with calibration 0")
             self.reranker = self._reranker()
+        else:
+            self.method = GenerativeMethod(store, history_scope="cross", config=recommender.config,
+                                           embedder=recommender.embedder, recommender=recommender, name="genrec")
 
     def _reranker(self) -> Pipeline:
         """The pipeline whose LLM stage is validated: the ``sources``' top ``per_source`` items each, ranked by
@@ -73,7 +74,7 @@ class Validator:
         config = self.recommender.config
         spec = PipelineSpec(
             name="genrec-rerank",
-            sources=[SourceSpec(kind=SOURCE_KINDS.get(name, name), n=self.settings.per_source)
+            sources=[SourceSpec(kind=name, n=self.settings.per_source)  # harness names are source kinds too
                      for name in self.settings.sources],
             llm=LLMSpec(calibrations=self.settings.calibrations, score_tokens=config.score_tokens,
                         title_prior=config.title_prior),

@@ -189,10 +189,8 @@ class SASRec(CandidateSource):
 
     def fit(self, train: TrainData, valid_cases: Sequence[EvalCase] | None = None) -> None:
         self.catalogs = train.catalogs
-        self._vocab = vocab = ItemVocabulary(train.catalogs, offset=1)
-        inputs, targets = windows(
-            [vocab.encode(part) for seq in train.sequences.values() for part in train_parts(seq, self.history_scope)],
-            self.max_len, self.window_stride)
+        self._vocab = ItemVocabulary(train.catalogs, offset=1)
+        inputs, targets = self._windows(train.sequences.values())
         if len(inputs) == 0:
             raise ValueError("SASRec needs at least one train sequence with two items")
         started = time.perf_counter()
@@ -201,7 +199,7 @@ class SASRec(CandidateSource):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self._net = net = _Network(
-                vocab.size - 1,
+                self._vocab.size - 1,
                 self.max_len,
                 self.hidden_size,
                 self.n_layers,
@@ -246,10 +244,10 @@ class SASRec(CandidateSource):
         """Fine-tune from the last weights for at most ``steps`` batches and ``fine_tune_passes`` passes.
 
         ``refresh_windows="all"`` (the default): over every user's windows, as a fit trains, warm-started from the
-        last weights: a partial refit (on the replay benchmark 97% of a refit's NDCG@10 at 15% of its CPU).
-        ``"new"``: over the windows that end at the newest interactions of users with new ones (so every new
-        interaction is a target), mixed with as many windows of other users, a replay of what the model already
-        knew so it does not drift towards the newest users: ten times cheaper, 89% of a refit."""
+        last weights: a partial refit, closest to a refit. ``"new"``: over the windows that end at the newest
+        interactions of users with new ones (so every new interaction is a target), mixed with as many windows of
+        other users, a replay of what the model already knew so it does not drift towards the newest users: about
+        ten times cheaper, further from a refit (``benchmarks/bench_refresh.py`` measures both)."""
         if not self.grow(train.catalogs):
             self.fit(train)
             return "refit"
@@ -257,17 +255,13 @@ class SASRec(CandidateSource):
         if not fresh or steps < 1:
             return "unchanged"
         if self.refresh_windows == "all":
-            inputs, targets = windows([self._vocab.encode(part) for seq in train.sequences.values()
-                                       for part in train_parts(seq, self.history_scope)],
-                                      self.max_len, self.window_stride)
+            inputs, targets = self._windows(train.sequences.values())
         else:
             rng = np.random.default_rng(self.seed)
             others = [u for u in train.sequences if u not in new]
             replay = list(rng.choice(others, size=min(len(others), len(fresh)), replace=False)) if others else []
-            inputs, targets = windows([self._vocab.encode(part[-(self.max_len + 1):])
-                                       for user in [*fresh, *replay]
-                                       for part in train_parts(train.sequences[user], self.history_scope)],
-                                      self.max_len, self.window_stride)
+            inputs, targets = self._windows([train.sequences[user] for user in [*fresh, *replay]],
+                                            last=self.max_len + 1)
         if len(inputs) == 0:
             return "unchanged"
         with torch.random.fork_rng(devices=[]):
@@ -279,6 +273,11 @@ class SASRec(CandidateSource):
                 steps -= per_pass
         self._net.eval()
         return "fine-tuned"
+
+    def _windows(self, sequences, last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training windows of ``sequences`` (each split by history scope; ``last``: only its last items)."""
+        return windows([self._vocab.encode(part[-last:] if last else part) for seq in sequences
+                        for part in train_parts(seq, self.history_scope)], self.max_len, self.window_stride)
 
     def _validate(self, cases: Sequence[EvalCase], catalogs: dict[str, list[str]]) -> float:
         """Mean NDCG@10 over ``cases`` (full ranking, history excluded)."""
