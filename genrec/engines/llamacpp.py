@@ -7,9 +7,9 @@ ids, so every engine sees the same tokens. One llama.cpp context with a unified 
   the prompt's cache cells (``llama_memory_seq_cp``). Greedy is the arg-max; sampling draws from
   ``softmax(logits / temperature)`` with a NumPy generator seeded by (seed, prompt, sequence), so results repeat.
   Stop tokens, ``max_new_tokens`` and ``stop_after_lines`` end a sequence. Prompts are not batched together: in a
-  unified cache every sequence's attention spans all sequences' cells (8 prompts of ~500 tokens prefilled in 9.6 s
-  against 8 x 0.8 s alone, decoding 1.6x faster per token, so no faster overall), the sums then change with the
-  batch and so does greedy text; separate KV streams per sequence cost 1.2 s per decoding step instead of 11 ms;
+  unified cache every sequence's attention spans all sequences' cells, which was no faster for ~500-token prompts
+  and makes greedy text depend on the batch, and separate KV streams per sequence are far slower per step
+  (``benchmarks/results/engines.md``);
 - scoring: the prompt runs once as sequence 0, then each group of continuations runs in one call, every line its
   own sequence on the prompt's cells, with logits at each position.
 
@@ -18,7 +18,7 @@ on a machine shared with other jobs fewer threads than cores can decode faster (
 
 Limits (``EngineUnsupportedError``): no beams or constrained decoding, no PEFT adapters (llama.cpp needs LoRA files
 converted to GGUF), no CUDA (the wheel is built for the CPU). llama-cpp-python has no wheel for every platform: pip
-then builds it from source (minutes to an hour).
+then builds it from source (4.5 min on 2 cores with the Makefile's ``CMAKE_ARGS``).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def load_llamacpp(llm_class: Any, config: Any) -> Any:
     if importlib.util.find_spec("llama_cpp") is None:
         raise GenrecError("engine 'llamacpp' needs the package llama-cpp-python (pip install 'genrec[llamacpp]'); "
                           "where PyPI has no wheel for the platform pip builds it from source: a C++ compiler and "
-                          "CMake, minutes to an hour")
+                          "CMake (minutes)")
     if config.model is None:
         source, tokenizer = gguf_tokenizer()
     else:
