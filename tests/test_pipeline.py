@@ -249,3 +249,46 @@ def test_rationales_are_written_by_the_llm_or_marked_and_always_faithful(llm, em
     # the platform, which the prompt names, is not an item a rationale could wrongly claim
     quoting = 'On "Movies", "Up (2009)" is close to "Toy Story (1995)".'
     assert explainer.checker.check(quoting, history, "Up (2009)").status == "supported"
+
+
+@pytest.mark.integration
+def test_several_lists_are_explained_with_one_batched_generation(llm, embedder) -> None:
+    """``explain_many`` (the server's batch of clients' lists) writes every list's prompts in one generation; each
+    list keeps its items in order and cites only its own user's history."""
+    from genrec.pipeline.explain import Explainer
+    from genrec.pipeline.types import ScoredItem
+    from genrec.prompts import PromptTemplates
+
+    class Counting:  # the real model, with the batch sizes of its generate calls recorded
+        def __init__(self, model) -> None:
+            self.model, self.batches = model, []
+
+        def format_chat(self, messages):
+            return self.model.format_chat(messages)
+
+        def generate(self, prompts, **options):
+            self.batches.append((len(prompts), options.get("do_sample", False)))
+            return self.model.generate(prompts, **options)
+
+    kids = ["Toy Story (1995)", "Finding Nemo (2003)"]
+    crime = ["The Godfather (1972)", "Goodfellas (1990)"]
+    catalog = [*kids, *crime, "Monsters, Inc. (2001)", "Casino (1995)", "Up (2009)"]
+
+    def listed(*titles):
+        return [ScoredItem(rank=i, item_id=t, title=t, platform="movies", score=1.0 / i, sources={},
+                           proposed_by=("itemknn",)) for i, t in enumerate(titles, 1)]
+
+    counting = Counting(llm)
+    explainer = Explainer(counting, embedder, PromptTemplates(), catalog, names=["movies"])
+    lists = [(listed("Monsters, Inc. (2001)", "Up (2009)"), kids, "watched"),
+             (listed("Casino (1995)"), crime, "watched"), (listed("Up (2009)"), [], "watched")]
+    out = explainer.explain_many(lists)
+    assert counting.batches[0] == (3, False)  # the three titled lists' items in one greedy generation
+    assert all(sampled for _, sampled in counting.batches[1:]) and len(counting.batches) <= 2
+    assert [[item.item_id for item in items] for items in out] == [["Monsters, Inc. (2001)", "Up (2009)"],
+                                                                   ["Casino (1995)"], ["Up (2009)"]]
+    for items, (_, history, _) in zip(out[:2], lists[:2], strict=True):
+        for item in items:
+            assert set(item.evidence) == set(history)  # its own user's titles
+            assert explainer.checker.check(item.rationale, history, item.title).status == "supported"
+    assert out[2][0].rationale_source == "template" and not out[2][0].evidence

@@ -93,6 +93,27 @@ def test_the_report_ranks_and_explains_with_the_pipeline(served) -> None:
     assert page.status_code == 200 and "Ranked and explained by pipeline ml-classic" in page.text
 
 
+def test_concurrent_clients_rationales_are_written_in_shared_batches(served) -> None:
+    """Clients asking for rationales at the same time get them from shared worker batches (one generation for
+    all their lists), each ranked as it would be alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, expected, *_ = served
+    warm = _recommend(url, user_id="1", platform="movies", k=1, explain=True)  # loads the LLM, measures a batch
+    assert warm.status_code == 200, warm.text
+    before = httpx.get(f"{url}/healthz", timeout=30).json()["worker"]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _recommend(url, user_id="1", platform="movies", k=2, explain=True),
+                                range(4)))
+    after = httpx.get(f"{url}/healthz", timeout=30).json()["worker"]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        items = answer.json()["items"]
+        assert [item["item_id"] for item in items] == expected[:2]
+        assert all(item["rationale"] and item["evidence"] for item in items)
+    assert after["jobs"] - before["jobs"] == 4 and after["batches"] - before["batches"] < 4
+
+
 def _chat(url: str, message: str, conversation: str | None, k: int = 3) -> dict:
     answer = httpx.post(f"{url}/v1/chat", headers={"X-API-Key": KEY}, timeout=300, json={
         "user_id": "1", "message": message, "conversation_id": conversation, "k": k})

@@ -73,6 +73,57 @@ def test_waiting_jobs_share_one_batched_call(worker, fake) -> None:
     assert worker.stats.batches == 3 and worker.stats.jobs == 6
 
 
+class Note:
+    """A ``Batched`` request: notes of one topic are answered with one call, logged in ``calls``."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, topic: str, text: str) -> None:
+        self.topic, self.text = topic, text
+
+    def key(self) -> str:
+        return self.topic
+
+    @staticmethod
+    def answer_many(requests):
+        Note.calls.append([note.text for note in requests])
+        if any(note.text == "bad" for note in requests):
+            raise GenrecError("a bad note")
+        return [note.text.upper() for note in requests]
+
+
+class MixedJob(EchoJob):
+    def __init__(self, *requests) -> None:
+        self.requests = list(requests)
+
+
+def test_batched_requests_of_one_key_share_one_call_beside_the_recommenders(worker, fake) -> None:
+    Note.calls.clear()
+    fake.gate.clear()
+    blocker = worker.submit(EchoJob("first"))
+    assert fake.entered.wait(5)
+    futures = [worker.submit(MixedJob(Note("a", "x"), Request("movies", user_id="u0"), Note("b", "y"))),
+               worker.submit(MixedJob(Note("a", "z"))),
+               worker.submit(MixedJob(Note("a", "bad")))]
+    fake.gate.set()
+    blocker.result(5)
+    assert futures[0].result(5) == ["X", "answer for u0", "Y"]  # each job's results in its own order
+    assert futures[1].result(5) == ["Z"]
+    with pytest.raises(GenrecError, match="a bad note"):  # the failing group fails only its own job
+        futures[2].result(5)
+    assert Note.calls == [["x", "z", "bad"], ["x"], ["y"], ["z"], ["bad"]]  # the batch's call, then job by job
+    assert worker.stats.failed_batches == 1
+    Note.calls.clear()
+    fake.gate.clear()
+    blocker = worker.submit(EchoJob("again"))
+    assert fake.entered.wait(5)
+    futures = [worker.submit(MixedJob(Note("a", "x"), Note("b", "y"))), worker.submit(MixedJob(Note("a", "z")))]
+    fake.gate.set()
+    blocker.result(5)
+    assert [f.result(5) for f in futures] == [["X", "Y"], ["Z"]]
+    assert Note.calls == [["x", "z"], ["y"]]  # one call per key for the whole batch
+
+
 def test_a_bad_request_fails_only_its_own_job(worker, fake) -> None:
     fake.gate.clear()
     blocker = worker.submit(EchoJob("first"))

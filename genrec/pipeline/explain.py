@@ -27,6 +27,7 @@ MIN_WORDS = 3  # words the LLM must add to the opening for the rationale to coun
 PROMPT_WORDS = 8  # words of a title the prompt and the opening quote
 EVIDENCE = 2  # history titles cited per item
 RECENT = 20  # most recent titled history items considered as evidence
+BATCH = 64  # prompts per generation batch: on CPU one large batch decodes faster per prompt than several small ones
 _SENTENCE_END = re.compile(r'(?<=\w\w\w)[.!?](?=\s+["A-Z])')  # before the next sentence (not after "Dr")
 
 
@@ -43,35 +44,48 @@ class Explainer:
         self.max_new_tokens = max_new_tokens
 
     def explain(self, items: Sequence[ScoredItem], history_titles: Sequence[str], *, verb: str) -> list[ScoredItem]:
-        titles = list(dict.fromkeys(t for t in history_titles if t))[-RECENT:]
-        if not items:
-            return []
-        if not titles:
-            return [replace(item, rationale=f"Popular with people who {verb} what you did.",
-                            rationale_source="template") for item in items]
-        evidence = self._evidence(titles, [item.title for item in items])
-        openings = [self.templates.render(OPENING, verb=verb, evidence=_first_words(cited[0])).strip() + " "
-                    for cited in evidence]
-        prompts = [self.llm.format_chat(self.templates.messages(
-            TEMPLATE, title=_first_words(item.title), platform=item.platform, verb=verb,
-            evidence=[_first_words(t) for t in cited])) + opening
-            for item, cited, opening in zip(items, evidence, openings, strict=True)]
+        """``items`` with rationales citing ``history_titles`` (one list: ``explain_many``)."""
+        [out] = self.explain_many([(items, history_titles, verb)])
+        return out
+
+    def explain_many(self, lists: Sequence[tuple[Sequence[ScoredItem], Sequence[str], str]]) -> list[list[ScoredItem]]:
+        """Rationales for several recommendation lists, each ``(items, history_titles, verb)``, with one batched
+        generation (and one batched retry) for all of them: the server answers its clients' lists together."""
+        prompts, openings, evidence, titles, at = [], [], [], [], []
+        for n, (items, history_titles, verb) in enumerate(lists):
+            known = list(dict.fromkeys(t for t in history_titles if t))[-RECENT:]
+            cited = self._evidence(known, [item.title for item in items]) if known and items else []
+            for item, quoted in zip(items if known else (), cited, strict=True):
+                opening = self.templates.render(OPENING, verb=verb, evidence=_first_words(quoted[0])).strip() + " "
+                prompts.append(self.llm.format_chat(self.templates.messages(
+                    TEMPLATE, title=_first_words(item.title), platform=item.platform, verb=verb,
+                    evidence=[_first_words(t) for t in quoted])) + opening)
+                openings.append(opening)
+                at.append(n)
+            evidence.extend(cited)
+            titles.append(known)
         answers = [_reason(texts[0]) for texts in self.llm.generate(
-            prompts, max_new_tokens=self.max_new_tokens, stop_after_lines=1)]
+            prompts, max_new_tokens=self.max_new_tokens, stop_after_lines=1, batch_size=BATCH)] if prompts else []
+        items = [item for n, (listed, _, _) in enumerate(lists) if titles[n] for item in listed]
         failed = [i for i, (item, opening, answer) in enumerate(zip(items, openings, answers, strict=True))
-                  if not self._written(opening, answer, titles, item.title)]
+                  if not self._written(opening, answer, titles[at[i]], item.title)]
         if failed:
             retry = self.llm.generate([prompts[i] for i in failed], max_new_tokens=self.max_new_tokens,
-                                      stop_after_lines=1, do_sample=True, temperature=0.7)
+                                      stop_after_lines=1, do_sample=True, temperature=0.7, batch_size=BATCH)
             for i, texts in zip(failed, retry, strict=True):
                 answers[i] = _reason(texts[0])
-        out = []
-        for item, opening, answer, cited in zip(items, openings, answers, evidence, strict=True):
-            if self._written(opening, answer, titles, item.title):
-                out.append(replace(item, rationale=opening + answer, rationale_source="llm", evidence=cited))
+        out: list[list[ScoredItem]] = [[] for _ in lists]
+        for i, (item, opening, answer, cited) in enumerate(zip(items, openings, answers, evidence, strict=True)):
+            verb = lists[at[i]][2]
+            if self._written(opening, answer, titles[at[i]], item.title):
+                out[at[i]].append(replace(item, rationale=opening + answer, rationale_source="llm", evidence=cited))
             else:
-                out.append(replace(item, rationale=f'Because you {verb} "{cited[0]}".', rationale_source="template",
-                                   evidence=cited))
+                out[at[i]].append(replace(item, rationale=f'Because you {verb} "{cited[0]}".',
+                                          rationale_source="template", evidence=cited))
+        for n, (listed, _, verb) in enumerate(lists):
+            if not titles[n]:  # no titled history to cite
+                out[n] = [replace(item, rationale=f"Popular with people who {verb} what you did.",
+                                  rationale_source="template") for item in listed]
         return out
 
     def _written(self, opening: str, reason: str, history_titles: Sequence[str], title: str) -> bool:

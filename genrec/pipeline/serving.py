@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from genrec.data.schema import HistoryItem
@@ -32,7 +32,7 @@ from genrec.errors import GenrecError
 from genrec.pipeline import Pipeline
 from genrec.pipeline.fitting import dataset_of, default_pipeline, history_context, user_context
 from genrec.pipeline.registry import Registry, Version, is_registry
-from genrec.pipeline.types import Interaction, ScoredItem
+from genrec.pipeline.types import Context, Interaction, ScoredItem
 
 logger = logging.getLogger("genrec.server")
 
@@ -204,29 +204,42 @@ class Pipelines:
                   k: int, explain: bool, exclude: Sequence[str] = (),
                   candidates: Sequence[str] | None = None) -> tuple[Pipeline, list[ScoredItem]]:
         """The pipeline for ``platform`` and its top ``k`` for the user (stored, or an inline ``history``)."""
+        pipeline, context, items = self.rank(platform, user_id=user_id, history=history, k=k, exclude=exclude,
+                                             candidates=candidates)
+        return pipeline, pipeline.explain(context, items) if explain else items
+
+    def rank(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None = None, k: int,
+             exclude: Sequence[str] = (), candidates: Sequence[str] | None = None,
+             ) -> tuple[Pipeline, Context, list[ScoredItem]]:
+        """``recommend`` without rationales, with the user's context: an ``Explanation`` of it adds them later,
+        batched with other users' (the server's worker does)."""
         pipeline = self.get(platform)
         self._catch_up(pipeline)
         context = history_context(user_id, platform, history) if history is not None else \
             user_context(self.store, user_id, platform)
-        return pipeline, pipeline.recommend(context, k, explain=explain, candidates=candidates, exclude=exclude)
-
-    def answer(self, platform: str, *, user_id: str | None, history: Sequence[HistoryItem] | None, k: int,
-               explain: bool, exclude: Sequence[str] = (), candidates: Sequence[str] | None = None) -> dict:
-        """The answer of ``POST /v1/recommend`` from a pipeline."""
-        started = time.perf_counter()
-        pipeline, items = self.recommend(platform, user_id=user_id, history=history, k=k, explain=explain,
-                                         exclude=exclude, candidates=candidates)
-        return {"user_id": user_id, "platform": platform, "k": k, "pipeline": pipeline.name,
-                "version": pipeline.version,
-                "seconds": time.perf_counter() - started,
-                "items": [{"rank": item.rank, "item_id": item.item_id, "title": item.title, "platform": platform,
-                           "score": item.score, "similarity": None, "source": item.origin, "generated_text": None,
-                           "rationale": item.rationale, "evidence": list(item.evidence), "sources": item.sources,
-                           "llm": item.llm, "rationale_source": item.rationale_source} for item in items]}
+        return pipeline, context, pipeline.recommend(context, k, candidates=candidates, exclude=exclude)
 
     @staticmethod
     def _platforms(pipeline: Pipeline) -> set[str]:
         return set(next(iter(pipeline.sources.values())).catalogs)
+
+
+@dataclass
+class Explanation:
+    """A ranked list still without rationales. Lists of one pipeline are explained together, with one batched
+    generation (``answer_many``): the server's worker gathers its clients' lists into one batch."""
+
+    pipeline: Pipeline
+    context: Context
+    items: list[ScoredItem]
+
+    def key(self) -> int:
+        return id(self.pipeline)
+
+    @staticmethod
+    def answer_many(requests: Sequence[Explanation]) -> list[list[ScoredItem]]:
+        """The explained items of each request, in order (all of one ``key``)."""
+        return requests[0].pipeline.explain_many([(request.context, request.items) for request in requests])
 
 
 def _interactions(pairs: set[tuple[str, str]]) -> list[Interaction]:

@@ -378,8 +378,14 @@ class Pipeline:
 
     def explain(self, context: Context, items: Sequence[ScoredItem]) -> list[ScoredItem]:
         """``items`` (of ``context.platform``) with the explain stage's rationales citing the context's history."""
-        titles = [self.titles.get((x.platform, x.item_id), "") for x in context.history]
-        return self.explainer.explain(items, titles, verb=self._verb(context.platform))
+        [out] = self.explain_many([(context, items)])
+        return out
+
+    def explain_many(self, lists: Sequence[tuple[Context, Sequence[ScoredItem]]]) -> list[list[ScoredItem]]:
+        """``explain`` for several (context, items) pairs with one batched generation."""
+        return self.explainer.explain_many([
+            (items, [self.titles.get((x.platform, x.item_id), "") for x in context.history],
+             self._verb(context.platform)) for context, items in lists])
 
     @property
     def explainer(self):

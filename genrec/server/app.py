@@ -50,7 +50,7 @@ from genrec.prompts import PromptTemplates
 from genrec.recommender import Recommender, RecommenderConfig
 from genrec.recommender import Request as RecommendRequest
 from genrec.report import ReportBuilder
-from genrec.server.jobs import ChatJob, RecommendJob, ReportJob
+from genrec.server.jobs import ChatJob, PipelineJob, RecommendJob, ReportJob
 from genrec.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from genrec.server.metrics import Metrics
 from genrec.server.models import (
@@ -469,9 +469,9 @@ def _add_routes(app: FastAPI) -> None:
             _limit("history", len(body.history), settings.max_history)
             history = await run_in_threadpool(_inline_history, service.store, body.history)
         if service.pipelines.handles(body.platform):
-            return await service.run(CallJob(partial(
-                service.pipelines.answer, body.platform, user_id=service.user(body.user_id), history=history,
-                k=body.k, explain=body.explain, exclude=body.exclude, candidates=body.candidates)), request)
+            return await service.run(PipelineJob(
+                service.pipelines, body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
+                explain=body.explain, exclude=body.exclude, candidates=body.candidates), request)
         job = RecommendRequest(body.platform, user_id=service.user(body.user_id), history=history, k=body.k,
                                explain=body.explain, exclude=frozenset(body.exclude),
                                candidates=tuple(body.candidates) if body.candidates else None)

@@ -1,11 +1,17 @@
-"""The server's jobs for the model worker: a recommendation, a chat turn, a report."""
+"""The server's jobs for the model worker: a recommendation (the recommender's or a pipeline's), a chat turn, a
+report."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from genrec.chat import ChatEngine, ChatPlan, ChatTurn
+from genrec.data.schema import HistoryItem
+from genrec.pipeline import Pipeline
+from genrec.pipeline.serving import Explanation, Pipelines
+from genrec.pipeline.types import ScoredItem
 from genrec.prompts import PromptTemplates
 from genrec.recommender import RecommendationList, Request
 from genrec.report import Format, ReportBuilder, render
@@ -20,6 +26,42 @@ class RecommendJob:
 
     def finish(self, results: Sequence[RecommendationList]) -> dict:
         return results[0].to_dict()
+
+
+@dataclass
+class PipelineJob:
+    """``POST /v1/recommend`` answered by a pipeline: ranked in ``prepare``; its rationales, when asked for, are
+    written in the worker's batch together with the other jobs' (``Explanation``)."""
+
+    pipelines: Pipelines
+    platform: str
+    user_id: str | None
+    history: Sequence[HistoryItem] | None
+    k: int
+    explain: bool
+    exclude: Sequence[str] = ()
+    candidates: Sequence[str] | None = None
+    _ranked: tuple[Pipeline, list[ScoredItem], float] | None = field(default=None, init=False)
+
+    def prepare(self) -> Sequence[Explanation]:
+        started = time.perf_counter()
+        pipeline, context, items = self.pipelines.rank(self.platform, user_id=self.user_id, history=self.history,
+                                                       k=self.k, exclude=self.exclude, candidates=self.candidates)
+        self._ranked = pipeline, items, started
+        return [Explanation(pipeline, context, items)] if self.explain else []
+
+    def finish(self, results: Sequence[list[ScoredItem]]) -> dict:
+        assert self._ranked is not None, "finish() runs after prepare()"
+        pipeline, items, started = self._ranked
+        if results:
+            [items] = results
+        return {"user_id": self.user_id, "platform": self.platform, "k": self.k, "pipeline": pipeline.name,
+                "version": pipeline.version, "seconds": time.perf_counter() - started,
+                "items": [{"rank": item.rank, "item_id": item.item_id, "title": item.title,
+                           "platform": self.platform, "score": item.score, "similarity": None,
+                           "source": item.origin, "generated_text": None, "rationale": item.rationale,
+                           "evidence": list(item.evidence), "sources": item.sources, "llm": item.llm,
+                           "rationale_source": item.rationale_source} for item in items]}
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 Every job that needs the models (a recommendation, a chat turn, a report) is queued; the worker takes the first
 waiting job, gathers more for up to ``wait_s`` (at most ``max_batch`` jobs), lets each job ``prepare`` its
-recommender requests, answers all of them with one ``Recommender.recommend_many`` call (one batched generation
-pass), and hands each job its results to ``finish``. A full queue raises ``Overloaded`` at once (the server
-answers 503 with Retry-After) instead of letting callers wait without bound, and so does a job whose deadline
-falls before the queue's expected wait is over (admission control). A job whose caller gave up (its future
-cancelled) or whose deadline has passed is dropped unstarted.
+requests, answers all of them in batches, and hands each job its results to ``finish``. Recommender requests
+(``genrec.recommender.Request``) are answered with one ``Recommender.recommend_many`` call (one batched generation
+pass); any other request is ``Batched``: those of one kind and ``key`` are answered with one ``answer_many`` call
+(a pipeline's rationales for every client's list in one generation: ``genrec.pipeline.serving.Explanation``).
+A full queue raises ``Overloaded`` at once (the server answers 503 with Retry-After) instead of letting callers
+wait without bound, and so does a job whose deadline falls before the queue's expected wait is over (admission
+control). A job whose caller gave up (its future cancelled) or whose deadline has passed is dropped unstarted.
 """
 
 from __future__ import annotations
@@ -16,24 +18,35 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from genrec.recommender import RecommendationList, Recommender, Request
+from genrec.recommender import Recommender, Request
 
 log = logging.getLogger("genrec.server")
+
+
+class Batched(Protocol):
+    """A request answered together with the others of its class and ``key`` in a batch."""
+
+    def key(self) -> Hashable: ...
+
+    @staticmethod
+    def answer_many(requests: Sequence[Any]) -> list[Any]:
+        """The results of ``requests`` (all of one class and key), in order."""
+        ...
 
 
 class Job(Protocol):
     """A unit of model work. Both methods run on the worker thread."""
 
-    def prepare(self) -> Sequence[Request]:
-        """The recommender requests this job needs (may do other model work first, e.g. intent extraction)."""
+    def prepare(self) -> Sequence[Request | Batched]:
+        """The requests this job needs (may do other model work first, e.g. intent extraction)."""
         ...
 
-    def finish(self, results: Sequence[RecommendationList]) -> Any:
+    def finish(self, results: Sequence[Any]) -> Any:
         """The job's answer from the results of its requests, in order."""
         ...
 
@@ -47,7 +60,7 @@ class CallJob:
     def prepare(self) -> Sequence[Request]:
         return ()
 
-    def finish(self, results: Sequence[RecommendationList]) -> Any:
+    def finish(self, results: Sequence[Any]) -> Any:
         return self.call()
 
 
@@ -178,8 +191,8 @@ class BatchWorker:
                 self.stats.measured = True
 
     def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
-        """Answer a batch; returns how many recommender requests it ran."""
-        prepared: list[tuple[Job, Future, list[Request]]] = []
+        """Answer a batch; returns how many requests it ran."""
+        prepared: list[tuple[Job, Future, list]] = []
         now = time.monotonic()
         for job, future, deadline in batch:
             if deadline is not None and now > deadline:
@@ -196,7 +209,7 @@ class BatchWorker:
         self.stats.jobs += len(prepared)
         self.stats.requests += len(requests)
         try:
-            results = self.recommender.recommend_many(requests) if requests else []
+            results = self._answer(requests)
         except Exception:  # one bad request fails a batch: answer each job alone
             self.stats.failed_batches += 1
             log.debug("batch of %d requests failed; answering its jobs one by one", len(requests))
@@ -209,11 +222,26 @@ class BatchWorker:
             offset += len(rs)
         return len(requests)
 
-    def _finish(self, job: Job, future: Future, requests: list[Request],
-                results: Sequence[RecommendationList] | None) -> None:
+    def _answer(self, requests: list) -> list:
+        """The results of ``requests`` in order: the recommender's in one call, the others in one call per class
+        and key."""
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            group = (Request,) if isinstance(request, Request) else (type(request), request.key())
+            groups.setdefault(group, []).append(i)
+        results: list[Any] = [None] * len(requests)
+        for group, positions in groups.items():
+            members = [requests[i] for i in positions]
+            answers = self.recommender.recommend_many(members) if group[0] is Request else \
+                group[0].answer_many(members)
+            for i, answer in zip(positions, answers, strict=True):
+                results[i] = answer
+        return results
+
+    def _finish(self, job: Job, future: Future, requests: list, results: Sequence[Any] | None) -> None:
         try:
             if results is None:
-                results = self.recommender.recommend_many(requests) if requests else []
+                results = self._answer(requests)
             future.set_result(job.finish(results))
         except Exception as exc:  # the job's own error goes to its caller
             future.set_exception(exc)
