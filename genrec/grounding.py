@@ -31,7 +31,7 @@ from genrec.data.schema import CatalogItem
 from genrec.embedding import Embedder, mean_embedding
 from genrec.errors import GenrecError
 from genrec.llm import Candidate as GeneratedCandidate  # what the LLM proposed: a title and, maybe, why
-from genrec.prompts import quote
+from genrec.prompts import QUOTE_MAX_CHARS, quote
 
 Source = Literal["exact", "neighbour", "profile", "popularity"]
 
@@ -396,11 +396,14 @@ class CatalogIndex:
         if self._exact is None:
             self._exact, self._loose = {}, {}
             for item_id, item_title in zip(self._ids, self._titles, strict=True):
-                rendered = quote(item_title)[1:-1]
                 keys = [(self._exact, normalise_title(item_title)),
                         (self._loose, normalise_title(item_title, loose=True))]
-                if rendered.endswith("…"):
-                    keys.append((self._exact, normalise_title(rendered)))
+                # only a title longer than a quote's limit (NFKC may lengthen it; the rest of quote only shortens)
+                # can be clipped
+                if len(unicodedata.normalize("NFKC", item_title)) > QUOTE_MAX_CHARS or "…" in item_title:
+                    rendered = quote(item_title)[1:-1]
+                    if rendered.endswith("…"):
+                        keys.append((self._exact, normalise_title(rendered)))
                 for table, key in keys:
                     if key and item_id not in table.get(key, ()):
                         table.setdefault(key, []).append(item_id)

@@ -132,6 +132,33 @@ def test_embedder_encodes_unit_float32_rows(embedder: Embedder) -> None:
     assert len(embedder.fingerprint) == 64
 
 
+def test_openvino_and_torch_backends_give_the_same_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OpenVINO backend (the default on CPU) runs the converted model, cached once per GENREC_HOME; its vectors
+    are sentence-transformers' own, whatever the batch's padding and order."""
+    from genrec.errors import GenrecError
+
+    monkeypatch.setenv("GENREC_HOME", str(tmp_path))
+    texts = ["a red stapler", "Toy Story (1995)", "x", "Swingline heavy duty stapler, 210 sheet capacity, black " * 8,
+             "Post-it notes, 3 x 3 in, 12 pads"]
+    converted = Embedder(backend="openvino")
+    vectors = converted.encode(texts, batch_size=2)
+    assert converted.engine in ("openvino-bf16", "openvino-f32")
+    reference = Embedder(backend="torch")
+    assert reference.engine == "torch"
+    expected = reference.encode(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == expected.shape
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float((vectors * expected).sum(axis=1).min()) > 0.9999
+    [saved] = list((tmp_path / "models").glob("embedder-*-openvino"))
+    written = (saved / "model.xml").stat().st_mtime_ns
+    again = Embedder(backend="openvino").encode(texts[::-1])  # read from the cache, not converted again
+    assert (saved / "model.xml").stat().st_mtime_ns == written and np.allclose(again[::-1], vectors, atol=1e-3)
+    monkeypatch.setenv("GENREC_EMBEDDER_BACKEND", "torch")
+    assert Embedder().engine == "torch"
+    with pytest.raises(GenrecError, match="embedder backend must be one of"):
+        Embedder(backend="onnx")  # type: ignore[arg-type]
+
+
 def test_embedder_needs_a_local_model_directory(tmp_path: Path) -> None:
     with pytest.raises(EmbedderNotFoundError, match="not a local sentence-transformers model"):
         Embedder(tmp_path / "missing")
