@@ -6,8 +6,9 @@
 Each measurement runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to that step alone. A synthetic
 import is timed on a store that already holds the items' catalog (3 platforms x 200,000 items); its Parquet file
 and the catalog are written by a separate process first (in chunks), so generating the data costs the import
-neither time nor memory. The machine may be shared: the load average is recorded at the start and end of each
-synthetic step.
+neither time nor memory. Each synthetic store is then read like the real-data one (history of 1,000 random users:
+p50 / p95 latency) and appended to like ``POST /v1/events`` does (20 batches of 10 events of existing users). The
+machine may be shared: the load average is recorded at the start and end of each synthetic step.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _child(step: str, db: str, n_events: int) -> dict:
         with Store(db) as store:
             users = store.users()
             random.Random(0).shuffle(users)
+            del users[1001:]
             store.history(users[0])  # warm the title cache
             times = []
             for user in users[:1000]:
@@ -50,6 +52,8 @@ def _child(step: str, db: str, n_events: int) -> dict:
                 times.append(time.perf_counter() - t0)
             out = {"queries": len(times), "p50_ms": float(np.median(times) * 1e3),
                    "p95_ms": float(np.percentile(times, 95) * 1e3)}
+    elif step == "append":
+        out = _append(db)
     elif step == "generate":
         out = _generate(db, n_events)
     elif step == "synthetic":
@@ -127,6 +131,32 @@ def _synthetic(db: str, n: int) -> dict:
             "load_average_end": [round(x, 2) for x in os.getloadavg()]}
 
 
+def _append(db: str) -> dict:
+    """Small appends (the ``POST /v1/events`` path: a batch of 10 events of existing users) into a large store."""
+    import pandas as pd
+
+    from genrec.data.importers import ImportBatch
+    from genrec.data.store import Store
+
+    rng = np.random.default_rng(1)
+    times = []
+    with Store(db) as store:
+        users = [r[0] for r in store.con.execute("SELECT user_id FROM events USING SAMPLE 200 ROWS").fetchall()]
+        for i in range(20):
+            events = pd.DataFrame({"user_id": rng.choice(users, 10), "platform": "shop",
+                                   "item_id": rng.integers(1, CATALOG, 10).astype(str),
+                                   "timestamp": pd.Timestamp("2030-01-01") + pd.to_timedelta(np.arange(10) + 10 * i,
+                                                                                            unit="s"),
+                                   "event": "view", "value": 1.0, "_file": "append", "_line": np.arange(1, 11)})
+            t0 = time.perf_counter()
+            report = store.ingest(ImportBatch("append", events=events))
+            times.append(time.perf_counter() - t0)
+            assert report.events_added == 10, report
+            assert all(len(store.history(u)) for u in events["user_id"])
+    return {"batches": len(times), "events_per_batch": 10, "p50_ms": float(np.median(times) * 1e3),
+            "max_ms": float(np.max(times) * 1e3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, nargs="+", default=[10_000_000],
@@ -154,6 +184,8 @@ def main() -> None:
             generated = _run("generate", synthetic, n)
             run = _run("synthetic", synthetic, n) | {"generate_seconds": generated["seconds"],
                                                       "file_mib": generated["file_mib"]}
+            run["history"] = _run("history", synthetic, n) | {"load_average": [round(x, 2) for x in os.getloadavg()]}
+            run["append"] = _run("append", synthetic, n)
             print(json.dumps(run), file=sys.stderr)
             runs.append(run)
             for leftover in Path(tmp).glob(f"synthetic-{n}.*"):

@@ -10,7 +10,7 @@ import pytest
 from genrec.data.cleaning import CleaningConfig
 from genrec.data.importers import ImportBatch
 from genrec.data.schema import Platform
-from genrec.data.store import Store
+from genrec.data.store import SCHEMA, Store
 from genrec.errors import DataError, NotFoundError
 
 
@@ -191,3 +191,44 @@ def test_export_parquet(store, tmp_path):
     assert {p.name for p in written} == {"platforms.parquet", "items.parquet", "events.parquet",
                                          "links.parquet", "splits.parquet"}
     assert len(pd.read_parquet(tmp_path / "out" / "events.parquet")) == 6
+
+
+def test_events_carry_a_user_key_and_the_store_keeps_no_index_over_them(store):
+    con = store.con
+    assert con.execute("SELECT count(*) FROM events WHERE user_key <> hash(user_id)").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'events'").fetchone()[0] == 0
+    assert store.has_user("u2") and not store.has_user("nobody")
+    assert store.user_items(["u2", "nobody"]) == {"u2": {("shop", "s1"), ("shop", "s3")}, "nobody": set()}
+
+
+OLD_EVENTS = SCHEMA.replace(", user_key UBIGINT NOT NULL", "") + """
+CREATE INDEX events_user ON events (user_id);
+INSERT INTO events VALUES ('u1', 'shop', 's1', '1970-01-01 00:00:10', 'buy', NULL, 1),
+    ('u2', 'shop', 's1', '1970-01-01 00:00:15', 'buy', NULL, 2),
+    ('u1', 'shop', 's2', '1970-01-01 00:00:30', 'buy', 3, 3);
+INSERT INTO platforms VALUES ('shop', 'bought', 'time', NULL);"""
+
+
+def test_a_store_written_with_the_user_index_opens_read_only_and_is_rekeyed_when_opened_for_writing(tmp_path):
+    import duckdb
+
+    db = tmp_path / "old.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(OLD_EVENTS)
+    with Store(db, read_only=True) as old:  # as it is: found by user_id (and its index)
+        assert [h.item_id for h in old.history("u1")] == ["s1", "s2"]
+        assert old.user_items(["u2"]) == {"u2": {("shop", "s1")}}
+    with Store(db) as s:
+        con = s.con
+        assert con.execute("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'events'").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM events WHERE user_key = hash(user_id)").fetchone()[0] == 3
+        assert [(h.item_id, h.value) for h in s.history("u1")] == [("s1", None), ("s2", 3.0)]
+        s.ingest(ImportBatch("more", events=events([("u1", "shop", "s3", 40, "buy", None),
+                                                    ("u1", "shop", "s2", 30, "buy", None)]),
+                             items=items([("shop", "s1", "A"), ("shop", "s2", "B"), ("shop", "s3", "C")])))
+        assert [h.item_id for h in s.history("u1")] == ["s1", "s2", "s3"]
+        assert con.execute("SELECT max(seq) FROM events").fetchone()[0] == 4
+        con.execute("UPDATE events SET user_key = 0")  # as if DuckDB's hash had changed
+    with Store(db) as s:
+        assert s.con.execute("SELECT count(*) FROM events WHERE user_key = hash(user_id)").fetchone()[0] == 4
+        assert [h.item_id for h in s.history("u1")] == ["s1", "s2", "s3"]

@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS items (
     category VARCHAR, attributes VARCHAR, year INTEGER, PRIMARY KEY (platform, item_id));
 CREATE TABLE IF NOT EXISTS events (
     user_id VARCHAR NOT NULL, platform VARCHAR NOT NULL, item_id VARCHAR NOT NULL, timestamp TIMESTAMP NOT NULL,
-    event VARCHAR NOT NULL, value DOUBLE, seq BIGINT NOT NULL);
+    event VARCHAR NOT NULL, value DOUBLE, seq BIGINT NOT NULL, user_key UBIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS links (
     platform VARCHAR NOT NULL, platform_user_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
     PRIMARY KEY (platform, platform_user_id));
@@ -66,8 +66,16 @@ CREATE TABLE IF NOT EXISTS datasets (
 SHOWN = 5  # rows named in a referential error
 
 
-USER_INDEX = "CREATE INDEX IF NOT EXISTS events_user ON events (user_id)"
-BULK_ROWS = 200_000  # from this many staged events on, the user index is rebuilt rather than maintained
+# Per-user reads find a user's events through ``user_key`` = hash(user_id), not an index: every import inserts its
+# events ordered by it, so each row group holds a narrow key range and DuckDB's min/max statistics (zonemaps) of
+# the integer column skip all row groups but the one or two holding the user (VARCHAR statistics would not do: they
+# keep only a short prefix, 12 bytes in DuckDB 2.0, which prefixed ids share). An ART index over every event costs
+# ~70 bytes a row in memory (7.5 GiB to build at 100M events); the key costs next to nothing on disk (RLE runs).
+# The key is derived data: a store whose keys do not match this DuckDB's hash (written by an older genrec, which
+# kept an index instead, or a DuckDB whose hash changed) is rewritten when opened for writing (``_rekey``).
+USER_KEY = "hash(user_id)"
+EVENT_FIELDS = "user_id, platform, item_id, timestamp, event, value, seq"
+BULK_ROWS = 200_000  # from this many staged events on, an import runs under BULK_SETTINGS
 # DuckDB settings while a bulk import runs: a bounded buffer pool (staging and hash tables spill to the store's
 # temporary directory beyond it) and no insertion-order bookkeeping (arrival order is kept in ``_seq``)
 BULK_SETTINGS = {"memory_limit": "1GB", "preserve_insertion_order": "false"}
@@ -124,7 +132,10 @@ class Store:
             raise DataError(f"cannot open the store ({exc})", file=self.path) from exc
         if not read_only:
             self._root.execute(SCHEMA)
-            self._root.execute(USER_INDEX)
+            if not _keyed(self._root):
+                _rekey(self._root)
+        # whether reads can select a user's events by key (an old store opened read-only: by user_id alone)
+        self._keyed = _keyed(self._root)
         self._local = threading.local()
         self._write_lock = threading.Lock()
         # platform -> item_id -> (title, category); a Store is the file's only writer, so writes invalidate it
@@ -194,8 +205,6 @@ class Store:
         checks = {"allow_unknown_items": allow_unknown_items, "allow_unknown_users": allow_unknown_users,
                   "same_people": same_people, "user_prefix": user_prefix}
         con = self.con
-        # a large batch rebuilds the user index once after commit instead of maintaining it row by row (ART
-        # inserts cost several times a bulk build); the index is derived data, so it lives outside the transaction
         bulk = batch.events is not None and len(batch.events) >= BULK_ROWS
         with self._write_lock:
             saved = {}
@@ -204,7 +213,6 @@ class Store:
                          for name in BULK_SETTINGS}
                 for name, value in BULK_SETTINGS.items():
                     con.execute(f"SET {name} = '{value}'")
-                con.execute("DROP INDEX IF EXISTS events_user")
             con.execute("BEGIN TRANSACTION")
             try:
                 self._ingest(con, batch, cleaning, create_platforms, report, **checks)
@@ -222,19 +230,8 @@ class Store:
                 for table in ("stage_events", "stage_items", "stage_links", "stage_splits", "stage_unknown",
                               "stage_users", "stage_dups"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
-                try:
-                    con.execute(USER_INDEX)
-                except duckdb.OutOfMemoryException:
-                    if not saved:
-                        raise
-                    # the import is committed: an index too large for the bulk limit (~100M events) is built
-                    # with the store's usual one rather than failing after the fact
-                    for name, value in saved.items():
-                        con.execute(f"SET {name} = '{value}'")
-                    con.execute(USER_INDEX)
-                finally:
-                    for name, value in saved.items():
-                        con.execute(f"SET {name} = '{value}'")
+                for name, value in saved.items():
+                    con.execute(f"SET {name} = '{value}'")
         report.seconds = time.perf_counter() - started
         return report
 
@@ -401,15 +398,20 @@ class Store:
 
     @staticmethod
     def _insert_events(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-        """Add staged events not already present (by user, platform, item, timestamp and event)."""
+        """Add staged events not already present (by user, platform, item, timestamp and event), ordered by user key
+        (see ``USER_KEY``). The store's events are first narrowed to the batch's users' keys: for a small batch
+        the key's zonemaps then skip nearly the whole table instead of joining all of it."""
         staged = first_row(con.execute("SELECT count(*) FROM stage_events"))[0]
         base = first_row(con.execute("SELECT coalesce(max(seq), 0) FROM events"))[0]
         added = first_row(con.execute(
-            """INSERT INTO events
-               SELECT s.user_id, s.platform, s.item_id, s.timestamp, s.event, s.value, ? + s._seq
+            f"""INSERT INTO events
+               SELECT s.user_id, s.platform, s.item_id, s.timestamp, s.event, s.value, ? + s._seq, {USER_KEY}
                FROM stage_events s
-               WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.user_id = s.user_id AND e.platform = s.platform
-                   AND e.item_id = s.item_id AND e.timestamp = s.timestamp AND e.event = s.event)""",
+               WHERE NOT EXISTS (SELECT 1 FROM (SELECT * FROM events WHERE user_key IN (
+                       SELECT {USER_KEY} FROM stage_events)) e
+                   WHERE e.user_id = s.user_id AND e.platform = s.platform AND e.item_id = s.item_id
+                   AND e.timestamp = s.timestamp AND e.event = s.event)
+               ORDER BY 8""",
             [base]))[0]
         return added, staged - added
 
@@ -453,7 +455,22 @@ class Store:
         return first_row(self.con.execute("SELECT 1 FROM events WHERE platform = ? LIMIT 1", [platform])) is not None
 
     def has_user(self, user_id: str) -> bool:
-        return first_row(self.con.execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", [user_id])) is not None
+        return first_row(self.con.execute(f"SELECT 1 FROM events WHERE {self._user_is()} LIMIT 1",
+                                          self._user_params(user_id))) is not None
+
+    def _user_is(self) -> str:
+        """The filter on one user's events (its parameters: ``_user_params``): by key, which zonemaps prune."""
+        return "user_key = hash(?) AND user_id = ?" if self._keyed else "user_id = ?"
+
+    def _user_params(self, user_id: str) -> list:
+        return [user_id, user_id] if self._keyed else [user_id]
+
+    def users_in(self, user_ids: Sequence[str]) -> tuple[str, list]:
+        """A filter on ``events`` selecting the events of ``user_ids``, and its parameters."""
+        if self._keyed:
+            return ("user_key IN (SELECT hash(unnest(?))) AND user_id IN (SELECT unnest(?))",
+                    [list(user_ids), list(user_ids)])
+        return "user_id IN (SELECT unnest(?))", [list(user_ids)]
 
     def history(self, user_id: str, platform: str | None = None, before: datetime | None = None,
                 limit: int | None = None) -> list[HistoryItem]:
@@ -461,8 +478,8 @@ class Store:
 
         ``limit`` keeps the most recent events.
         """
-        sql = "SELECT user_id, platform, item_id, timestamp, event, value FROM events WHERE user_id = ?"
-        params: list = [user_id]
+        sql = f"SELECT user_id, platform, item_id, timestamp, event, value FROM events WHERE {self._user_is()}"
+        params: list = self._user_params(user_id)
         if platform is not None:
             sql += " AND platform = ?"
             params.append(platform)
@@ -483,8 +500,9 @@ class Store:
         """The distinct (platform, item) pairs each of ``user_ids`` has events for (users without events: empty)."""
         out: dict[str, set[tuple[str, str]]] = {user: set() for user in user_ids}
         if out:
-            rows = self.con.execute("SELECT DISTINCT user_id, platform, item_id FROM events "
-                                    "WHERE user_id IN (SELECT unnest(?))", [list(out)]).fetchall()
+            where, params = self.users_in(list(out))
+            rows = self.con.execute(f"SELECT DISTINCT user_id, platform, item_id FROM events WHERE {where}",
+                                    params).fetchall()
             for user, platform, item in rows:
                 out[user].add((platform, item))
         return out
@@ -623,9 +641,42 @@ class Store:
         written = []
         for table in ("platforms", "items", "events", "links", "splits"):
             target = directory / f"{table}.parquet"
-            self.con.execute(f"COPY (SELECT * FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
+            columns = EVENT_FIELDS if table == "events" else "*"  # the user key is derived: not exported
+            self.con.execute(f"COPY (SELECT {columns} FROM {table}) TO '{_sql_path(target)}' (FORMAT parquet)")
             written.append(target)
         return written
+
+
+def _keyed(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the events carry user keys of this DuckDB's hash (checked on one row: a change of the hash function
+    changes them all; an empty table is keyed)."""
+    if first_row(con.execute("""SELECT 1 FROM duckdb_columns() WHERE table_name = 'events'
+                                AND column_name = 'user_key'""")) is None:
+        return False
+    row = first_row(con.execute(f"SELECT user_key = {USER_KEY} FROM events LIMIT 1"))
+    return row is None or bool(row[0])
+
+
+def _rekey(con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite the events with (new) user keys, ordered by them, in one transaction; the user index of a store
+    written by an older genrec goes with the old table. Runs under the bulk settings (the sort spills)."""
+    saved = {name: first_row(con.execute("SELECT current_setting(?)", [name]))[0] for name in BULK_SETTINGS}
+    for name, value in BULK_SETTINGS.items():
+        con.execute(f"SET {name} = '{value}'")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DROP INDEX IF EXISTS events_user")
+        con.execute("ALTER TABLE events RENAME TO events_old")
+        con.execute(SCHEMA)  # the events table anew
+        con.execute(f"INSERT INTO events SELECT {EVENT_FIELDS}, {USER_KEY} FROM events_old ORDER BY 8")
+        con.execute("DROP TABLE events_old")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for name, value in saved.items():
+            con.execute(f"SET {name} = '{value}'")
 
 
 def _stage_source(con: duckdb.DuckDBPyConnection, source: EventSource) -> int:

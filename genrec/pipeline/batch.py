@@ -95,17 +95,17 @@ def read_user_file(path: str | Path, store) -> list[str]:
 
 
 def _known_users(store, users: Sequence[str]) -> list[str]:
-    rows = store.con.execute("SELECT DISTINCT user_id FROM events WHERE user_id IN (SELECT unnest(?))",
-                             [list(users)]).fetchall()
+    where, params = store.users_in(users)
+    rows = store.con.execute(f"SELECT DISTINCT user_id FROM events WHERE {where}", params).fetchall()
     return [r[0] for r in rows]
 
 
 def read_histories(store, users: Sequence[str]) -> dict[str, tuple[Interaction, ...]]:
     """Each user's events on every platform in time order, as ``genrec.pipeline.fitting.user_context`` reads them
     (one query for all of ``users``)."""
-    rows = store.con.execute(
-        "SELECT user_id, platform, item_id, timestamp, value FROM events WHERE user_id IN (SELECT unnest(?)) "
-        "ORDER BY user_id, timestamp, seq", [list(users)]).fetchall()
+    where, params = store.users_in(users)
+    rows = store.con.execute(f"SELECT user_id, platform, item_id, timestamp, value FROM events WHERE {where} "
+                             "ORDER BY user_id, timestamp, seq", params).fetchall()
     out: dict[str, list[Interaction]] = {user: [] for user in users}
     for user, platform, item, ts, value in rows:
         out[user].append(Interaction(platform, item, ts.replace(tzinfo=UTC).timestamp(), value))
