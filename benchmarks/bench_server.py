@@ -11,7 +11,7 @@ Measures, on this machine:
 
 The machine's load average is recorded before and after: on a shared machine the numbers are taken under load.
 
-Usage: ``python benchmarks/bench_server.py [--requests 10] [--per-client 2] [--onboarding]
+Usage: ``python benchmarks/bench_server.py [--requests 10] [--per-client 3] [--plain-per-client 25] [--onboarding]
 [--out benchmarks/results/server.json]``
 """
 
@@ -203,7 +203,10 @@ def save_result(result: dict[str, Any], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10, help="sequential requests for the latency numbers")
-    parser.add_argument("--per-client", type=int, default=2, help="requests per client in the throughput runs")
+    parser.add_argument("--per-client", type=int, default=3,
+                        help="requests per client in the throughput runs with rationales")
+    parser.add_argument("--plain-per-client", type=int, default=25,
+                        help="requests per client in the throughput runs without rationales")
     parser.add_argument("--onboarding", action="store_true", help="also onboard a 20,000-item catalog")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "server.json")
     args = parser.parse_args()
@@ -220,7 +223,7 @@ def main() -> None:
             import_dataset(store, "movielens-latest-small")
             import_dataset(store, "amazon-arts-office")
         with server(db, root, max_batch=1) as url:
-            runs["unbatched"] = {"no_rationales": throughput(url, rest, args.per_client),
+            runs["unbatched"] = {"no_rationales": throughput(url, rest, args.plain_per_client),
                                  "rationales": throughput(url, rest, args.per_client, explain=True)}
         with server(db, root, max_batch=8) as url:
             plain = latency(url, users[: args.requests])
@@ -229,7 +232,7 @@ def main() -> None:
                                    "rationales": explained,
                                    "rationales_add_p50_s": round(explained["p50_s"] - plain["p50_s"], 3),
                                    "target_rationales_add_s": TARGET_RATIONALES_S}
-            runs["micro_batched"] = {"no_rationales": throughput(url, rest, args.per_client),
+            runs["micro_batched"] = {"no_rationales": throughput(url, rest, args.plain_per_client),
                                      "rationales": throughput(url, rest, args.per_client, explain=True)}
             if args.onboarding:  # last: a later server start would index the onboarded platform again
                 result["onboarding_20k"] = onboard(url, onboarding_catalog(default_data_dir())) | {

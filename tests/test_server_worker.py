@@ -258,3 +258,13 @@ def test_before_any_measured_batch_only_the_first_batch_is_promised(worker, fake
     assert first.result(5) == ["answer for first"]
     assert worker.stats.measured and worker.stats.batch_seconds >= 0.3  # the measurement, not a blend with 1 s
     assert worker.submit(EchoJob("third"), deadline=time.monotonic() + 60).result(5) == ["answer for third"]
+
+
+def test_jobs_without_requests_are_measured_but_one_off_calls_are_not(worker) -> None:
+    """A pipeline's ranking without rationales asks nothing batched but is a job all the same: its batch calibrates
+    the admission estimate (otherwise concurrent clients were refused as "measuring its first batch" for ever);
+    a one-off call such as the warm-up does not."""
+    worker.submit(CallJob(lambda: time.sleep(0.3))).result(5)
+    assert not worker.stats.measured
+    assert worker.submit(MixedJob()).result(5) == []
+    assert worker.stats.measured and worker.stats.batch_seconds < 0.3

@@ -184,14 +184,15 @@ class BatchWorker:
                 ran = self._process(batch)
             finally:
                 self._batch_started = None
-            if ran:  # batches of model work only: warm-up would skew the estimate
+            if ran:  # batches of jobs only: a one-off call (the warm-up) would skew the estimate
                 took = time.perf_counter() - started
                 self.stats.batch_seconds = 0.7 * self.stats.batch_seconds + 0.3 * took if self.stats.measured \
                     else took  # the first measurement replaces the initial guess
                 self.stats.measured = True
 
     def _process(self, batch: list[tuple[Job, Future, float | None]]) -> int:
-        """Answer a batch; returns how many requests it ran."""
+        """Answer a batch; returns how many of its jobs are not ``CallJob``s (one-off calls such as the warm-up).
+        A job without requests (a pipeline's ranking without rationales) counts: its batch time is a batch's."""
         prepared: list[tuple[Job, Future, list]] = []
         now = time.monotonic()
         for job, future, deadline in batch:
@@ -205,6 +206,7 @@ class BatchWorker:
             except Exception as exc:  # the job's own error goes to its caller
                 future.set_exception(exc)
         requests = [request for _, _, rs in prepared for request in rs]
+        jobs = sum(not isinstance(job, CallJob) for job, _, _ in prepared)
         self.stats.batches += 1
         self.stats.jobs += len(prepared)
         self.stats.requests += len(requests)
@@ -215,12 +217,12 @@ class BatchWorker:
             log.debug("batch of %d requests failed; answering its jobs one by one", len(requests))
             for job, future, rs in prepared:
                 self._finish(job, future, rs, None)
-            return len(requests)
+            return jobs
         offset = 0
         for job, future, rs in prepared:
             self._finish(job, future, rs, results[offset: offset + len(rs)])
             offset += len(rs)
-        return len(requests)
+        return jobs
 
     def _answer(self, requests: list) -> list:
         """The results of ``requests`` in order: the recommender's in one call, the others in one call per class
