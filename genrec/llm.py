@@ -63,8 +63,8 @@ class LLMConfig:
     2022). ``engine`` runs the model: ``"transformers"`` (eager PyTorch, the reference, every feature, the one
     genrec trains with), ``"openvino"`` (openvino-genai on CPU: opens the GGUF file itself, continuous batching
     with prefix caching; no constrained decoding or 4-bit; see ``genrec.engines.openvino``), ``"llamacpp"``
-    (llama-cpp-python on CPU: runs the GGUF file in-process, batched generation and scoring; no constrained decoding
-    or adapters; see ``genrec.engines.llamacpp``) or ``"openai"`` (an
+    (llama-cpp-python on CPU: runs the GGUF file in-process, generation prompt by prompt and scoring on the
+    prompt's shared cache; no constrained decoding or adapters; see ``genrec.engines.llamacpp``) or ``"openai"`` (an
     OpenAI-compatible server such as vLLM at ``llm_url``, e.g. ``http://host:8000/v1``; setting ``llm_url`` selects
     it). With ``"openai"``, ``model`` is where the local tokenizer comes from (default SmolLM2-135M-Instruct's),
     ``served_model`` the model's name on the server (default: the one it serves), and ``adapter`` the name of a LoRA

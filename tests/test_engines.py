@@ -192,18 +192,23 @@ def test_greedy_text_equals_the_reference(engines: dict[str, LLM], engine: str) 
 
 
 @pytest.mark.integration
-def test_openvino_says_what_it_cannot_do(engines: dict[str, LLM], tmp_path: Path) -> None:
-    llm = engines["openvino"]
+@pytest.mark.parametrize("engine", ["openvino", "llamacpp"])
+def test_an_engine_says_what_it_cannot_do(engines: dict[str, LLM], engine: str, tmp_path: Path) -> None:
+    llm = engines[engine]
     prompt = _chats(llm)[:1]
     with pytest.raises(EngineUnsupportedError, match="constrained decoding"):
         llm.generate(prompt, max_new_tokens=4, allowed_tokens=lambda row, ids: [1])
     with pytest.raises(EngineUnsupportedError, match="beam search"):
         llm.generate(prompt, max_new_tokens=4, num_beams=2)
-    with pytest.raises(EngineUnsupportedError, match="cannot score"):
-        llm.continuation_logprobs([1, 2, 3], [[4], [5, 6]])
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(EngineUnsupportedError, match="adapter"):
-        LLM.load(LLMConfig(engine="openvino", adapter=str(tmp_path)))
+        LLM.load(LLMConfig(engine=engine, adapter=str(tmp_path)))
+    if engine == "openvino":  # llama.cpp scores (tested below)
+        with pytest.raises(EngineUnsupportedError, match="cannot score"):
+            llm.continuation_logprobs([1, 2, 3], [[4], [5, 6]])
+    else:  # openvino also opens OpenVINO IR folders
+        with pytest.raises(GenrecError, match="needs a .gguf file"):
+            LLM.load(LLMConfig(engine=engine, model=str(tmp_path)))
 
 
 # --- llamacpp: scoring against the reference ---------------------------------------------------------------------
@@ -244,18 +249,3 @@ def test_llamacpp_scores_rank_candidates_as_the_reference(engines: dict[str, LLM
         assert spearman >= 0.9 and top5 >= 4, (spearman, top5)
     pairs = [llm.continuation_logprobs(prompt + head, [lines[0], lines[k]]) for k in (1, 2)]
     assert pairs[0][0] == pairs[1][0]
-
-
-@pytest.mark.integration
-def test_llamacpp_says_what_it_cannot_do(engines: dict[str, LLM], tmp_path: Path) -> None:
-    llm = engines["llamacpp"]
-    prompt = _chats(llm)[:1]
-    with pytest.raises(EngineUnsupportedError, match="constrained decoding"):
-        llm.generate(prompt, max_new_tokens=4, allowed_tokens=lambda row, ids: [1])
-    with pytest.raises(EngineUnsupportedError, match="beam search"):
-        llm.generate(prompt, max_new_tokens=4, num_beams=2)
-    (tmp_path / "adapter_config.json").write_text("{}")
-    with pytest.raises(EngineUnsupportedError, match="adapter"):
-        LLM.load(LLMConfig(engine="llamacpp", adapter=str(tmp_path)))
-    with pytest.raises(GenrecError, match="needs a .gguf file"):
-        LLM.load(LLMConfig(engine="llamacpp", model=str(tmp_path)))

@@ -9,9 +9,10 @@ the caller says otherwise. The store also keeps data sets defined from imported 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -132,10 +133,11 @@ class Store:
             raise DataError(f"cannot open the store ({exc})", file=self.path) from exc
         if not read_only:
             self._root.execute(SCHEMA)
-            if not _keyed(self._root):
-                _rekey(self._root)
         # whether reads can select a user's events by key (an old store opened read-only: by user_id alone)
         self._keyed = _keyed(self._root)
+        if not read_only and not self._keyed:
+            _rekey(self._root)
+            self._keyed = True
         self._local = threading.local()
         self._write_lock = threading.Lock()
         # platform -> item_id -> (title, category); a Store is the file's only writer, so writes invalidate it
@@ -206,13 +208,7 @@ class Store:
                   "same_people": same_people, "user_prefix": user_prefix}
         con = self.con
         bulk = batch.events is not None and len(batch.events) >= BULK_ROWS
-        with self._write_lock:
-            saved = {}
-            if bulk:
-                saved = {name: first_row(con.execute("SELECT current_setting(?)", [name]))[0]
-                         for name in BULK_SETTINGS}
-                for name, value in BULK_SETTINGS.items():
-                    con.execute(f"SET {name} = '{value}'")
+        with self._write_lock, _bulk_settings(con, bulk):
             con.execute("BEGIN TRANSACTION")
             try:
                 self._ingest(con, batch, cleaning, create_platforms, report, **checks)
@@ -230,8 +226,6 @@ class Store:
                 for table in ("stage_events", "stage_items", "stage_links", "stage_splits", "stage_unknown",
                               "stage_users", "stage_dups"):
                     con.execute(f"DROP TABLE IF EXISTS {table}")
-                for name, value in saved.items():
-                    con.execute(f"SET {name} = '{value}'")
         report.seconds = time.perf_counter() - started
         return report
 
@@ -660,20 +654,29 @@ def _keyed(con: duckdb.DuckDBPyConnection) -> bool:
 def _rekey(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite the events with (new) user keys, ordered by them, in one transaction; the user index of a store
     written by an older genrec goes with the old table. Runs under the bulk settings (the sort spills)."""
-    saved = {name: first_row(con.execute("SELECT current_setting(?)", [name]))[0] for name in BULK_SETTINGS}
-    for name, value in BULK_SETTINGS.items():
-        con.execute(f"SET {name} = '{value}'")
-    con.execute("BEGIN TRANSACTION")
+    with _bulk_settings(con):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DROP INDEX IF EXISTS events_user")
+            con.execute("ALTER TABLE events RENAME TO events_old")
+            con.execute(SCHEMA)  # the events table anew
+            con.execute(f"INSERT INTO events SELECT {EVENT_FIELDS}, {USER_KEY} FROM events_old ORDER BY 8")
+            con.execute("DROP TABLE events_old")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+@contextlib.contextmanager
+def _bulk_settings(con: duckdb.DuckDBPyConnection, on: bool = True) -> Iterator[None]:
+    """``BULK_SETTINGS`` while the block runs (when ``on``), the connection's own settings again after it."""
+    saved = {name: first_row(con.execute("SELECT current_setting(?)", [name]))[0] for name in BULK_SETTINGS} \
+        if on else {}
     try:
-        con.execute("DROP INDEX IF EXISTS events_user")
-        con.execute("ALTER TABLE events RENAME TO events_old")
-        con.execute(SCHEMA)  # the events table anew
-        con.execute(f"INSERT INTO events SELECT {EVENT_FIELDS}, {USER_KEY} FROM events_old ORDER BY 8")
-        con.execute("DROP TABLE events_old")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        for name, value in BULK_SETTINGS.items() if on else ():
+            con.execute(f"SET {name} = '{value}'")
+        yield
     finally:
         for name, value in saved.items():
             con.execute(f"SET {name} = '{value}'")

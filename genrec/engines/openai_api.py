@@ -41,6 +41,7 @@ from genrec.errors import GenrecError
 API_KEY_ENV = "GENREC_LLM_API_KEY"
 DEFAULT_TIMEOUT_S = 600.0
 SCORING_CHUNK = 64  # continuations per scoring request when no batch_size is given
+NO_LOGPROBS = "it returned no log-probabilities for the prompt's tokens"
 
 
 class LLMServerError(GenrecError):
@@ -159,12 +160,10 @@ class OpenAIBackend:
 
     def _create(self, ids: Sequence[int], **options: Any) -> Any:
         """One completion request for the prompt ``ids``: as token ids, else (once refused) as its text."""
-        import openai
-
         if self._token_prompts:
             try:
                 return self.client.completions.create(prompt=list(ids), **options)
-            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
+            except _refusals() as exc:
                 if "prompt" not in _detail(exc):
                     raise
                 self._token_prompts = False  # e.g. transformers serve: "prompt must be a string."
@@ -193,54 +192,46 @@ class OpenAIBackend:
             scores += self._score_group(list(prompt), [list(continuations[i]) for i in group])
         return scores
 
-    def _unsupported(self) -> str:
-        return (f"the LLM server at {self.url} cannot score candidate lines (decoding='scored'): it needs "
-                "/v1/completions with echo=True and prompt logprobs (vLLM and SGLang have them)")
+    def _cannot_score(self, why: str) -> EngineUnsupportedError:
+        return EngineUnsupportedError(f"the LLM server at {self.url} cannot score candidate lines (decoding="
+                                      "'scored'): it needs /v1/completions with echo=True and prompt logprobs (vLLM "
+                                      f"and SGLang have them); {why}")
 
     def _score_group(self, prompt: list[int], lines: list[list[int]]) -> list[list[float]]:
-        import openai
-
         if not self._token_prompts:
             return [self._score_text(prompt, line) for line in lines]
-        unsupported = self._unsupported()
         with self._errors("scoring"):
             try:
                 response = self.client.completions.create(
                     model=self.model_name, prompt=[prompt + line for line in lines], echo=True, logprobs=1,
                     max_tokens=1, temperature=0.0)
-            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
+            except _refusals() as exc:
                 if "prompt" in _detail(exc):
                     self._token_prompts = False  # a server of text prompts only
                     return [self._score_text(prompt, line) for line in lines]
-                raise EngineUnsupportedError(f"{unsupported}; it answered HTTP {exc.status_code}: "
-                                             f"{_detail(exc)}") from exc
+                raise self._cannot_score(f"it answered HTTP {exc.status_code}: {_detail(exc)}") from exc
         choices = sorted(response.choices, key=lambda choice: choice.index)
         if len(choices) != len(lines):
-            raise EngineUnsupportedError(f"{unsupported}; it answered {len(choices)} choices for {len(lines)} "
-                                         "prompts")
+            raise self._cannot_score(f"it answered {len(choices)} choices for {len(lines)} prompts")
         scores = []
         for line, choice in zip(lines, choices, strict=True):
             values = getattr(choice.logprobs, "token_logprobs", None) or []
             row = values[len(prompt) : len(prompt) + len(line)]
             if len(row) != len(line) or any(value is None for value in row):
-                raise EngineUnsupportedError(f"{unsupported}; it returned no log-probabilities for the prompt's "
-                                             "tokens")
+                raise self._cannot_score(NO_LOGPROBS)
             scores.append([float(value) for value in row])
         return scores
 
     def _score_text(self, prompt: list[int], line: list[int]) -> list[float]:
         """One line's scores from a server of text prompts: the echoed entries just before the generated token
         (none when it stopped at once), checked against the line's own text."""
-        import openai
-
         text = self.tokenizer.decode(prompt + line, skip_special_tokens=False)
         with self._errors("scoring"):
             try:
                 response = self.client.completions.create(model=self.model_name, prompt=text, echo=True, logprobs=1,
                                                           max_tokens=1, temperature=0.0)
-            except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
-                raise EngineUnsupportedError(f"{self._unsupported()}; it answered HTTP {exc.status_code}: "
-                                             f"{_detail(exc)}") from exc
+            except _refusals() as exc:
+                raise self._cannot_score(f"it answered HTTP {exc.status_code}: {_detail(exc)}") from exc
         choice = response.choices[0]
         values = list(getattr(choice.logprobs, "token_logprobs", None) or [])
         tokens = list(getattr(choice.logprobs, "tokens", None) or [])
@@ -251,12 +242,19 @@ class OpenAIBackend:
         row = values[end - len(line) : end] if end >= len(line) else []
         spelled = "".join(tokens[end - len(line) : end]) if len(tokens) == len(values) else None
         if len(row) != len(line) or any(value is None for value in row):
-            raise EngineUnsupportedError(f"{self._unsupported()}; it returned no log-probabilities for the prompt's "
-                                         "tokens")
+            raise self._cannot_score(NO_LOGPROBS)
         if spelled != self.tokenizer.decode(line, skip_special_tokens=False):
-            raise EngineUnsupportedError(f"{self._unsupported()}; its echoed tokens do not spell the scored line "
-                                         f"({spelled!r}): it tokenizes the text otherwise")
+            raise self._cannot_score(f"its echoed tokens do not spell the scored line ({spelled!r}): it tokenizes "
+                                     "the text otherwise")
         return [float(value) for value in row]
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """The HTTP errors of a server refusing a request as sent (a token-id prompt, echo, logprobs): 400, 422, and
+    500 from llama-cpp-python's server."""
+    import openai
+
+    return openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError
 
 
 def _served_name(folder: Path, models: dict[str, Any]) -> str:

@@ -60,9 +60,9 @@ def write_markdown(document: dict, path: Path) -> None:
             g = r["generation"]
             lines.append(f"- {r['method']} ({r['history']}): validity rate {_ci(g['validity_rate'], 3)}, mean "
                          f"grounding similarity {_ci(g['grounding_similarity'], 3)}")
-        for r in (r for r in rows if (r.get("info") or {}).get("fusion", {}).get("report", {}).get("tuned")
-                  is not None):
-            f = r["info"]["fusion"]
+        for r, f in ((r, _tuned_fusion(r)) for r in rows):
+            if f is None:
+                continue
             weights = ", ".join(f"{name} {w:g}" for name, w in f["weights"].items() if w)
             alone = ", ".join(f"{name} {v:.4f}" for name, v in f["report"]["single_components"].items())
             calibration = f", calibration a = {f['calibration']}" if f["weights"].get("llm") else ""
@@ -157,3 +157,9 @@ def plot_ndcg(document: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _tuned_fusion(row: dict) -> dict | None:
+    """A pipeline row's fusion when it was tuned on validation cases (not fixed in its spec), else ``None``."""
+    fusion = (row.get("info") or {}).get("fusion") or {}
+    return fusion if fusion.get("report", {}).get("tuned") is not None else None

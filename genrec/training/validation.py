@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from genrec.evaluation.methods import create_named
 from genrec.evaluation.metrics import case_metrics
 from genrec.evaluation.protocol import EvalData
 from genrec.evaluation.runner import Outcome, evaluate_method
-from genrec.pipeline import Fusion, FusionSpec, LLMScorer, LLMSpec, Pipeline, PipelineSpec, SourceSpec
+from genrec.pipeline import FusionSpec, LLMScorer, LLMSpec, Pipeline, PipelineSpec, SourceSpec
 from genrec.pipeline.fusion import LLM, TUNING_METRIC
 from genrec.pipeline.types import EvalCase
 from genrec.recommender import Recommender
@@ -108,7 +109,7 @@ class Validator:
         by_calibration: dict[float, float] = {}
         best: tuple[float, Outcome] | None = None
         for a in sorted(set(self.settings.calibrations)):
-            pipeline.fusion = Fusion({**dict.fromkeys(pipeline.components, 0.0), LLM: 1.0}, a)
+            pipeline.fusion = replace(pipeline.fusion, calibration=a)  # the LLM alone, as fitted
             outcome = evaluate_method(pipeline, self.data, self.cases, variant="valid", label=pipeline.name,
                                       fit=False)
             by_calibration[a] = summarize(outcome)[TUNING_METRIC]
